@@ -1,0 +1,138 @@
+"""Backend registry and selection: the one place that decides which implementation runs.
+
+A backend is a mapping from op name (the public function names of SPEC §2) to a callable taking
+the validated arguments. An op a backend does not (yet) implement is simply absent from its
+mapping: ``backend=None`` then skips that backend, and naming it explicitly raises.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable
+
+import torch
+
+BACKEND_NAMES = ("cuda", "triton", "reference")  # order of preference for CUDA tensors
+ENV_VAR = "TEMPORAL_KERNELS_BACKEND"
+
+
+def triton_interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _packed(fn: Callable) -> Callable:
+    """A ``*_qkvpacked`` op built from the unpacked one on zero-copy views (autograd re-packs)."""
+
+    def packed(qkv: torch.Tensor, *, cls_qkv: torch.Tensor | None = None, **kwargs):
+        q, k, v = qkv.unbind(dim=3)
+        if cls_qkv is not None:
+            kwargs["cls"] = tuple(cls_qkv.unbind(dim=1))
+        return fn(q, k, v, **kwargs)
+
+    return packed
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_ops() -> dict[str, Callable]:
+    from . import reference
+
+    ops = {
+        name: getattr(reference, name)
+        for name in ("temporal_attention", "spatial_attention", "joint_attention", "factorized_attention")
+    }
+    ops["temporal_attention_qkvpacked"] = _packed(ops["temporal_attention"])
+    ops["spatial_attention_qkvpacked"] = _packed(ops["spatial_attention"])
+    return ops
+
+
+def _kernel_ops(name: str) -> dict[str, Callable]:
+    if name == "triton":
+        if not _triton_importable():
+            return {}
+        from .ops import TRITON_OPS
+
+        return TRITON_OPS
+    from . import _extension
+
+    if not _extension.available():
+        return {}
+    from .ops import CUDA_OPS
+
+    return CUDA_OPS
+
+
+def _ops_of(name: str) -> dict[str, Callable]:
+    return _reference_ops() if name == "reference" else _kernel_ops(name)
+
+
+def _unavailable_reason(name: str, device: torch.device | None) -> str | None:
+    """Why backend ``name`` cannot run on ``device`` (None: it can)."""
+    if name == "reference":
+        return None
+    if name == "triton":
+        if not _triton_importable():
+            return "the 'triton' package is not installed"
+        if device is not None and device.type != "cuda" and not triton_interpreter_enabled():
+            return (
+                f"it runs on CUDA tensors, or on CPU tensors only under the Triton interpreter "
+                f"(TRITON_INTERPRET=1); got tensors on {device}"
+            )
+        if device is None and not torch.cuda.is_available() and not triton_interpreter_enabled():
+            return "no CUDA device is available and TRITON_INTERPRET=1 is not set"
+        return None
+    if name == "cuda":
+        from . import _extension
+
+        if not _extension.available():
+            return f"the compiled extension temporal_kernels._C is not available ({_extension.load_error()})"
+        if device is not None and device.type != "cuda":
+            return f"it runs on CUDA tensors only; got tensors on {device}"
+        if device is None and not torch.cuda.is_available():
+            return "no CUDA device is available"
+        return None
+    raise AssertionError(name)
+
+
+def available_backends() -> list[str]:
+    """Backends usable in this process, in order of preference for CUDA tensors."""
+    return [name for name in BACKEND_NAMES if _unavailable_reason(name, None) is None]
+
+
+def select(op: str, backend: str | None, device: torch.device) -> Callable:
+    """The implementation of ``op`` to run for tensors on ``device``.
+
+    ``backend=None`` reads ``TEMPORAL_KERNELS_BACKEND``, else takes the first backend in
+    preference order that can run on the device and implements the op (CPU tensors: reference,
+    unless the Triton interpreter is asked for by name).
+    """
+    if backend is None:
+        backend = os.environ.get(ENV_VAR) or None
+        source = f"environment variable {ENV_VAR}"
+    else:
+        source = "backend"
+    if backend is not None:
+        if not isinstance(backend, str) or backend not in BACKEND_NAMES:
+            raise ValueError(f"{source}: expected one of {list(BACKEND_NAMES)} or None, got {backend!r}")
+        reason = _unavailable_reason(backend, device)
+        if reason is not None:
+            raise RuntimeError(f"{source}={backend!r} is unavailable: {reason}")
+        impl = _ops_of(backend).get(op)
+        if impl is None:
+            raise RuntimeError(f"{source}={backend!r} does not implement {op} yet; use backend='reference'")
+        return impl
+    if device.type != "cuda":
+        return _reference_ops()[op]
+    for name in BACKEND_NAMES:
+        if _unavailable_reason(name, device) is None and op in _ops_of(name):
+            return _ops_of(name)[op]
+    raise AssertionError("the reference backend implements every op")

@@ -1,0 +1,225 @@
+"""Custom-op registration (torch.library) for the kernel backends, and their autograd.
+
+Data flows one way: public function (``functional.py``: validation, backend choice) → the
+backend's entry in ``TRITON_OPS`` / ``CUDA_OPS`` below → custom op → kernel launcher.
+
+Every op comes as a forward/backward pair per backend, named ``{backend}_{op}_fwd`` and
+``{backend}_{op}_bwd`` in the ``temporal_kernels`` namespace, with one schema shared by both
+backends (the C++ schemas in ``csrc/ops.cpp`` mirror the annotations here):
+
+    {b}_temporal_fwd(q, k, v, frame_lens?, causal, scale) -> (out, lse)
+    {b}_temporal_bwd(dout, q, k, v, out, lse, frame_lens?, causal, scale) -> (dq, dk, dv)
+    {b}_temporal_qkvpacked_fwd(qkv, frame_lens?, causal, scale) -> (out, lse)
+    {b}_temporal_qkvpacked_bwd(dout, qkv, out, lse, frame_lens?, causal, scale) -> dqkv
+    {b}_joint_fwd / _bwd: as temporal
+    {b}_factorized_fwd(q, k, v, temporal_heads, causal, scale) -> (out, lse)
+    {b}_factorized_bwd(dout, q, k, v, out, lse, temporal_heads, causal, scale) -> (dq, dk, dv)
+    {b}_spatial_fwd(q, k, v, q_cls?, k_cls?, v_cls?, scale) -> (out, cls_out, lse, lse_cls)
+    {b}_spatial_bwd(dout, dcls_out?, q, k, v, q_cls?, k_cls?, v_cls?, out, cls_out?, lse, lse_cls?, scale)
+        -> (dq, dk, dv, dq_cls, dk_cls, dv_cls)
+    {b}_spatial_qkvpacked_fwd(qkv, cls_qkv?, scale) -> (out, cls_out, lse, lse_cls)
+    {b}_spatial_qkvpacked_bwd(dout, dcls_out?, qkv, cls_qkv?, out, cls_out?, lse, lse_cls?, scale)
+        -> (dqkv, dcls_qkv)
+
+Buffers: ``out``/``dq``/``dk``/``dv`` are dense in q's axis order (``_layout``); ``dqkv`` is
+dense in qkv's axis order and the backward kernels write its q/k/v slices in place (no
+zero-fill-and-scatter). ``lse`` is the log-sum-exp of the scaled logits, contiguous
+``[B, H, T, N]`` (``lse_cls``: ``[B, H, T]``), float32, float64 for float64 inputs. Without CLS,
+``cls_out``/``lse_cls``/``d*_cls`` are empty tensors (an op cannot return None).
+
+Launchers (``triton/*.py``) take preallocated outputs and write every element of them; they
+read any strides as long as the last one is 1 (the wrappers here copy once otherwise).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+from torch.library import triton_op
+
+from ._layout import empty_like_cls_out, empty_like_packed, empty_like_video
+
+NS = "temporal_kernels"
+MAX_HEAD_DIM = 256
+
+
+# ---------------------------------------------------------------------------------------------
+# buffers shared by the Triton bodies and the fake (meta) implementations of the C++ ops
+
+
+def _stat_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _lse(q: Tensor) -> Tensor:
+    B, T, N, H, _ = q.shape
+    return torch.empty((B, H, T, N), dtype=_stat_dtype(q), device=q.device)
+
+
+def _lse_cls(q: Tensor, has_cls: bool) -> Tensor:
+    B, T, _, H, _ = q.shape
+    return torch.empty((B, H, T) if has_cls else (0,), dtype=_stat_dtype(q), device=q.device)
+
+
+def _cls_out(q: Tensor, has_cls: bool) -> Tensor:
+    return empty_like_cls_out(q) if has_cls else q.new_empty((0,))
+
+
+def _unit_last(x: Optional[Tensor]) -> Optional[Tensor]:
+    """Kernels need a unit stride on the head dim; any other stride is copied once (SPEC §1)."""
+    if x is None or x.stride(-1) == 1 or x.shape[-1] <= 1:
+        return x
+    return x.contiguous()
+
+
+def _check_head_dim(backend: str, D: int) -> None:
+    if D > MAX_HEAD_DIM:
+        raise ValueError(f"q: the {backend} backend supports head dims D <= {MAX_HEAD_DIM}, got D={D}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton ops (launchers in triton/*.py; wrap_triton there makes them traceable by torch.compile)
+
+
+@triton_op(f"{NS}::triton_temporal_fwd", mutates_args=())
+def _triton_temporal_fwd(
+    q: Tensor, k: Tensor, v: Tensor, frame_lens: Optional[Tensor], causal: bool, scale: float
+) -> tuple[Tensor, Tensor]:
+    from .triton.temporal_attn import temporal_attn_fwd
+
+    out, lse = empty_like_video(q), _lse(q)
+    temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal, scale)
+    return out, lse
+
+
+@triton_op(f"{NS}::triton_temporal_bwd", mutates_args=())
+def _triton_temporal_bwd(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+    frame_lens: Optional[Tensor], causal: bool, scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    from .triton.temporal_attn import temporal_attn_bwd
+
+    dq, dk, dv = empty_like_video(q), empty_like_video(k), empty_like_video(v)
+    temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal, scale, dq, dk, dv)
+    return dq, dk, dv
+
+
+@triton_op(f"{NS}::triton_temporal_qkvpacked_fwd", mutates_args=())
+def _triton_temporal_qkvpacked_fwd(
+    qkv: Tensor, frame_lens: Optional[Tensor], causal: bool, scale: float
+) -> tuple[Tensor, Tensor]:
+    from .triton.temporal_attn import temporal_attn_fwd
+
+    q, k, v = qkv.unbind(3)
+    out, lse = empty_like_video(q), _lse(q)
+    temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal, scale)
+    return out, lse
+
+
+@triton_op(f"{NS}::triton_temporal_qkvpacked_bwd", mutates_args=())
+def _triton_temporal_qkvpacked_bwd(
+    dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor,
+    frame_lens: Optional[Tensor], causal: bool, scale: float,
+) -> Tensor:
+    from .triton.temporal_attn import temporal_attn_bwd
+
+    dqkv = empty_like_packed(qkv)
+    temporal_attn_bwd(dout, *qkv.unbind(3), out, lse, frame_lens, causal, scale, *dqkv.unbind(3))
+    return dqkv
+
+
+# ---------------------------------------------------------------------------------------------
+# autograd, shared by the backends: ``bwd`` is the backend's matching backward op
+
+
+def _wire_temporal_like(fwd, bwd) -> None:
+    """Autograd of ``(q, k, v, <static>...) -> (out, lse)`` ops (temporal, joint, factorized)."""
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, *static = inputs
+        out, lse = output
+        ctx.static = static
+        tensors = [s for s in static if isinstance(s, Tensor)]
+        ctx.save_for_backward(q, k, v, out, lse, *tensors)
+
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse, *tensors = ctx.saved_tensors
+        it = iter(tensors)
+        static = [next(it) if isinstance(s, Tensor) else s for s in ctx.static]
+        dq, dk, dv = bwd(_unit_last(dout), q, k, v, out, lse, *static)
+        return (dq, dk, dv) + (None,) * len(static)
+
+    torch.library.register_autograd(fwd, backward, setup_context=setup_context)
+
+
+def _wire_temporal_packed(fwd, bwd) -> None:
+    def setup_context(ctx, inputs, output):
+        qkv, *static = inputs
+        out, lse = output
+        ctx.static = static
+        tensors = [s for s in static if isinstance(s, Tensor)]
+        ctx.save_for_backward(qkv, out, lse, *tensors)
+
+    def backward(ctx, dout, _dlse):
+        qkv, out, lse, *tensors = ctx.saved_tensors
+        it = iter(tensors)
+        static = [next(it) if isinstance(s, Tensor) else s for s in ctx.static]
+        return (bwd(_unit_last(dout), qkv, out, lse, *static),) + (None,) * len(static)
+
+    torch.library.register_autograd(fwd, backward, setup_context=setup_context)
+
+
+def _wire_backend(prefix: str, ops_namespace) -> None:
+    """Register autograd for every op pair of backend ``prefix`` that exists."""
+    for op, wire in (("temporal", _wire_temporal_like), ("temporal_qkvpacked", _wire_temporal_packed)):
+        fwd = getattr(ops_namespace, f"{prefix}_{op}_fwd", None)
+        bwd = getattr(ops_namespace, f"{prefix}_{op}_bwd", None)
+        if fwd is not None and bwd is not None:
+            wire(fwd.default, bwd.default)
+
+
+def _has_op(name: str) -> bool:
+    return hasattr(torch.ops.temporal_kernels, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# backend entries: the callables ``functional.py`` dispatches to (validated arguments)
+
+
+def _make_backend_ops(prefix: str) -> dict[str, Callable]:
+    ns = torch.ops.temporal_kernels
+    entries: dict[str, Callable] = {}
+
+    if _has_op(f"{prefix}_temporal_fwd"):
+
+        def temporal_attention(q, k, v, *, causal, frame_lens, scale):
+            _check_head_dim(prefix, q.shape[-1])
+            q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+            return getattr(ns, f"{prefix}_temporal_fwd")(q, k, v, frame_lens, causal, scale)[0]
+
+        def temporal_attention_qkvpacked(qkv, *, causal, frame_lens, scale):
+            _check_head_dim(prefix, qkv.shape[-1])
+            return getattr(ns, f"{prefix}_temporal_qkvpacked_fwd")(_unit_last(qkv), frame_lens, causal, scale)[0]
+
+        entries["temporal_attention"] = temporal_attention
+        entries["temporal_attention_qkvpacked"] = temporal_attention_qkvpacked
+
+    return entries
+
+
+_wire_backend("triton", torch.ops.temporal_kernels)
+TRITON_OPS: dict[str, Callable] = _make_backend_ops("triton")
+
+
+def _cuda_ops() -> dict[str, Callable]:
+    from . import _extension
+
+    if not _extension.available():
+        return {}
+    _wire_backend("cuda", torch.ops.temporal_kernels)
+    return _make_backend_ops("cuda")
+
+
+CUDA_OPS: dict[str, Callable] = _cuda_ops()

@@ -1,0 +1,105 @@
+"""Shared test helpers: input layouts of SPEC §1, error measure and bounds of SPEC §3."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+# SPEC §3: relative Frobenius error against the float64 reference.
+BOUNDS = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-5,
+    torch.float16: 2e-3,
+    torch.bfloat16: 1.5e-2,
+}
+
+DTYPE_NAMES = {torch.float64: "f64", torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+
+# The layouts of SPEC §1: separate dense tensors, views of a packed frame-major projection
+# ``[B, T, N, 3, H, D]``, views of TimeSformer's patch-major ``b (n t) (3 h d)`` projection, and
+# a layout with a non-unit head-dim stride (copied once by the kernel backends).
+LAYOUTS = ("separate", "packed_tn", "packed_nt", "strided_d")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def kernel_dtypes() -> list[torch.dtype]:
+    """Dtypes the kernel backends are tested in: the Triton interpreter gives garbage in bf16/fp16."""
+    if DEVICE == "cuda":
+        return [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+    return [torch.float32, torch.float64]
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """``‖out − ref‖ / ‖ref‖`` in float64 (0 when both are 0); NaN anywhere gives inf."""
+    out, ref = out.double(), ref.double()
+    if not torch.isfinite(out).all():
+        return float("inf")
+    denom = ref.norm().item()
+    num = (out - ref).norm().item()
+    return num / denom if denom > 0 else num
+
+
+def packed_qkv(layout: str, B, T, N, H, D, dtype=torch.float32, device=DEVICE, generator=None) -> torch.Tensor:
+    """A ``[B, T, N, 3, H, D]`` packed tensor in the given layout (values ~ N(0, 1))."""
+    if layout == "packed_nt":
+        x = torch.randn(B, N, T, 3, H, D, dtype=torch.float64, generator=generator).to(device, dtype)
+        return x.permute(0, 2, 1, 3, 4, 5)
+    if layout == "strided_d":
+        x = torch.randn(B, T, N, 3, H, D, 2, dtype=torch.float64, generator=generator).to(device, dtype)
+        return x[..., 0]
+    x = torch.randn(B, T, N, 3, H, D, dtype=torch.float64, generator=generator).to(device, dtype)
+    return x
+
+
+def make_qkv(layout: str, B, T, N, H, D, dtype=torch.float32, device=DEVICE, requires_grad=False, generator=None):
+    """``(q, k, v)``, each ``[B, T, N, H, D]``, laid out as ``layout`` says (leaves when grad)."""
+    if layout == "separate":
+        ts = [
+            torch.randn(B, T, N, H, D, dtype=torch.float64, generator=generator).to(device, dtype)
+            for _ in range(3)
+        ]
+        if requires_grad:
+            ts = [t.requires_grad_() for t in ts]
+        return tuple(ts)
+    qkv = packed_qkv(layout, B, T, N, H, D, dtype, device, generator)
+    if requires_grad:
+        qkv = qkv.detach().requires_grad_()
+    return qkv.unbind(3)
+
+
+def leaves(*tensors):
+    """Detached copies (same strides) that require grad, for comparing two backends' gradients."""
+    return tuple(t.detach().clone(memory_format=torch.preserve_format).requires_grad_() for t in tensors)
+
+
+def frame_lens_for(B: int, T: int, device=DEVICE, generator=None) -> torch.Tensor:
+    """Lengths covering the edge cases: 0 (all padding), T (none) and values in between."""
+    lens = torch.randint(0, T + 1, (B,), generator=generator)
+    lens[0] = T
+    if B > 1:
+        lens[1] = 0
+    if B > 2:
+        lens[2] = 1
+    return lens.to(device)
+
+
+def case_id(**kw) -> str:
+    """Readable test ids like ``B2-T7-N197-H3-D40-bf16``."""
+    parts = []
+    for key, value in kw.items():
+        if isinstance(value, torch.dtype):
+            parts.append(DTYPE_NAMES[value])
+        elif isinstance(value, bool):
+            if value:
+                parts.append(key)
+        elif value is None:
+            continue
+        else:
+            parts.append(f"{key}{value}" if len(key) <= 2 else f"{value}")
+    return "-".join(parts)
+
+
+def interpreter() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
