@@ -41,9 +41,11 @@ def _extension():
     ext = CUDAExtension(
         "temporal_kernels._C",
         sources,
+        # No -std: BuildExtension picks the standard the installed torch's headers need
+        # (C++20 for recent torch, whose headers use C++20 features; C++17 for older ones).
         extra_compile_args={
-            "cxx": ["-O3", "-std=c++17"],
-            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"],
+            "cxx": ["-O3"],
+            "nvcc": ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"],
         },
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}

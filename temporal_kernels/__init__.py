@@ -13,11 +13,15 @@ from .functional import (
     temporal_attention,
     temporal_attention_qkvpacked,
 )
+from . import nn
+from .convert import convert
 
 __version__ = "0.1.0"
 
 __all__ = [
     "available_backends",
+    "convert",
+    "nn",
     "factorized_attention",
     "joint_attention",
     "spatial_attention",

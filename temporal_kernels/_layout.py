@@ -19,9 +19,11 @@ def axis_order(strides: Sequence[int]) -> list[int]:
     """Axes sorted from outermost to innermost in memory (ties keep the logical order).
 
     A size-1 axis may sit anywhere: its position changes no address, so it cannot break the
-    "reshape back is a view" property.
+    "reshape back is a view" property. An expanded (stride-0) axis has no place in memory; it goes
+    outermost, so the other axes keep their order and the head dim stays innermost (a stride-0
+    axis sorted by stride would land inside it).
     """
-    return sorted(range(len(strides)), key=lambda i: -strides[i])
+    return sorted(range(len(strides)), key=lambda i: (strides[i] != 0, -strides[i]))
 
 
 def empty_in_order_of(

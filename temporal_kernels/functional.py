@@ -108,7 +108,8 @@ def _check_cls(cls, q: torch.Tensor) -> None:
     if cls is None:
         return
     if not isinstance(cls, (tuple, list)) or len(cls) != 3:
-        raise TypeError(f"cls: expected a tuple (q_cls, k_cls, v_cls) of [B, H, D] tensors or None, got {type(cls).__name__}")
+        given = f"a {type(cls).__name__} of length {len(cls)}" if isinstance(cls, (tuple, list)) else type(cls).__name__
+        raise TypeError(f"cls: expected a tuple (q_cls, k_cls, v_cls) of [B, H, D] tensors or None, got {given}")
     B, _, _, H, D = q.shape
     for name, c in zip(("cls[0] (q_cls)", "cls[1] (k_cls)", "cls[2] (v_cls)"), cls):
         _check_tensor(name, c, 3, "[B, H, D]")

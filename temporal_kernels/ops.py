@@ -130,6 +130,113 @@ def _triton_temporal_qkvpacked_bwd(
     return dqkv
 
 
+def _cls_tuple(q_cls: Optional[Tensor], k_cls: Optional[Tensor], v_cls: Optional[Tensor]):
+    return None if q_cls is None else (q_cls, k_cls, v_cls)
+
+
+@triton_op(f"{NS}::triton_spatial_fwd", mutates_args=())
+def _triton_spatial_fwd(
+    q: Tensor, k: Tensor, v: Tensor, q_cls: Optional[Tensor], k_cls: Optional[Tensor], v_cls: Optional[Tensor],
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from .triton.spatial_attn import spatial_attn_fwd
+
+    has_cls = q_cls is not None
+    out, cls_out, lse, lse_cls = empty_like_video(q), _cls_out(q, has_cls), _lse(q), _lse_cls(q, has_cls)
+    spatial_attn_fwd(q, k, v, _cls_tuple(q_cls, k_cls, v_cls), out, cls_out, lse, lse_cls, scale)
+    return out, cls_out, lse, lse_cls
+
+
+@triton_op(f"{NS}::triton_spatial_bwd", mutates_args=())
+def _triton_spatial_bwd(
+    dout: Tensor, dcls_out: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor,
+    q_cls: Optional[Tensor], k_cls: Optional[Tensor], v_cls: Optional[Tensor],
+    out: Tensor, cls_out: Optional[Tensor], lse: Tensor, lse_cls: Optional[Tensor], scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    from .triton.spatial_attn import spatial_attn_bwd
+
+    cls = _cls_tuple(q_cls, k_cls, v_cls)
+    dq, dk, dv = empty_like_video(q), empty_like_video(k), empty_like_video(v)
+    dcls = tuple(q.new_empty(c.shape if cls is not None else (0,)) for c in (cls or (None,) * 3))
+    spatial_attn_bwd(dout, dcls_out, q, k, v, cls, out, cls_out, lse, lse_cls, scale, dq, dk, dv,
+                     dcls if cls is not None else None)
+    return (dq, dk, dv) + tuple(dcls)
+
+
+@triton_op(f"{NS}::triton_spatial_qkvpacked_fwd", mutates_args=())
+def _triton_spatial_qkvpacked_fwd(
+    qkv: Tensor, cls_qkv: Optional[Tensor], scale: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from .triton.spatial_attn import spatial_attn_fwd
+
+    q, k, v = qkv.unbind(3)
+    has_cls = cls_qkv is not None
+    out, cls_out, lse, lse_cls = empty_like_video(q), _cls_out(q, has_cls), _lse(q), _lse_cls(q, has_cls)
+    spatial_attn_fwd(q, k, v, tuple(cls_qkv.unbind(1)) if has_cls else None, out, cls_out, lse, lse_cls, scale)
+    return out, cls_out, lse, lse_cls
+
+
+@triton_op(f"{NS}::triton_spatial_qkvpacked_bwd", mutates_args=())
+def _triton_spatial_qkvpacked_bwd(
+    dout: Tensor, dcls_out: Optional[Tensor], qkv: Tensor, cls_qkv: Optional[Tensor],
+    out: Tensor, cls_out: Optional[Tensor], lse: Tensor, lse_cls: Optional[Tensor], scale: float,
+) -> tuple[Tensor, Tensor]:
+    from .triton.spatial_attn import spatial_attn_bwd
+
+    has_cls = cls_qkv is not None
+    dqkv = empty_like_packed(qkv)
+    dcls_qkv = empty_like_packed(cls_qkv) if has_cls else qkv.new_empty((0,))
+    spatial_attn_bwd(dout, dcls_out, *qkv.unbind(3), tuple(cls_qkv.unbind(1)) if has_cls else None, out, cls_out,
+                     lse, lse_cls, scale, *dqkv.unbind(3), tuple(dcls_qkv.unbind(1)) if has_cls else None)
+    return dqkv, dcls_qkv
+
+
+@triton_op(f"{NS}::triton_joint_fwd", mutates_args=())
+def _triton_joint_fwd(
+    q: Tensor, k: Tensor, v: Tensor, frame_lens: Optional[Tensor], causal: bool, scale: float
+) -> tuple[Tensor, Tensor]:
+    from .triton.joint_attn import joint_attn_fwd
+
+    out, lse = empty_like_video(q), _lse(q)
+    joint_attn_fwd(q, k, v, out, lse, frame_lens, causal, scale)
+    return out, lse
+
+
+@triton_op(f"{NS}::triton_joint_bwd", mutates_args=())
+def _triton_joint_bwd(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+    frame_lens: Optional[Tensor], causal: bool, scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    from .triton.joint_attn import joint_attn_bwd
+
+    dq, dk, dv = empty_like_video(q), empty_like_video(k), empty_like_video(v)
+    joint_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal, scale, dq, dk, dv)
+    return dq, dk, dv
+
+
+@triton_op(f"{NS}::triton_factorized_fwd", mutates_args=())
+def _triton_factorized_fwd(
+    q: Tensor, k: Tensor, v: Tensor, temporal_heads: int, causal: bool, scale: float
+) -> tuple[Tensor, Tensor]:
+    from .triton.factorized_attn import factorized_attn_fwd
+
+    out, lse = empty_like_video(q), _lse(q)
+    factorized_attn_fwd(q, k, v, out, lse, temporal_heads, causal, scale)
+    return out, lse
+
+
+@triton_op(f"{NS}::triton_factorized_bwd", mutates_args=())
+def _triton_factorized_bwd(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+    temporal_heads: int, causal: bool, scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    from .triton.factorized_attn import factorized_attn_bwd
+
+    dq, dk, dv = empty_like_video(q), empty_like_video(k), empty_like_video(v)
+    factorized_attn_bwd(dout, q, k, v, out, lse, temporal_heads, causal, scale, dq, dk, dv)
+    return dq, dk, dv
+
+
 # ---------------------------------------------------------------------------------------------
 # autograd, shared by the backends: ``bwd`` is the backend's matching backward op
 
@@ -171,9 +278,67 @@ def _wire_temporal_packed(fwd, bwd) -> None:
     torch.library.register_autograd(fwd, backward, setup_context=setup_context)
 
 
+def _wire_spatial(fwd, bwd) -> None:
+    """Autograd of ``(q, k, v, q_cls?, k_cls?, v_cls?, scale) -> (out, cls_out, lse, lse_cls)``."""
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, q_cls, k_cls, v_cls, scale = inputs
+        out, cls_out, lse, lse_cls = output
+        ctx.scale = scale
+        ctx.has_cls = q_cls is not None
+        cls = (q_cls, k_cls, v_cls, cls_out, lse_cls) if ctx.has_cls else ()
+        ctx.save_for_backward(q, k, v, out, lse, *cls)
+
+    def backward(ctx, dout, dcls_out, _dlse, _dlse_cls):
+        q, k, v, out, lse, *cls = ctx.saved_tensors
+        if ctx.has_cls:
+            q_cls, k_cls, v_cls, cls_out, lse_cls = cls
+            dcls_out = _unit_last(dcls_out)
+        else:
+            q_cls = k_cls = v_cls = cls_out = lse_cls = dcls_out = None
+        dq, dk, dv, dq_cls, dk_cls, dv_cls = bwd(
+            _unit_last(dout), dcls_out, q, k, v, q_cls, k_cls, v_cls, out, cls_out, lse, lse_cls, ctx.scale
+        )
+        if not ctx.has_cls:
+            dq_cls = dk_cls = dv_cls = None
+        return dq, dk, dv, dq_cls, dk_cls, dv_cls, None
+
+    torch.library.register_autograd(fwd, backward, setup_context=setup_context)
+
+
+def _wire_spatial_packed(fwd, bwd) -> None:
+    """Autograd of ``(qkv, cls_qkv?, scale) -> (out, cls_out, lse, lse_cls)``."""
+
+    def setup_context(ctx, inputs, output):
+        qkv, cls_qkv, scale = inputs
+        out, cls_out, lse, lse_cls = output
+        ctx.scale = scale
+        ctx.has_cls = cls_qkv is not None
+        ctx.save_for_backward(qkv, out, lse, *((cls_qkv, cls_out, lse_cls) if ctx.has_cls else ()))
+
+    def backward(ctx, dout, dcls_out, _dlse, _dlse_cls):
+        qkv, out, lse, *cls = ctx.saved_tensors
+        if ctx.has_cls:
+            cls_qkv, cls_out, lse_cls = cls
+            dcls_out = _unit_last(dcls_out)
+        else:
+            cls_qkv = cls_out = lse_cls = dcls_out = None
+        dqkv, dcls_qkv = bwd(_unit_last(dout), dcls_out, qkv, cls_qkv, out, cls_out, lse, lse_cls, ctx.scale)
+        return dqkv, (dcls_qkv if ctx.has_cls else None), None
+
+    torch.library.register_autograd(fwd, backward, setup_context=setup_context)
+
+
 def _wire_backend(prefix: str, ops_namespace) -> None:
     """Register autograd for every op pair of backend ``prefix`` that exists."""
-    for op, wire in (("temporal", _wire_temporal_like), ("temporal_qkvpacked", _wire_temporal_packed)):
+    for op, wire in (
+        ("temporal", _wire_temporal_like),
+        ("temporal_qkvpacked", _wire_temporal_packed),
+        ("joint", _wire_temporal_like),
+        ("factorized", _wire_temporal_like),
+        ("spatial", _wire_spatial),
+        ("spatial_qkvpacked", _wire_spatial_packed),
+    ):
         fwd = getattr(ops_namespace, f"{prefix}_{op}_fwd", None)
         bwd = getattr(ops_namespace, f"{prefix}_{op}_bwd", None)
         if fwd is not None and bwd is not None:
@@ -206,6 +371,43 @@ def _make_backend_ops(prefix: str) -> dict[str, Callable]:
         entries["temporal_attention"] = temporal_attention
         entries["temporal_attention_qkvpacked"] = temporal_attention_qkvpacked
 
+    if _has_op(f"{prefix}_spatial_fwd"):
+
+        def spatial_attention(q, k, v, *, cls, scale):
+            _check_head_dim(prefix, q.shape[-1])
+            q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+            q_cls, k_cls, v_cls = (None,) * 3 if cls is None else (_unit_last(c) for c in cls)
+            out, cls_out, _, _ = getattr(ns, f"{prefix}_spatial_fwd")(q, k, v, q_cls, k_cls, v_cls, scale)
+            return out if cls is None else (out, cls_out)
+
+        def spatial_attention_qkvpacked(qkv, *, cls_qkv, scale):
+            _check_head_dim(prefix, qkv.shape[-1])
+            out, cls_out, _, _ = getattr(ns, f"{prefix}_spatial_qkvpacked_fwd")(
+                _unit_last(qkv), _unit_last(cls_qkv), scale
+            )
+            return out if cls_qkv is None else (out, cls_out)
+
+        entries["spatial_attention"] = spatial_attention
+        entries["spatial_attention_qkvpacked"] = spatial_attention_qkvpacked
+
+    if _has_op(f"{prefix}_joint_fwd"):
+
+        def joint_attention(q, k, v, *, causal, frame_lens, scale):
+            _check_head_dim(prefix, q.shape[-1])
+            q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+            return getattr(ns, f"{prefix}_joint_fwd")(q, k, v, frame_lens, causal, scale)[0]
+
+        entries["joint_attention"] = joint_attention
+
+    if _has_op(f"{prefix}_factorized_fwd"):
+
+        def factorized_attention(q, k, v, *, temporal_heads, causal, scale):
+            _check_head_dim(prefix, q.shape[-1])
+            q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+            return getattr(ns, f"{prefix}_factorized_fwd")(q, k, v, temporal_heads, causal, scale)[0]
+
+        entries["factorized_attention"] = factorized_attention
+
     return entries
 
 
@@ -213,11 +415,41 @@ _wire_backend("triton", torch.ops.temporal_kernels)
 TRITON_OPS: dict[str, Callable] = _make_backend_ops("triton")
 
 
+# ---------------------------------------------------------------------------------------------
+# CUDA backend: the compiled extension ``_C`` (csrc/ops.cpp) defines the ``cuda_*`` op schemas and
+# their CUDA kernels when it loads. Their fake (meta) implementations allocate with the same
+# helpers as the Triton bodies above, so fake and real outputs agree exactly (shapes, strides,
+# dtypes) and torch.compile can trace the ops; autograd is the shared ``_wire_backend``.
+
+
+def _register_cuda_fakes() -> None:
+    def fake(name: str):
+        return torch.library.register_fake(f"{NS}::{name}")
+
+    @fake("cuda_temporal_fwd")
+    def _(q, k, v, frame_lens, causal, scale):
+        return empty_like_video(q), _lse(q)
+
+    @fake("cuda_temporal_bwd")
+    def _(dout, q, k, v, out, lse, frame_lens, causal, scale):
+        return empty_like_video(q), empty_like_video(k), empty_like_video(v)
+
+    @fake("cuda_temporal_qkvpacked_fwd")
+    def _(qkv, frame_lens, causal, scale):
+        q = qkv.select(3, 0)
+        return empty_like_video(q), _lse(q)
+
+    @fake("cuda_temporal_qkvpacked_bwd")
+    def _(dout, qkv, out, lse, frame_lens, causal, scale):
+        return empty_like_packed(qkv)
+
+
 def _cuda_ops() -> dict[str, Callable]:
     from . import _extension
 
     if not _extension.available():
         return {}
+    _register_cuda_fakes()
     _wire_backend("cuda", torch.ops.temporal_kernels)
     return _make_backend_ops("cuda")
 

@@ -1,0 +1,52 @@
+// Launchers of the temporal attention kernels (temporal_attn.cuh): dtype dispatch, launch shape,
+// current stream (the caller holds the device guard), launch check.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <c10/cuda/CUDAException.h>
+
+#include "temporal_attn.cuh"
+
+namespace temporal_kernels {
+namespace {
+
+template <typename T>
+void launch_fwd(const AttnParams& p, cudaStream_t stream) {
+  const detail::Launch l = detail::fwd_launch<T>(p);
+  detail::temporal_fwd_kernel<T><<<static_cast<unsigned>(l.grid), detail::kThreads, l.smem, stream>>>(p, l.sh);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void launch_bwd(const AttnParams& p, cudaStream_t stream) {
+  const detail::Launch l = detail::bwd_launch<T>(p);
+  detail::temporal_bwd_kernel<T><<<static_cast<unsigned>(l.grid), detail::kThreads, l.smem, stream>>>(p, l.sh);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void temporal_attn_fwd(const AttnParams& p, DType dtype, void* stream) {
+  if (p.B * p.N * p.H * p.T == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case DType::kFloat16: launch_fwd<__half>(p, s); break;
+    case DType::kBFloat16: launch_fwd<__nv_bfloat16>(p, s); break;
+    case DType::kFloat32: launch_fwd<float>(p, s); break;
+    case DType::kFloat64: launch_fwd<double>(p, s); break;
+  }
+}
+
+void temporal_attn_bwd(const AttnParams& p, DType dtype, void* stream) {
+  if (p.B * p.N * p.H * p.T == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case DType::kFloat16: launch_bwd<__half>(p, s); break;
+    case DType::kBFloat16: launch_bwd<__nv_bfloat16>(p, s); break;
+    case DType::kFloat32: launch_bwd<float>(p, s); break;
+    case DType::kFloat64: launch_bwd<double>(p, s); break;
+  }
+}
+
+}  // namespace temporal_kernels

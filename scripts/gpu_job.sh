@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The one script the lead runs on the GPU machine (device tool; cwd = repo root; $OUT comes back).
+#
+#   bash scripts/gpu_job.sh
+#
+# Steps: environment report -> editable install (builds the CUDA extension when csrc/ has
+# sources; build time logged) -> GPU test suite (tee'd to $OUT/tests.log; failures do not stop
+# the job) -> benchmarks (tee'd to $OUT/bench.log) -> results packed into $OUT/results.tar.gz.
+# Files in $OUT (at most 8): env.txt build.log tests.log bench.log results.tar.gz results.csv
+# PERFORMANCE.md summary.txt. Unpack on the lead's machine with
+#   tar -xzf results.tar.gz -C benchmarks/results      # -> benchmarks/results/<gpu>/
+#   python -m benchmarks.report                        # -> benchmarks/results/PERFORMANCE.md
+#
+# Knobs (environment):
+#   TK_SKIP_INSTALL=1     skip the pip install (machine still warm from a previous call)
+#   TK_SKIP_TESTS=1       skip the test suite
+#   TK_SKIP_BENCH=1       skip the benchmarks
+#   TK_PYTEST_ARGS="..."  extra pytest arguments, e.g. "-k temporal" (shell-quoted words allowed)
+#   TK_TEST_TIMEOUT=300   per-test timeout (pytest-timeout), seconds
+#   TK_BENCH_ARGS="..."   extra benchmark arguments, e.g. "--quick" or "--ops temporal"
+#   TK_DEADLINE_S=570     the whole job's wall budget; the test suite and the benchmarks are cut
+#                         (SIGINT: the benchmark writes the rows it has) to finish within it
+#   TK_COMMIT=<sha>       commit recorded in the results when the tree is not a git checkout
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/tk_out}
+mkdir -p "$OUT"
+START=$(date +%s)
+DEADLINE=${TK_DEADLINE_S:-570}
+PY=${PY:-python}
+
+left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
+section() { echo; echo "=== $* ($(( $(date +%s) - START )) s elapsed) ==="; }
+
+if [ -z "${TK_COMMIT:-}" ]; then
+    TK_COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+    if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then TK_COMMIT="$TK_COMMIT-dirty"; fi
+    export TK_COMMIT
+fi
+
+section "environment"
+{
+    nvidia-smi || echo "nvidia-smi failed"
+    echo
+    $PY - <<'PYEOF'
+import sys, torch
+print("python", sys.version.split()[0])
+print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
+for name in ("triton", "matplotlib", "tqdm", "pytest", "pytest_benchmark", "pytest_timeout", "transformers"):
+    try:
+        mod = __import__(name)
+        print(name, getattr(mod, "__version__", "?"))
+    except Exception as exc:
+        print(name, "MISSING", exc)
+PYEOF
+    echo "commit $TK_COMMIT"
+    command -v nvcc >/dev/null && nvcc --version | tail -2
+} 2>&1 | tee "$OUT/env.txt"
+
+if [ "${TK_SKIP_INSTALL:-0}" != "1" ]; then
+    section "install (pip install --no-build-isolation --no-deps -e .)"
+    t0=$(date +%s)
+    $PY -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
+    rc=$?
+    t1=$(date +%s)
+    echo "install rc=$rc, took $(( t1 - t0 )) s (CUDA extension built if csrc/ has sources)" | tee -a "$OUT/build.log"
+    grep -E "temporal_kernels:|error|Error" "$OUT/build.log" | tail -20
+fi
+$PY -c "import temporal_kernels as tk; print('available backends:', tk.available_backends())" 2>&1 | tee -a "$OUT/env.txt"
+
+if [ "${TK_SKIP_TESTS:-0}" != "1" ]; then
+    section "tests"
+    eval "PYTEST_EXTRA=(${TK_PYTEST_ARGS:-})"
+    budget=$(( $(left) - ${TK_BENCH_RESERVE_S:-0} - 30 ))
+    if [ "${TK_SKIP_BENCH:-0}" != "1" ]; then budget=$(( budget / 3 )); fi  # leave most of the budget to benchmarks
+    [ "$budget" -lt 30 ] && budget=30
+    echo "test budget ${budget} s"
+    timeout -s INT -k 20 "$budget" $PY -m pytest -q tests -x --timeout="${TK_TEST_TIMEOUT:-300}" "${PYTEST_EXTRA[@]}" 2>&1 | tee "$OUT/tests.log"
+    echo "tests rc=${PIPESTATUS[0]} (124/130 = cut by the time budget)" | tee -a "$OUT/tests.log"
+fi
+
+if [ "${TK_SKIP_BENCH:-0}" != "1" ]; then
+    section "benchmarks"
+    SLUG=$($PY -c "from benchmarks.env import gpu_slug; print(gpu_slug())")
+    RESULTS="benchmarks/results/$SLUG"
+    eval "BENCH_EXTRA=(${TK_BENCH_ARGS:-})"
+    budget=$(( $(left) - 25 ))
+    [ "$budget" -lt 30 ] && budget=30
+    echo "benchmark budget ${budget} s -> $RESULTS"
+    timeout -s INT -k 20 "$budget" $PY -m benchmarks.run --out "$RESULTS" "${BENCH_EXTRA[@]}" 2>&1 | tee "$OUT/bench.log"
+    echo "benchmarks rc=${PIPESTATUS[0]} (130/124 = cut by the time budget; rows measured so far are kept)" | tee -a "$OUT/bench.log"
+    if [ -d "$RESULTS" ]; then
+        tar -czf "$OUT/results.tar.gz" -C benchmarks/results "$SLUG"
+        cp "$RESULTS/results.csv" "$OUT/" 2>/dev/null
+        cp "$RESULTS/PERFORMANCE.md" "$OUT/" 2>/dev/null
+        grep -A1000 "^summary" "$OUT/bench.log" > "$OUT/summary.txt" 2>/dev/null
+        ls -la "$OUT"
+    fi
+fi
+section "done"

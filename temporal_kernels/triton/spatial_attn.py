@@ -1,0 +1,745 @@
+"""Triton spatial attention (optionally with TimeSformer's CLS token), and the flash-attention core
+shared with joint and factorized attention.
+
+The core is "flash attention over a strided token set": every program owns one token sequence of
+one ``(b, h)`` and one block of its rows, and a token index ``i`` of that sequence maps to a frame
+and a patch through per-tensor strides, read directly from any layout:
+
+- spatial (``MODE_SPATIAL``): the sequence of ``(b, t, h)`` is the N patches of frame t, token
+  ``i`` is patch ``i``; with a CLS token, token ``N`` is the CLS token, read from its own
+  ``[B, H, D]`` pointer (queries and keys alike), and the CLS query's output goes to ``cls_out``.
+- joint (``MODE_JOINT``): the sequence of ``(b, h)`` is all T*N tokens, ``i -> (t, n) =
+  (i // N, i % N)``; frame-causal masking compares ``i // N`` and ``frame_lens`` cuts the
+  sequence at ``len * N`` (later rows output 0, later keys are never seen).
+- factorized (``MODE_FACTORIZED``): one launch whose first programs run the temporal heads and the
+  rest the spatial heads. A temporal program packs G patches of one ``(b, h)`` into one sequence
+  of G*T tokens, ``i -> (n, t) = (n0 + i // T, i % T)``, and masks keys to the query's own patch
+  (block-diagonal), so a short T fills a whole tile instead of wasting most of it.
+
+Softmax statistics are fp32 (fp64 for float64 inputs) with a running max and sum; the forward
+saves ``lse`` (natural log-sum-exp of the scaled logits, ``[B, H, T, N]``; ``lse_cls [B, H, T]``).
+A row with no visible key (a padded frame of joint attention) outputs 0 and stores ``lse = +inf``
+so that the backward's ``exp(s - lse)`` is 0 there. The backward is FA2-style: a small kernel
+computes ``delta = rowsum(dout * out)``, one kernel accumulates dK/dV over the query blocks of its
+key block, one accumulates dQ over the key blocks of its query block. The CLS token's gradients
+are written per frame into fp32 (fp64) partial buffers by the same kernels and summed over T
+afterwards (deterministic, no atomics).
+
+Tiles (``_fwd_config`` / ``_bwd_config``): BLOCK_M=64, BLOCK_N=64 for D <= 64 (BLOCK_N=32 above),
+narrower for fp32/fp64 and D > 128 (registers). N=196 (+CLS = 197) gives 4 blocks of 64 (23%
+of the last tile unused; 3*64+5); 784/785 gives 13 blocks (6% waste). Under the interpreter the
+tiles are 16 so that small CPU tests cross block boundaries.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import torch
+import triton
+import triton.language as tl
+
+MODE_SPATIAL = 0
+MODE_JOINT = 1
+MODE_FACTORIZED = 2
+
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+
+
+# ---------------------------------------------------------------------------------------------
+# device helpers
+
+
+@triton.jit
+def _decode(pid, B, T, N, H, TH, G, LENS,
+            BLOCK: tl.constexpr, MODE: tl.constexpr, HAS_CLS: tl.constexpr, HAS_LENS: tl.constexpr):
+    """Program id -> its sequence and row block.
+
+    Returns ``(b, h, t, n0, blk, L, L_valid, div, is_t)``: the sequence is that of batch b, head
+    h, frame t (spatial) or first patch n0 (temporal path); ``blk`` is the block index along it;
+    ``L`` its length; ``L_valid`` the prefix of tokens that are real (joint ``frame_lens``);
+    ``div`` splits a token index into (outer, inner) = (i // div, i % div); ``is_t`` marks the
+    temporal path of the factorized mode.
+    """
+    zero = pid * 0
+    if MODE == 0:
+        if HAS_CLS:
+            L = N + 1
+        else:
+            L = N + 0
+        nblk = tl.cdiv(L, BLOCK)
+        blk = pid % nblk
+        g = pid // nblk
+        h = g % H
+        g = g // H
+        t = g % T
+        b = g // T
+        n0 = zero
+        L_valid = zero + L
+        div = zero + L
+        is_t = zero != 0
+    elif MODE == 1:
+        L = T * N
+        nblk = tl.cdiv(L, BLOCK)
+        blk = pid % nblk
+        g = pid // nblk
+        h = g % H
+        b = g // H
+        t = zero
+        n0 = zero
+        L_valid = zero + L
+        if HAS_LENS:
+            L_valid = tl.load(LENS + b).to(tl.int32) * N
+        div = zero + N
+        is_t = zero != 0
+    else:
+        # temporal path: programs [0, n_tp); heads [0, TH), G patches per sequence
+        TH1 = tl.maximum(TH, 1)
+        HS1 = tl.maximum(H - TH, 1)
+        nblk_t = tl.cdiv(G * T, BLOCK)
+        n_groups = tl.cdiv(N, G)
+        n_tp = B * TH * n_groups * nblk_t
+        is_t = pid < n_tp
+        g_t = pid // nblk_t
+        grp = g_t % n_groups
+        g_t = g_t // n_groups
+        h_t = g_t % TH1
+        b_t = g_t // TH1
+        n0_t = grp * G
+        # spatial path: programs [n_tp, ...), heads [TH, H)
+        ps = tl.maximum(pid - n_tp, 0)
+        nblk_s = tl.cdiv(N, BLOCK)
+        g_s = ps // nblk_s
+        h_s = TH + g_s % HS1
+        g_s = g_s // HS1
+        t_s = g_s % T
+        b_s = g_s // T
+        b = tl.where(is_t, b_t, b_s)
+        h = tl.where(is_t, h_t, h_s)
+        t = tl.where(is_t, zero, t_s)
+        n0 = tl.where(is_t, n0_t, zero)
+        blk = tl.where(is_t, pid % nblk_t, ps % nblk_s)
+        L = tl.where(is_t, tl.minimum(G, N - n0_t) * T, zero + N)
+        L_valid = L
+        div = tl.where(is_t, zero + T, zero + N)
+    return b, h, t, n0, blk, L, L_valid, div, is_t
+
+
+@triton.jit
+def _seq_addr(s_b, s_t, s_n, s_h, b, h, t, n0, is_t, MODE: tl.constexpr):
+    """Base offset of a sequence and the strides of its (outer, inner) token coordinates."""
+    b64 = b.to(tl.int64)
+    base = b64 * s_b + h.to(tl.int64) * s_h + t.to(tl.int64) * s_t + n0.to(tl.int64) * s_n
+    zero = b64 * 0
+    if MODE == 0:
+        s_out = zero
+        s_in = zero + s_n
+    elif MODE == 1:
+        s_out = zero + s_t
+        s_in = zero + s_n
+    else:
+        s_out = tl.where(is_t, zero + s_n, zero)
+        s_in = tl.where(is_t, zero + s_t, zero + s_n)
+    return base, s_out, s_in
+
+
+@triton.jit
+def _tok_off(idx, div, s_out, s_in, MODE: tl.constexpr):
+    """Offsets (int64) of token indices ``idx`` within their sequence."""
+    if MODE == 0:
+        return idx.to(tl.int64) * s_in
+    o = idx // div
+    return o.to(tl.int64) * s_out + (idx - o * div).to(tl.int64) * s_in
+
+
+@triton.jit
+def _load_tokens(X, XC, base, off, c_off, rows, L, N, offs_d, D, HAS_CLS: tl.constexpr):
+    """Rows ``[len(rows), BLOCK_D]`` of a token sequence; row N is the CLS row when HAS_CLS."""
+    ptr = X + base + off[:, None] + offs_d[None, :]
+    if HAS_CLS:
+        ptr = tl.where((rows == N)[:, None], XC + c_off + offs_d[None, :], ptr)
+    return tl.load(ptr, mask=(rows < L)[:, None] & (offs_d < D)[None, :], other=0.0)
+
+
+@triton.jit
+def _store_tokens(X, XC, base, off, c_off, rows, n_main, offs_d, D, val, HAS_CLS: tl.constexpr):
+    """Store rows to X (rows < n_main) and, when HAS_CLS, row n_main to the CLS buffer XC."""
+    mask_d = (offs_d < D)[None, :]
+    tl.store(X + base + off[:, None] + offs_d[None, :], val.to(X.dtype.element_ty),
+             mask=(rows < n_main)[:, None] & mask_d)
+    if HAS_CLS:
+        tl.store(XC + c_off + rows[:, None] * 0 + offs_d[None, :], val.to(XC.dtype.element_ty),
+                 mask=(rows == n_main)[:, None] & mask_d)
+
+
+@triton.jit
+def _load_stat(S, SC, base, off, c_off, rows, n_main, other, HAS_CLS: tl.constexpr):
+    """Per-row statistic (lse / delta); rows past the sequence read ``other``."""
+    x = tl.load(S + base + off, mask=rows < n_main, other=other)
+    if HAS_CLS:
+        xc = tl.load(SC + c_off + rows * 0, mask=rows == n_main, other=other)
+        x = tl.where(rows == n_main, xc, x)
+    return x
+
+
+@triton.jit
+def _visible(offs_m, offs_n, div, L_k, is_t, MODE: tl.constexpr, CAUSAL: tl.constexpr):
+    """``[BLOCK_M, BLOCK_N]`` key visibility (the query-row validity is applied by the caller)."""
+    vis = (offs_n < L_k)[None, :]
+    if MODE == 1:
+        if CAUSAL:
+            vis = vis & ((offs_n // div)[None, :] <= (offs_m // div)[:, None])
+    if MODE == 2:
+        qo = offs_m // div
+        ko = offs_n // div
+        same = ko[None, :] == qo[:, None]
+        if CAUSAL:
+            same = same & ((offs_n - ko * div)[None, :] <= (offs_m - qo * div)[:, None])
+        vis = vis & (same | (is_t == 0))
+    return vis
+
+
+@triton.jit
+def _key_range(m0, L, L_valid, div, is_t, BLOCK_M: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr):
+    """Key indices ``[lo, hi)`` that rows ``[m0, m0 + BLOCK_M)`` can see (skips masked blocks)."""
+    lo = m0 * 0
+    hi = L_valid
+    last = tl.minimum(m0 + BLOCK_M, L) - 1
+    if MODE == 1:
+        if CAUSAL:
+            hi = tl.minimum(hi, (last // div + 1) * div)
+        hi = tl.where(m0 >= L_valid, lo, hi)
+    if MODE == 2:
+        lo = tl.where(is_t, (m0 // div) * div, lo)
+        hi = tl.where(is_t, tl.minimum(L, (last // div + 1) * div), hi)
+    return lo, hi
+
+
+@triton.jit
+def _query_range(n0, L, L_valid, div, is_t, BLOCK_N: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr):
+    """Query indices ``[lo, hi)`` that can see keys ``[n0, n0 + BLOCK_N)``."""
+    lo = n0 * 0
+    hi = L_valid
+    if MODE == 1:
+        if CAUSAL:
+            lo = (n0 // div) * div
+        lo = tl.where(n0 >= L_valid, hi, lo)
+    if MODE == 2:
+        last = tl.minimum(n0 + BLOCK_N, L) - 1
+        lo = tl.where(is_t, (n0 // div) * div, lo)
+        hi = tl.where(is_t, tl.minimum(L, (last // div + 1) * div), hi)
+    return lo, hi
+
+
+@triton.jit
+def _n_main(L, HAS_CLS: tl.constexpr):
+    """Rows that are patches (the CLS row, when present, is the last one)."""
+    if HAS_CLS:
+        return L - 1
+    else:
+        return L
+
+
+@triton.jit
+def _exp(x, IS_F64: tl.constexpr):
+    # fp32 runs in the log2 domain (exp2 is one instruction); fp64 keeps exp for its precision
+    if IS_F64:
+        return tl.exp(x)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def _logits(s, scale_hi, scale_lo, IS_F64: tl.constexpr):
+    """Scaled logits in the exponent domain of ``_exp`` (natural for fp64, log2 otherwise).
+
+    Python floats reach a kernel as fp32, so float64 carries its scale as two fp32 halves."""
+    if IS_F64:
+        return s * scale_hi + s * scale_lo
+    else:
+        return s * (scale_hi * 1.4426950408889634)
+
+
+@triton.jit
+def _lse_domain(lse, IS_F64: tl.constexpr):
+    """A stored (natural) lse in the exponent domain of ``_exp``."""
+    if IS_F64:
+        return lse
+    else:
+        return lse * 1.4426950408889634
+
+
+@triton.jit
+def _times_scale(x, scale_hi, scale_lo, IS_F64: tl.constexpr):
+    if IS_F64:
+        return x * scale_hi + x * scale_lo
+    else:
+        return x * scale_hi
+
+
+# ---------------------------------------------------------------------------------------------
+# loop bodies: each kernel runs its loop as a ``for`` over a runtime range on the GPU (software-
+# pipelined by Triton) and as a ``while`` in the interpreter, whose ``range`` cannot take a runtime
+# bound under NumPy >= 2.3 (it converts a 1-element array with ``int()``).
+
+
+@triton.jit
+def _fwd_step(
+    acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off, v_base, v_so, v_si, vc_off,
+    div, hi, N, D, is_t, scale_hi, scale_lo,
+    MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    offs_n = start + tl.arange(0, BLOCK_N)
+    k = _load_tokens(K, KC, k_base, _tok_off(offs_n, div, k_so, k_si, MODE), kc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
+    v = _load_tokens(V, VC, v_base, _tok_off(offs_n, div, v_so, v_si, MODE), vc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
+    s = _logits(tl.dot(q, tl.trans(k), input_precision=PREC), scale_hi, scale_lo, IS_F64)  # [BLOCK_M, BLOCK_N]
+    s = tl.where(_visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL), s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # a row that has seen no key yet keeps m = -inf: shift by 0 instead, exp(-inf) = 0
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = _exp(m_i - m_safe, IS_F64)
+    p = _exp(s - m_safe[:, None], IS_F64)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _dkdv_step(
+    dk, dv, k, v, start, offs_n, offs_d, Q, QC, DO, DOC, LSE, LSEC, DELTA, DELTAC,
+    q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, l_base, l_so, l_si, stat_c_off,
+    div, hi, L_valid, n_main, N, D, is_t, scale_hi, scale_lo,
+    MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    offs_m = start + tl.arange(0, BLOCK_M)
+    q = _load_tokens(Q, QC, q_base, _tok_off(offs_m, div, q_so, q_si, MODE), qc_off, offs_m, hi, N, offs_d, D, HAS_CLS)
+    do = _load_tokens(DO, DOC, do_base, _tok_off(offs_m, div, do_so, do_si, MODE), doc_off, offs_m, hi, N, offs_d, D,
+                      HAS_CLS)  # [BLOCK_M, BLOCK_D]
+    l_off = _tok_off(offs_m, div, l_so, l_si, MODE)
+    lse = _load_stat(LSE, LSEC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)  # [BLOCK_M]
+    delta = _load_stat(DELTA, DELTAC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)
+    s = _logits(tl.dot(q, tl.trans(k), input_precision=PREC), scale_hi, scale_lo, IS_F64)  # [BLOCK_M, BLOCK_N]
+    vis = _visible(offs_m, offs_n, div, L_valid, is_t, MODE, CAUSAL) & (offs_m < hi)[:, None]
+    p = tl.where(vis, _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64), 0.0)
+    dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
+    ds = p * (dp - delta[:, None])
+    dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+    return dk, dv
+
+
+@triton.jit
+def _dq_step(
+    dq, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
+    v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+    MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    offs_n = start + tl.arange(0, BLOCK_N)
+    k = _load_tokens(K, KC, k_base, _tok_off(offs_n, div, k_so, k_si, MODE), kc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
+    v = _load_tokens(V, VC, v_base, _tok_off(offs_n, div, v_so, v_si, MODE), vc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
+    s = _logits(tl.dot(q, tl.trans(k), input_precision=PREC), scale_hi, scale_lo, IS_F64)  # [BLOCK_M, BLOCK_N]
+    vis = _visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL) & row_ok[:, None]
+    p = tl.where(vis, _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64), 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
+    ds = p * (dp - delta[:, None])
+    dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    return dq
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, O, LSE, QC, KC, VC, OC, LSEC, LENS,
+    sq_b, sq_t, sq_n, sq_h, sk_b, sk_t, sk_n, sk_h, sv_b, sv_t, sv_n, sv_h, so_b, so_t, so_n, so_h,
+    sqc_b, sqc_h, skc_b, skc_h, svc_b, svc_h, soc_b, soc_t, soc_h,
+    B, T, N, H, TH, G, D, scale_hi, scale_lo,
+    CAUSAL: tl.constexpr, HAS_LENS: tl.constexpr, HAS_CLS: tl.constexpr, MODE: tl.constexpr,
+    IS_F64: tl.constexpr, PREC: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Forward over one row block of one sequence: ``out``, ``lse`` (and the CLS row's)."""
+    ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
+    pid = tl.program_id(0)
+    b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, G, LENS, BLOCK_M, MODE, HAS_CLS, HAS_LENS)
+    q_base, q_so, q_si = _seq_addr(sq_b, sq_t, sq_n, sq_h, b, h, t, n0, is_t, MODE)
+    k_base, k_so, k_si = _seq_addr(sk_b, sk_t, sk_n, sk_h, b, h, t, n0, is_t, MODE)
+    v_base, v_so, v_si = _seq_addr(sv_b, sv_t, sv_n, sv_h, b, h, t, n0, is_t, MODE)
+    o_base, o_so, o_si = _seq_addr(so_b, so_t, so_n, so_h, b, h, t, n0, is_t, MODE)
+    l_base, l_so, l_si = _seq_addr(H * T * N, N, 1, T * N, b, h, t, n0, is_t, MODE)
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    t64 = t.to(tl.int64)
+    kc_off = b64 * skc_b + h64 * skc_h
+    vc_off = b64 * svc_b + h64 * svc_h
+
+    offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_tokens(Q, QC, q_base, _tok_off(offs_m, div, q_so, q_si, MODE), b64 * sqc_b + h64 * sqc_h,
+                     offs_m, L, N, offs_d, D, HAS_CLS)  # [BLOCK_M, BLOCK_D]
+
+    m_i = tl.full([BLOCK_M], float("-inf"), ACC)
+    l_i = tl.zeros([BLOCK_M], ACC)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+    lo, hi = _key_range(blk * BLOCK_M, L, L_valid, div, is_t, BLOCK_M, MODE, CAUSAL)
+    if INTERPRET:
+        start = lo
+        while start < hi:
+            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
+                                      v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
+            start += BLOCK_N
+    else:
+        for start in range(lo, hi, BLOCK_N):
+            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
+                                      v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
+
+    ok = (offs_m < L_valid) & (l_i > 0)
+    l_safe = tl.where(ok, l_i, 1.0)
+    out = tl.where(ok[:, None], acc / l_safe[:, None], 0.0)
+    if IS_F64:
+        lse = m_i + tl.log(l_safe)
+    else:
+        lse = (m_i + tl.log2(l_safe)) * 0.6931471805599453
+    # +inf: the backward's exp(s - lse) is 0 on rows that saw no key
+    lse = tl.where(ok, lse, float("inf"))
+
+    n_main = _n_main(L, HAS_CLS)
+    _store_tokens(O, OC, o_base, _tok_off(offs_m, div, o_so, o_si, MODE), b64 * soc_b + t64 * soc_t + h64 * soc_h,
+                  offs_m, n_main, offs_d, D, out, HAS_CLS)
+    tl.store(LSE + l_base + _tok_off(offs_m, div, l_so, l_si, MODE), lse, mask=offs_m < n_main)
+    if HAS_CLS:
+        tl.store(LSEC + (b64 * H + h64) * T + t64 + offs_m * 0, lse, mask=offs_m == n_main)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, QC, KC, VC, DOC, LSEC, DELTAC, DK, DV, DKC, DVC, LENS,
+    sq_b, sq_t, sq_n, sq_h, sk_b, sk_t, sk_n, sk_h, sv_b, sv_t, sv_n, sv_h, sdo_b, sdo_t, sdo_n, sdo_h,
+    sdk_b, sdk_t, sdk_n, sdk_h, sdv_b, sdv_t, sdv_n, sdv_h,
+    sqc_b, sqc_h, skc_b, skc_h, svc_b, svc_h, sdoc_b, sdoc_t, sdoc_h,
+    B, T, N, H, TH, G, D, scale_hi, scale_lo,
+    CAUSAL: tl.constexpr, HAS_LENS: tl.constexpr, HAS_CLS: tl.constexpr, MODE: tl.constexpr,
+    IS_F64: tl.constexpr, PREC: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """dK, dV of one key block (the CLS key's per-frame partials into DKC/DVC ``[B, T, H, D]``)."""
+    ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
+    pid = tl.program_id(0)
+    b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, G, LENS, BLOCK_N, MODE, HAS_CLS, HAS_LENS)
+    q_base, q_so, q_si = _seq_addr(sq_b, sq_t, sq_n, sq_h, b, h, t, n0, is_t, MODE)
+    k_base, k_so, k_si = _seq_addr(sk_b, sk_t, sk_n, sk_h, b, h, t, n0, is_t, MODE)
+    v_base, v_so, v_si = _seq_addr(sv_b, sv_t, sv_n, sv_h, b, h, t, n0, is_t, MODE)
+    do_base, do_so, do_si = _seq_addr(sdo_b, sdo_t, sdo_n, sdo_h, b, h, t, n0, is_t, MODE)
+    dk_base, dk_so, dk_si = _seq_addr(sdk_b, sdk_t, sdk_n, sdk_h, b, h, t, n0, is_t, MODE)
+    dv_base, dv_so, dv_si = _seq_addr(sdv_b, sdv_t, sdv_n, sdv_h, b, h, t, n0, is_t, MODE)
+    l_base, l_so, l_si = _seq_addr(H * T * N, N, 1, T * N, b, h, t, n0, is_t, MODE)
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    t64 = t.to(tl.int64)
+    qc_off = b64 * sqc_b + h64 * sqc_h
+    doc_off = b64 * sdoc_b + t64 * sdoc_t + h64 * sdoc_h
+    stat_c_off = (b64 * H + h64) * T + t64
+    n_main = _n_main(L, HAS_CLS)
+
+    offs_n = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = _load_tokens(K, KC, k_base, _tok_off(offs_n, div, k_so, k_si, MODE), b64 * skc_b + h64 * skc_h,
+                     offs_n, L_valid, N, offs_d, D, HAS_CLS)  # [BLOCK_N, BLOCK_D]
+    v = _load_tokens(V, VC, v_base, _tok_off(offs_n, div, v_so, v_si, MODE), b64 * svc_b + h64 * svc_h,
+                     offs_n, L_valid, N, offs_d, D, HAS_CLS)  # [BLOCK_N, BLOCK_D]
+    dk = tl.zeros([BLOCK_N, BLOCK_D], ACC)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], ACC)
+    lo, hi = _query_range(blk * BLOCK_N, L, L_valid, div, is_t, BLOCK_N, MODE, CAUSAL)
+    if INTERPRET:
+        start = lo
+        while start < hi:
+            dk, dv = _dkdv_step(dk, dv, k, v, start, offs_n, offs_d, Q, QC, DO, DOC, LSE, LSEC, DELTA, DELTAC,
+                                q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, l_base, l_so, l_si,
+                                stat_c_off, div, hi, L_valid, n_main, N, D, is_t, scale_hi, scale_lo,
+                                MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_M)
+            start += BLOCK_M
+    else:
+        for start in range(lo, hi, BLOCK_M):
+            dk, dv = _dkdv_step(dk, dv, k, v, start, offs_n, offs_d, Q, QC, DO, DOC, LSE, LSEC, DELTA, DELTAC,
+                                q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, l_base, l_so, l_si,
+                                stat_c_off, div, hi, L_valid, n_main, N, D, is_t, scale_hi, scale_lo,
+                                MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_M)
+    dk = _times_scale(dk, scale_hi, scale_lo, IS_F64)
+
+    c_off = ((b64 * T + t64) * H + h64) * D
+    _store_tokens(DK, DKC, dk_base, _tok_off(offs_n, div, dk_so, dk_si, MODE), c_off, offs_n, n_main, offs_d, D, dk,
+                  HAS_CLS)
+    _store_tokens(DV, DVC, dv_base, _tok_off(offs_n, div, dv_so, dv_si, MODE), c_off, offs_n, n_main, offs_d, D, dv,
+                  HAS_CLS)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, QC, KC, VC, DOC, LSEC, DELTAC, DQ, DQC, LENS,
+    sq_b, sq_t, sq_n, sq_h, sk_b, sk_t, sk_n, sk_h, sv_b, sv_t, sv_n, sv_h, sdo_b, sdo_t, sdo_n, sdo_h,
+    sdq_b, sdq_t, sdq_n, sdq_h,
+    sqc_b, sqc_h, skc_b, skc_h, svc_b, svc_h, sdoc_b, sdoc_t, sdoc_h,
+    B, T, N, H, TH, G, D, scale_hi, scale_lo,
+    CAUSAL: tl.constexpr, HAS_LENS: tl.constexpr, HAS_CLS: tl.constexpr, MODE: tl.constexpr,
+    IS_F64: tl.constexpr, PREC: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """dQ of one query block (the CLS query's per-frame partial into DQC ``[B, T, H, D]``)."""
+    ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
+    pid = tl.program_id(0)
+    b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, G, LENS, BLOCK_M, MODE, HAS_CLS, HAS_LENS)
+    q_base, q_so, q_si = _seq_addr(sq_b, sq_t, sq_n, sq_h, b, h, t, n0, is_t, MODE)
+    k_base, k_so, k_si = _seq_addr(sk_b, sk_t, sk_n, sk_h, b, h, t, n0, is_t, MODE)
+    v_base, v_so, v_si = _seq_addr(sv_b, sv_t, sv_n, sv_h, b, h, t, n0, is_t, MODE)
+    do_base, do_so, do_si = _seq_addr(sdo_b, sdo_t, sdo_n, sdo_h, b, h, t, n0, is_t, MODE)
+    dq_base, dq_so, dq_si = _seq_addr(sdq_b, sdq_t, sdq_n, sdq_h, b, h, t, n0, is_t, MODE)
+    l_base, l_so, l_si = _seq_addr(H * T * N, N, 1, T * N, b, h, t, n0, is_t, MODE)
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    t64 = t.to(tl.int64)
+    kc_off = b64 * skc_b + h64 * skc_h
+    vc_off = b64 * svc_b + h64 * svc_h
+    stat_c_off = (b64 * H + h64) * T + t64
+    n_main = _n_main(L, HAS_CLS)
+
+    offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_tokens(Q, QC, q_base, _tok_off(offs_m, div, q_so, q_si, MODE), b64 * sqc_b + h64 * sqc_h,
+                     offs_m, L_valid, N, offs_d, D, HAS_CLS)  # [BLOCK_M, BLOCK_D]
+    do = _load_tokens(DO, DOC, do_base, _tok_off(offs_m, div, do_so, do_si, MODE),
+                      b64 * sdoc_b + t64 * sdoc_t + h64 * sdoc_h, offs_m, L_valid, N, offs_d, D, HAS_CLS)
+    l_off = _tok_off(offs_m, div, l_so, l_si, MODE)
+    lse = _load_stat(LSE, LSEC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)  # [BLOCK_M]
+    delta = _load_stat(DELTA, DELTAC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)
+    row_ok = offs_m < L_valid
+    dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+    lo, hi = _key_range(blk * BLOCK_M, L, L_valid, div, is_t, BLOCK_M, MODE, CAUSAL)
+    if INTERPRET:
+        start = lo
+        while start < hi:
+            dq = _dq_step(dq, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
+                          kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                          MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
+            start += BLOCK_N
+    else:
+        for start in range(lo, hi, BLOCK_N):
+            dq = _dq_step(dq, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
+                          kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                          MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
+    dq = _times_scale(dq, scale_hi, scale_lo, IS_F64)
+
+    c_off = ((b64 * T + t64) * H + h64) * D
+    _store_tokens(DQ, DQC, dq_base, _tok_off(offs_m, div, dq_so, dq_si, MODE), c_off, offs_m, n_main, offs_d, D, dq,
+                  HAS_CLS)
+
+
+@triton.jit
+def _attn_bwd_delta_kernel(
+    DO, O, DELTA, sdo_b, sdo_t, sdo_n, sdo_h, so_b, so_t, so_n, so_h,
+    T, N, H, D, R,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """``delta[b, h, t, n] = sum_d dout * out`` for R = B*H*T*N rows, in lse order."""
+    offs_r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
+    n = offs_r % N
+    rest = offs_r // N
+    t = rest % T
+    rest = rest // T
+    h = rest % H
+    b = rest // H
+    mask = (offs_r < R)[:, None] & (offs_d < D)[None, :]
+    do = tl.load(DO + (b * sdo_b + t * sdo_t + n * sdo_n + h * sdo_h)[:, None] + offs_d[None, :], mask=mask, other=0.0)
+    o = tl.load(O + (b * so_b + t * so_t + n * so_n + h * so_h)[:, None] + offs_d[None, :], mask=mask, other=0.0)
+    acc_ty = DELTA.dtype.element_ty
+    tl.store(DELTA + offs_r, tl.sum(do.to(acc_ty) * o.to(acc_ty), 1), mask=offs_r < R)
+
+
+# ---------------------------------------------------------------------------------------------
+# host side, shared with joint_attn.py and factorized_attn.py
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _block_d(D: int) -> int:
+    return max(16, triton.next_power_of_2(D))
+
+
+def _fwd_config(D: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward."""
+    if _interpreting():
+        return 16, 16, 1, 1
+    bd = _block_d(D)
+    if dtype == torch.float64:
+        return (32, 16, 4, 1) if bd <= 64 else (16, 16, 4, 1)
+    wide = dtype == torch.float32
+    if bd <= 64:
+        return (64, 32, 4, 2) if wide else (64, 64, 4, 2)
+    if bd <= 128:
+        return (64, 32, 4, 2) if wide else (64, 32, 4, 2)
+    return (32, 32, 4, 1) if wide else (64, 32, 8, 1)
+
+
+def _bwd_config(D: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of both backward kernels."""
+    if _interpreting():
+        return 16, 16, 1, 1
+    bd = _block_d(D)
+    if dtype == torch.float64:
+        return 16, 16, 4, 1
+    if dtype == torch.float32:
+        return (32, 64, 4, 1) if bd <= 64 else (16, 32, 4, 1)
+    if bd <= 64:
+        return 32, 64, 4, 2
+    if bd <= 128:
+        return 32, 32, 4, 1
+    return 16, 32, 4, 1
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # IEEE fp32 unless the user enabled TF32 in torch (SPEC §3)
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def _scale_parts(scale: float) -> tuple[float, float]:
+    """``scale`` as two fp32-exact halves (kernels receive Python floats as fp32); pure Python so
+    that tracing with fake tensors (torch.compile, opcheck) needs no tensor."""
+    hi = struct.unpack("f", struct.pack("f", scale))[0]
+    return hi, struct.unpack("f", struct.pack("f", scale - hi))[0]
+
+
+def _s4(x: torch.Tensor) -> tuple[int, int, int, int]:
+    """(b, t, n, h) strides of a ``[B, T, N, H, D]`` tensor (d's is 1)."""
+    return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
+
+
+def _temporal_group(T: int, block: int) -> int:
+    """Patches per temporal-path sequence of the factorized mode: as many as fill one block."""
+    return max(1, block // max(T, 1))
+
+
+def _grid_size(mode: int, B: int, T: int, N: int, H: int, TH: int, G: int, has_cls: bool, block: int) -> int:
+    if mode == MODE_SPATIAL:
+        return B * T * H * triton.cdiv(N + int(has_cls), block)
+    if mode == MODE_JOINT:
+        return B * H * triton.cdiv(T * N, block)
+    n_tp = B * TH * triton.cdiv(N, G) * triton.cdiv(G * T, block)
+    return n_tp + B * T * (H - TH) * triton.cdiv(N, block)
+
+
+def _cls_strides(cls):
+    if cls is None:
+        return (0, 0) * 3
+    return tuple(s for c in cls for s in (c.stride(0), c.stride(1)))
+
+
+def attn_fwd(mode, q, k, v, out, lse, scale, *, cls=None, cls_out=None, lse_cls=None,
+             frame_lens=None, causal=False, temporal_heads=0) -> None:
+    """Forward of any mode into the preallocated ``out``/``lse`` (and ``cls_out``/``lse_cls``)."""
+    B, T, N, H, D = q.shape
+    if q.numel() == 0:
+        return
+    has_cls = cls is not None
+    BM, BN, warps, stages = _fwd_config(D, q.dtype)
+    G = _temporal_group(T, BM)
+    grid = (_grid_size(mode, B, T, N, H, temporal_heads, G, has_cls, BM),)
+    qc, kc, vc = cls if has_cls else (q, q, q)
+    oc = cls_out if has_cls else out
+    lsec = lse_cls if has_cls else lse
+    soc = (cls_out.stride(0), cls_out.stride(1), cls_out.stride(2)) if has_cls else (0, 0, 0)
+    hi, lo = _scale_parts(scale)
+    torch.library.wrap_triton(_attn_fwd_kernel)[grid](
+        q, k, v, out, lse, qc, kc, vc, oc, lsec, frame_lens if frame_lens is not None else lse,
+        *_s4(q), *_s4(k), *_s4(v), *_s4(out), *_cls_strides(cls), *soc,
+        B, T, N, H, temporal_heads, G, D, hi, lo,
+        CAUSAL=bool(causal), HAS_LENS=frame_lens is not None, HAS_CLS=has_cls, MODE=mode,
+        IS_F64=q.dtype == torch.float64, PREC=_precision(q.dtype), INTERPRET=_interpreting(),
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=_block_d(D), num_warps=warps, num_stages=stages,
+    )
+
+
+def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None, cls=None, cls_out=None,
+             lse_cls=None, dcls=None, frame_lens=None, causal=False, temporal_heads=0) -> None:
+    """Backward of any mode into the preallocated ``dq, dk, dv`` (and the three ``dcls`` ``[B, H, D]``)."""
+    B, T, N, H, D = q.shape
+    if q.numel() == 0:
+        if dcls is not None:
+            for d in dcls:
+                d.zero_()
+        return
+    has_cls = cls is not None
+    stat = lse.dtype
+    delta = torch.empty_like(lse)
+    R = lse.numel()
+    BLOCK_R = 32
+    torch.library.wrap_triton(_attn_bwd_delta_kernel)[(triton.cdiv(R, BLOCK_R),)](
+        dout, out, delta, *_s4(dout), *_s4(out), T, N, H, D, R,
+        BLOCK_R=BLOCK_R, BLOCK_D=_block_d(D), num_warps=4,
+    )
+    if has_cls:
+        if dcls_out is None:
+            dcls_out = torch.zeros_like(cls_out)
+        delta_cls = (dcls_out.to(stat) * cls_out.to(stat)).sum(-1).permute(0, 2, 1).contiguous()  # [B, H, T]
+        parts = torch.empty((3, B, T, H, D), dtype=stat, device=q.device)
+        dqc, dkc, dvc = parts.unbind(0)
+        qc, kc, vc = cls
+        doc, lsec = dcls_out, lse_cls
+        sdoc = (dcls_out.stride(0), dcls_out.stride(1), dcls_out.stride(2))
+    else:
+        qc = kc = vc = doc = q
+        lsec = delta_cls = lse
+        dqc, dkc, dvc = dq, dk, dv
+        sdoc = (0, 0, 0)
+    BM, BN, warps, stages = _bwd_config(D, q.dtype)
+    hi, lo = _scale_parts(scale)
+    lens = frame_lens if frame_lens is not None else lse
+    common = dict(
+        CAUSAL=bool(causal), HAS_LENS=frame_lens is not None, HAS_CLS=has_cls, MODE=mode,
+        IS_F64=q.dtype == torch.float64, PREC=_precision(q.dtype), INTERPRET=_interpreting(),
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=_block_d(D), num_warps=warps, num_stages=stages,
+    )
+    G = _temporal_group(T, BN)
+    torch.library.wrap_triton(_attn_bwd_dkdv_kernel)[(_grid_size(mode, B, T, N, H, temporal_heads, G, has_cls, BN),)](
+        q, k, v, dout, lse, delta, qc, kc, vc, doc, lsec, delta_cls, dk, dv, dkc, dvc, lens,
+        *_s4(q), *_s4(k), *_s4(v), *_s4(dout), *_s4(dk), *_s4(dv), *_cls_strides(cls), *sdoc,
+        B, T, N, H, temporal_heads, G, D, hi, lo, **common,
+    )
+    G = _temporal_group(T, BM)
+    torch.library.wrap_triton(_attn_bwd_dq_kernel)[(_grid_size(mode, B, T, N, H, temporal_heads, G, has_cls, BM),)](
+        q, k, v, dout, lse, delta, qc, kc, vc, doc, lsec, delta_cls, dq, dqc, lens,
+        *_s4(q), *_s4(k), *_s4(v), *_s4(dout), *_s4(dq), *_cls_strides(cls), *sdoc,
+        B, T, N, H, temporal_heads, G, D, hi, lo, **common,
+    )
+    if has_cls:
+        for d, part in zip(dcls, (dqc, dkc, dvc)):
+            d.copy_(part.sum(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# spatial launchers (contract: temporal_kernels/ops.py)
+
+
+def spatial_attn_fwd(q, k, v, cls, out, cls_out, lse, lse_cls, scale) -> None:
+    """Spatial attention forward into ``out [B, T, N, H, D]``, ``lse [B, H, T, N]`` and, with
+    ``cls=(q_cls, k_cls, v_cls)`` (each ``[B, H, D]``), ``cls_out [B, T, H, D]``, ``lse_cls [B, H, T]``."""
+    attn_fwd(MODE_SPATIAL, q, k, v, out, lse, scale, cls=cls, cls_out=cls_out, lse_cls=lse_cls)
+
+
+def spatial_attn_bwd(dout, dcls_out, q, k, v, cls, out, cls_out, lse, lse_cls, scale, dq, dk, dv, dcls) -> None:
+    """Spatial attention backward into ``dq, dk, dv`` and, with CLS, ``dcls`` (three ``[B, H, D]``
+    buffers, the CLS gradients summed over frames)."""
+    attn_bwd(MODE_SPATIAL, dout, q, k, v, out, lse, scale, dq, dk, dv, dcls_out=dcls_out, cls=cls,
+             cls_out=cls_out, lse_cls=lse_cls, dcls=dcls)

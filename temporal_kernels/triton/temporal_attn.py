@@ -1,0 +1,651 @@
+"""Triton kernels for temporal attention (SPEC §2): for every ``(b, n, h)``, softmax attention over
+the T frames, optionally causal and with padded frames (``frame_lens``).
+
+Launcher contract (called by ``temporal_kernels/ops.py``):
+
+    temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal, scale) -> None
+    temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal, scale, dq, dk, dv) -> None
+
+- ``q, k, v, dout``: ``[B, T, N, H, D]``, any strides with a unit last stride (views of a packed
+  ``[B, T, N, 3, H, D]`` projection in either token order are read in place).
+- ``out, dq, dk, dv``: preallocated ``[B, T, N, H, D]``, any strides (unit last stride); every
+  element is written, padded rows with exact zeros.
+- ``lse``: preallocated contiguous ``[B, H, T, N]`` (float32; float64 for float64 inputs): the
+  log-sum-exp of the scaled logits of each query row; ``-inf`` for rows that see no key (padded
+  frames), and the backward relies on that only through the same masks, never through its value.
+- ``frame_lens``: None or an int32/int64 tensor ``[B]`` on the inputs' device.
+
+Two paths, chosen from the padded frame count ``T_PAD`` and head dim ``D_PAD``:
+
+- short T (``T_PAD <= SHORT_T_MAX`` and ``T_PAD * D_PAD <= SHORT_TILE_MAX``): each program owns
+  ``BLOCK_G`` whole consecutive ``(b, n, h)`` groups (h innermost, so one frame's loads of a group
+  block are contiguous in the packed layouts), computes ``S = Q K^T`` with one batched 3-D
+  ``tl.dot`` and the masked softmax in registers. Forward and backward are one pass each and
+  write their outputs exactly once (no atomics: deterministic). The backward recomputes P from
+  ``lse`` and takes ``delta = rowsum(P * dP)``, so it never reads ``out`` (11 passes of memory in
+  all for forward + backward, the floor).
+- long T: flash-style tiling over frames for one group per program, running max / sum in the
+  accumulation dtype, causal block skipping; an FA2-style backward (a ``delta = rowsum(dO * O)``
+  pass, a dK/dV kernel looping over query blocks and a dQ kernel looping over key blocks; no
+  atomics).
+
+Softmax and accumulation run in float32 (float64 for float64 inputs); float32 dots are IEEE
+(``input_precision="ieee"``), never TF32. Head dims are padded to the next power of two (at least
+16, as ``tl.dot`` needs) with masks; frames likewise. Grids are 1-D and offsets int64, so any
+``B * N * H`` and tensors above 2^31 elements work.
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Short (one-pass, whole-group) path when T_PAD <= SHORT_T_MAX and T_PAD * D_PAD <= SHORT_TILE_MAX;
+# the tiled path otherwise. Module constants so tests can force either path on small shapes.
+SHORT_T_MAX = 64
+SHORT_TILE_MAX = 64 * 128
+
+# Elements of one [BLOCK_G, T_PAD, D_PAD] operand tile the short kernels aim for, per element
+# size: large enough that one program moves tens of KiB (latency hiding, wide coalesced rows),
+# small enough that q, k, v (and, backward, dO, dQ, dK, dV and the [G, T, T] score tiles) stay
+# in registers without spilling.
+_SHORT_FWD_TILE = {2: 8192, 4: 4096, 8: 2048}
+_SHORT_BWD_TILE = {2: 4096, 4: 2048, 8: 1024}
+_MAX_BLOCK_G = 16
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _pad(x: int) -> int:
+    """Next power of two, at least 16 (``tl.dot`` needs every dim >= 16)."""
+    return max(16, triton.next_power_of_2(max(int(x), 1)))
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # float32 must be IEEE (SPEC §3); the others have no TF32 mode, "tf32" is the no-op default.
+    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+
+
+def _split_scale(scale: float) -> tuple[float, float]:
+    """``scale`` as two float32-exact parts: Triton passes Python floats as float32, and the
+    float64 kernels need the full value (SPEC §3: 1e-10)."""
+    hi = float(torch.tensor(scale, dtype=torch.float32))
+    lo = float(torch.tensor(scale - hi, dtype=torch.float32))
+    return hi, lo
+
+
+def use_short_path(T: int, D: int) -> bool:
+    T_PAD, D_PAD = _pad(T), _pad(D)
+    return T_PAD <= SHORT_T_MAX and T_PAD * D_PAD <= SHORT_TILE_MAX
+
+
+def _short_config(T_PAD: int, D_PAD: int, dtype: torch.dtype, backward: bool) -> tuple[int, int]:
+    """``(BLOCK_G, num_warps)`` of the short kernels."""
+    budget = (_SHORT_BWD_TILE if backward else _SHORT_FWD_TILE)[dtype.itemsize]
+    block_g = max(1, min(_MAX_BLOCK_G, budget // (T_PAD * D_PAD)))
+    if _interpreting():
+        # The interpreter's cost grows with the tile, not the grid: smallest tiles, fastest CI.
+        block_g = 1
+    work = block_g * T_PAD * max(T_PAD, D_PAD)
+    num_warps = 4 if work <= 4096 else 8
+    return block_g, num_warps
+
+
+def _tiled_config(D_PAD: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps)`` of the tiled kernels."""
+    if dtype == torch.float64:
+        block = 32 if D_PAD <= 64 else 16
+    elif dtype == torch.float32:
+        block = 64 if D_PAD <= 64 else 32
+    else:
+        block = 64 if D_PAD <= 128 else 32
+    if _interpreting():
+        block = 16
+    num_warps = 4 if block * D_PAD <= 64 * 64 else 8
+    return block, block, num_warps
+
+
+def _strides(x: torch.Tensor) -> tuple[int, int, int, int]:
+    """Per-axis strides (b, t, n, h); the head-dim stride is 1 by contract."""
+    assert x.stride(4) == 1 or x.shape[4] <= 1, "temporal_attn: the head-dim stride must be 1"
+    return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
+
+
+# ---------------------------------------------------------------------------------------------
+# short path: BLOCK_G whole groups per program
+
+
+@triton.jit
+def _group_coords(offs_g, N, H):
+    """``(b, n, h)`` of flat group indices ``g = (b * N + n) * H + h``."""
+    b = offs_g // (N * H)
+    nh = offs_g % (N * H)
+    return b, nh // H, nh % H
+
+
+@triton.jit
+def _scale_logits(s, scale_hi, scale_lo, IS_F64: tl.constexpr):
+    if IS_F64:
+        return s * scale_hi + s * scale_lo
+    else:
+        return s * scale_hi
+
+
+@triton.jit
+def _temporal_attn_fwd_short_kernel(
+    Q, K, V, O, LSE, LENS,
+    sqb, sqt, sqn, sqh,
+    skb, skt, skn, skh,
+    svb, svt, svn, svh,
+    sob, sot, son, soh,
+    T, N, H, D, num_groups,
+    scale_hi, scale_lo,
+    HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr,
+    BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    offs_g = pid * BLOCK_G + tl.arange(0, BLOCK_G).to(tl.int64)  # [G]
+    offs_t = tl.arange(0, T_PAD)
+    offs_t64 = offs_t.to(tl.int64)
+    offs_d = tl.arange(0, D_PAD)
+    mask_g = offs_g < num_groups
+    b, n, h = _group_coords(offs_g, N, H)
+    if HAS_LENS:
+        lens = tl.load(LENS + b, mask=mask_g, other=0).to(tl.int32)
+    else:
+        lens = tl.zeros([BLOCK_G], dtype=tl.int32) + T
+
+    # Frames at or past the clip length are padding: neither queries nor keys.
+    mask_row = mask_g[:, None] & (offs_t[None, :] < lens[:, None])  # [G, T_PAD]
+    mask_ld = mask_row[:, :, None] & (offs_d < D)[None, None, :]  # [G, T_PAD, D_PAD]
+    mask_st = (mask_g[:, None] & (offs_t[None, :] < T))[:, :, None] & (offs_d < D)[None, None, :]
+
+    ptr_q = Q + (b * sqb + n * sqn + h * sqh)[:, None, None] + offs_t64[None, :, None] * sqt + offs_d[None, None, :]
+    ptr_k = K + (b * skb + n * skn + h * skh)[:, None, None] + offs_t64[None, :, None] * skt + offs_d[None, None, :]
+    ptr_v = V + (b * svb + n * svn + h * svh)[:, None, None] + offs_t64[None, :, None] * svt + offs_d[None, None, :]
+    q = tl.load(ptr_q, mask=mask_ld, other=0.0)  # [G, T_PAD, D_PAD]
+    k = tl.load(ptr_k, mask=mask_ld, other=0.0)
+    v = tl.load(ptr_v, mask=mask_ld, other=0.0)
+
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [G, T_PAD, T_PAD]
+    s = _scale_logits(s, scale_hi, scale_lo, IS_F64)
+    visible = mask_row[:, :, None] & mask_row[:, None, :]
+    if CAUSAL:
+        visible = visible & (offs_t[None, :, None] >= offs_t[None, None, :])
+    s = tl.where(visible, s, float("-inf"))
+    m = tl.max(s, 2)  # [G, T_PAD]
+    # A row without a visible key (padding) gets shift 0, all-zero weights and output 0.
+    m = tl.where(m == float("-inf"), 0.0, m)
+    p = tl.exp(s - m[:, :, None])
+    l = tl.sum(p, 2)
+    l_safe = tl.where(l > 0.0, l, 1.0)
+    o = tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC) / l_safe[:, :, None]  # [G, T_PAD, D_PAD]
+
+    ptr_o = O + (b * sob + n * son + h * soh)[:, None, None] + offs_t64[None, :, None] * sot + offs_d[None, None, :]
+    tl.store(ptr_o, o.to(O.dtype.element_ty), mask=mask_st)
+    lse = tl.where(l > 0.0, m + tl.log(l_safe), float("-inf"))
+    ptr_lse = LSE + ((b * H + h) * T * N + n)[:, None] + offs_t64[None, :] * N
+    tl.store(ptr_lse, lse, mask=mask_g[:, None] & (offs_t[None, :] < T))
+
+
+@triton.jit
+def _temporal_attn_bwd_short_kernel(
+    DO, Q, K, V, LSE, LENS, DQ, DK, DV,
+    sdob, sdot, sdon, sdoh,
+    sqb, sqt, sqn, sqh,
+    skb, skt, skn, skh,
+    svb, svt, svn, svh,
+    sdqb, sdqt, sdqn, sdqh,
+    sdkb, sdkt, sdkn, sdkh,
+    sdvb, sdvt, sdvn, sdvh,
+    T, N, H, D, num_groups,
+    scale_hi, scale_lo,
+    HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr,
+    BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    offs_g = pid * BLOCK_G + tl.arange(0, BLOCK_G).to(tl.int64)  # [G]
+    offs_t = tl.arange(0, T_PAD)
+    offs_t64 = offs_t.to(tl.int64)
+    offs_d = tl.arange(0, D_PAD)
+    mask_g = offs_g < num_groups
+    b, n, h = _group_coords(offs_g, N, H)
+    if HAS_LENS:
+        lens = tl.load(LENS + b, mask=mask_g, other=0).to(tl.int32)
+    else:
+        lens = tl.zeros([BLOCK_G], dtype=tl.int32) + T
+
+    mask_row = mask_g[:, None] & (offs_t[None, :] < lens[:, None])  # [G, T_PAD]
+    mask_ld = mask_row[:, :, None] & (offs_d < D)[None, None, :]
+    mask_st = (mask_g[:, None] & (offs_t[None, :] < T))[:, :, None] & (offs_d < D)[None, None, :]
+    offs_td = offs_t64[None, :, None]
+
+    # Padded rows of dout are never read: their outputs are constant 0, whatever dout holds.
+    q = tl.load(Q + (b * sqb + n * sqn + h * sqh)[:, None, None] + offs_td * sqt + offs_d[None, None, :], mask=mask_ld, other=0.0)
+    k = tl.load(K + (b * skb + n * skn + h * skh)[:, None, None] + offs_td * skt + offs_d[None, None, :], mask=mask_ld, other=0.0)
+    v = tl.load(V + (b * svb + n * svn + h * svh)[:, None, None] + offs_td * svt + offs_d[None, None, :], mask=mask_ld, other=0.0)
+    do = tl.load(DO + (b * sdob + n * sdon + h * sdoh)[:, None, None] + offs_td * sdot + offs_d[None, None, :], mask=mask_ld, other=0.0)
+    lse = tl.load(LSE + ((b * H + h) * T * N + n)[:, None] + offs_t64[None, :] * N, mask=mask_row, other=0.0)  # [G, T_PAD]
+
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [G, T_PAD, T_PAD]
+    s = _scale_logits(s, scale_hi, scale_lo, IS_F64)
+    visible = mask_row[:, :, None] & mask_row[:, None, :]
+    if CAUSAL:
+        visible = visible & (offs_t[None, :, None] >= offs_t[None, None, :])
+    p = tl.exp(tl.where(visible, s, float("-inf")) - lse[:, :, None])  # softmax probabilities
+
+    dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PREC)  # [G, T_PAD, D_PAD]
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)  # [G, T_PAD, T_PAD]
+    delta = tl.sum(p * dp, 2)  # rowsum(dO * O) without reading O
+    ds = p * (dp - delta[:, :, None])
+    dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+    dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PREC)
+    dq = _scale_logits(dq, scale_hi, scale_lo, IS_F64)
+    dk = _scale_logits(dk, scale_hi, scale_lo, IS_F64)
+
+    tl.store(DQ + (b * sdqb + n * sdqn + h * sdqh)[:, None, None] + offs_td * sdqt + offs_d[None, None, :], dq.to(DQ.dtype.element_ty), mask=mask_st)
+    tl.store(DK + (b * sdkb + n * sdkn + h * sdkh)[:, None, None] + offs_td * sdkt + offs_d[None, None, :], dk.to(DK.dtype.element_ty), mask=mask_st)
+    tl.store(DV + (b * sdvb + n * sdvn + h * sdvh)[:, None, None] + offs_td * sdvt + offs_d[None, None, :], dv.to(DV.dtype.element_ty), mask=mask_st)
+
+
+# ---------------------------------------------------------------------------------------------
+# long path: one group and one block of frames per program, flash-style loops over the other axis
+#
+# Loop bodies are helpers so each kernel can run its loop two ways: a ``for`` over a runtime range
+# on the GPU (software-pipelined by Triton), a ``while`` in the interpreter, whose ``range`` cannot
+# take a runtime bound under NumPy >= 2.3 (it converts a 1-element array with ``int()``).
+
+
+@triton.jit
+def _fwd_tile(
+    acc, m_i, l_i, q, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d, length,
+    scale_hi, scale_lo, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    cols = start_n + offs_n
+    mask_n = cols < length
+    mask_kv = mask_n[:, None] & mask_d[None, :]
+    k = tl.load(ptr_k + cols.to(tl.int64)[:, None] * skt, mask=mask_kv, other=0.0)  # [BLOCK_N, D_PAD]
+    v = tl.load(ptr_v + cols.to(tl.int64)[:, None] * svt, mask=mask_kv, other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
+    s = _scale_logits(s, scale_hi, scale_lo, IS_F64)
+    visible = mask_m[:, None] & mask_n[None, :]
+    if CAUSAL:
+        visible = visible & (offs_m[:, None] >= cols[None, :])
+    s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # Rows that have seen no key yet keep shift 0 (exp(-inf - 0) = 0, never NaN).
+    m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m_i - m_shift)
+    p = tl.exp(s - m_shift[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _temporal_attn_fwd_tiled_kernel(
+    Q, K, V, O, LSE, LENS,
+    sqb, sqt, sqn, sqh,
+    skb, skt, skn, skh,
+    svb, svt, svn, svh,
+    sob, sot, son, soh,
+    T, N, H, D,
+    scale_hi, scale_lo,
+    HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    num_m = tl.cdiv(T, BLOCK_M)
+    # Query blocks of one group are adjacent programs, so they share its K/V in L2.
+    g = pid // num_m
+    start_m = (pid % num_m).to(tl.int32) * BLOCK_M
+    b, n, h = _group_coords(g, N, H)
+    if HAS_LENS:
+        length = tl.load(LENS + b).to(tl.int32)
+    else:
+        length = T
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    mask_d = offs_d < D
+    mask_m = offs_m < length  # [BLOCK_M]
+    q = tl.load(Q + b * sqb + n * sqn + h * sqh + offs_m.to(tl.int64)[:, None] * sqt + offs_d[None, :],
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_M, D_PAD]
+    ptr_k = K + b * skb + n * skn + h * skh + offs_d[None, :]
+    ptr_v = V + b * svb + n * svn + h * svh + offs_d[None, :]
+
+    if IS_F64:
+        acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float64)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float64)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float64)
+    else:
+        acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    hi = length
+    if CAUSAL:
+        hi = tl.minimum(hi, start_m + BLOCK_M)
+    hi = tl.where(start_m < length, hi, 0)  # a block of padded query frames sees nothing
+    if INTERPRET:
+        start_n = 0
+        while start_n < hi:
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m,
+                                      mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, DOT_PREC)
+            start_n += BLOCK_N
+    else:
+        for start_n in range(0, hi, BLOCK_N):
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m,
+                                      mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, DOT_PREC)
+
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    o = acc / l_safe[:, None]
+    mask_out = offs_m < T
+    tl.store(O + b * sob + n * son + h * soh + offs_m.to(tl.int64)[:, None] * sot + offs_d[None, :],
+             o.to(O.dtype.element_ty), mask=mask_out[:, None] & mask_d[None, :])
+    lse = tl.where(l_i > 0.0, m_i + tl.log(l_safe), float("-inf"))
+    tl.store(LSE + (b * H + h) * T * N + n + offs_m.to(tl.int64) * N, lse, mask=mask_out)
+
+
+@triton.jit
+def _temporal_attn_bwd_delta_kernel(
+    DO, O, DELTA, LENS,
+    sdob, sdot, sdon, sdoh,
+    sob, sot, son, soh,
+    T, N, H, D,
+    HAS_LENS: tl.constexpr, BLOCK_M: tl.constexpr, D_PAD: tl.constexpr,
+):
+    """``delta[g, t] = dO[g, t] · O[g, t]`` in the accumulation dtype (0 on padded frames)."""
+    pid = tl.program_id(0).to(tl.int64)
+    num_m = tl.cdiv(T, BLOCK_M)
+    g = pid // num_m
+    start_m = (pid % num_m).to(tl.int32) * BLOCK_M
+    b, n, h = _group_coords(g, N, H)
+    if HAS_LENS:
+        length = tl.load(LENS + b).to(tl.int32)
+    else:
+        length = T
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    mask = (offs_m < length)[:, None] & (offs_d < D)[None, :]
+    rows = offs_m.to(tl.int64)[:, None]
+    do = tl.load(DO + b * sdob + n * sdon + h * sdoh + rows * sdot + offs_d[None, :], mask=mask, other=0.0)
+    o = tl.load(O + b * sob + n * son + h * soh + rows * sot + offs_d[None, :], mask=mask, other=0.0)
+    delta = tl.sum(do.to(DELTA.dtype.element_ty) * o.to(DELTA.dtype.element_ty), 1)
+    tl.store(DELTA + g * T + offs_m, delta, mask=offs_m < T)
+
+
+@triton.jit
+def _dkdv_tile(
+    dk, dv, k, v, ptr_q, ptr_do, ptr_lse, ptr_delta, sqt, sdot, N, start_m, offs_m, offs_n, mask_n, mask_d,
+    length, scale_hi, scale_lo, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    rows = start_m + offs_m
+    mask_m = rows < length
+    mask_q = mask_m[:, None] & mask_d[None, :]
+    q = tl.load(ptr_q + rows.to(tl.int64)[:, None] * sqt, mask=mask_q, other=0.0)  # [BLOCK_M, D_PAD]
+    do = tl.load(ptr_do + rows.to(tl.int64)[:, None] * sdot, mask=mask_q, other=0.0)
+    lse = tl.load(ptr_lse + rows.to(tl.int64) * N, mask=mask_m, other=0.0)  # [BLOCK_M]
+    delta = tl.load(ptr_delta + rows, mask=mask_m, other=0.0)
+    st = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M]
+    st = _scale_logits(st, scale_hi, scale_lo, IS_F64)
+    visible = mask_n[:, None] & mask_m[None, :]
+    if CAUSAL:
+        visible = visible & (offs_n[:, None] <= rows[None, :])
+    pt = tl.exp(tl.where(visible, st, float("-inf")) - lse[None, :])  # P^T
+    dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PREC)
+    dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M]
+    dst = pt * (dpt - delta[None, :])
+    dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PREC)
+    return dk, dv
+
+
+@triton.jit
+def _temporal_attn_bwd_dkdv_kernel(
+    DO, Q, K, V, LSE, DELTA, LENS, DK, DV,
+    sdob, sdot, sdon, sdoh,
+    sqb, sqt, sqn, sqh,
+    skb, skt, skn, skh,
+    svb, svt, svn, svh,
+    sdkb, sdkt, sdkn, sdkh,
+    sdvb, sdvt, sdvn, sdvh,
+    T, N, H, D,
+    scale_hi, scale_lo,
+    HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """dK, dV of one block of key frames, looping over the query frames that see it."""
+    pid = tl.program_id(0).to(tl.int64)
+    num_n = tl.cdiv(T, BLOCK_N)
+    g = pid // num_n
+    start_n = (pid % num_n).to(tl.int32) * BLOCK_N
+    b, n, h = _group_coords(g, N, H)
+    if HAS_LENS:
+        length = tl.load(LENS + b).to(tl.int32)
+    else:
+        length = T
+
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    mask_d = offs_d < D
+    mask_n = offs_n < length
+    mask_kv = mask_n[:, None] & mask_d[None, :]
+    rows_n = offs_n.to(tl.int64)[:, None]
+    k = tl.load(K + b * skb + n * skn + h * skh + rows_n * skt + offs_d[None, :], mask=mask_kv, other=0.0)  # [BLOCK_N, D_PAD]
+    v = tl.load(V + b * svb + n * svn + h * svh + rows_n * svt + offs_d[None, :], mask=mask_kv, other=0.0)
+    ptr_q = Q + b * sqb + n * sqn + h * sqh + offs_d[None, :]
+    ptr_do = DO + b * sdob + n * sdon + h * sdoh + offs_d[None, :]
+    ptr_lse = LSE + (b * H + h) * T * N + n
+    ptr_delta = DELTA + g * T
+
+    if IS_F64:
+        dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float64)
+        dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float64)
+    else:
+        dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
+
+    lo = 0
+    if CAUSAL:
+        lo = (start_n // BLOCK_M) * BLOCK_M  # earlier query frames never see these keys
+    hi = tl.where(start_n < length, length, 0)  # a block of padded key frames is seen by no query
+    if INTERPRET:
+        start_m = lo
+        while start_m < hi:
+            dk, dv = _dkdv_tile(dk, dv, k, v, ptr_q, ptr_do, ptr_lse, ptr_delta, sqt, sdot, N, start_m, offs_m, offs_n,
+                                mask_n, mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, DOT_PREC)
+            start_m += BLOCK_M
+    else:
+        for start_m in range(lo, hi, BLOCK_M):
+            dk, dv = _dkdv_tile(dk, dv, k, v, ptr_q, ptr_do, ptr_lse, ptr_delta, sqt, sdot, N, start_m, offs_m, offs_n,
+                                mask_n, mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, DOT_PREC)
+    dk = _scale_logits(dk, scale_hi, scale_lo, IS_F64)
+
+    mask_st = (offs_n < T)[:, None] & mask_d[None, :]
+    tl.store(DK + b * sdkb + n * sdkn + h * sdkh + rows_n * sdkt + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=mask_st)
+    tl.store(DV + b * sdvb + n * sdvn + h * sdvh + rows_n * sdvt + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=mask_st)
+
+
+@triton.jit
+def _dq_tile(
+    dq, q, do, lse, delta, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d, length,
+    scale_hi, scale_lo, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    cols = start_n + offs_n
+    mask_n = cols < length
+    mask_kv = mask_n[:, None] & mask_d[None, :]
+    k = tl.load(ptr_k + cols.to(tl.int64)[:, None] * skt, mask=mask_kv, other=0.0)  # [BLOCK_N, D_PAD]
+    v = tl.load(ptr_v + cols.to(tl.int64)[:, None] * svt, mask=mask_kv, other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
+    s = _scale_logits(s, scale_hi, scale_lo, IS_F64)
+    visible = mask_m[:, None] & mask_n[None, :]
+    if CAUSAL:
+        visible = visible & (offs_m[:, None] >= cols[None, :])
+    p = tl.exp(tl.where(visible, s, float("-inf")) - lse[:, None])
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+    ds = p * (dp - delta[:, None])
+    dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+    return dq
+
+
+@triton.jit
+def _temporal_attn_bwd_dq_kernel(
+    DO, Q, K, V, LSE, DELTA, LENS, DQ,
+    sdob, sdot, sdon, sdoh,
+    sqb, sqt, sqn, sqh,
+    skb, skt, skn, skh,
+    svb, svt, svn, svh,
+    sdqb, sdqt, sdqn, sdqh,
+    T, N, H, D,
+    scale_hi, scale_lo,
+    HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """dQ of one block of query frames, looping over the key frames it sees."""
+    pid = tl.program_id(0).to(tl.int64)
+    num_m = tl.cdiv(T, BLOCK_M)
+    g = pid // num_m
+    start_m = (pid % num_m).to(tl.int32) * BLOCK_M
+    b, n, h = _group_coords(g, N, H)
+    if HAS_LENS:
+        length = tl.load(LENS + b).to(tl.int32)
+    else:
+        length = T
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    mask_d = offs_d < D
+    mask_m = offs_m < length
+    mask_q = mask_m[:, None] & mask_d[None, :]
+    rows_m = offs_m.to(tl.int64)[:, None]
+    q = tl.load(Q + b * sqb + n * sqn + h * sqh + rows_m * sqt + offs_d[None, :], mask=mask_q, other=0.0)  # [BLOCK_M, D_PAD]
+    do = tl.load(DO + b * sdob + n * sdon + h * sdoh + rows_m * sdot + offs_d[None, :], mask=mask_q, other=0.0)
+    lse = tl.load(LSE + (b * H + h) * T * N + n + offs_m.to(tl.int64) * N, mask=mask_m, other=0.0)
+    delta = tl.load(DELTA + g * T + offs_m, mask=mask_m, other=0.0)
+    ptr_k = K + b * skb + n * skn + h * skh + offs_d[None, :]
+    ptr_v = V + b * svb + n * svn + h * svh + offs_d[None, :]
+
+    if IS_F64:
+        dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float64)
+    else:
+        dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+
+    hi = length
+    if CAUSAL:
+        hi = tl.minimum(hi, start_m + BLOCK_M)
+    hi = tl.where(start_m < length, hi, 0)  # a block of padded query frames sees nothing
+    if INTERPRET:
+        start_n = 0
+        while start_n < hi:
+            dq = _dq_tile(dq, q, do, lse, delta, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d,
+                          length, scale_hi, scale_lo, CAUSAL, IS_F64, DOT_PREC)
+            start_n += BLOCK_N
+    else:
+        for start_n in range(0, hi, BLOCK_N):
+            dq = _dq_tile(dq, q, do, lse, delta, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d,
+                          length, scale_hi, scale_lo, CAUSAL, IS_F64, DOT_PREC)
+    dq = _scale_logits(dq, scale_hi, scale_lo, IS_F64)
+
+    mask_st = (offs_m < T)[:, None] & mask_d[None, :]
+    tl.store(DQ + b * sdqb + n * sdqn + h * sdqh + rows_m * sdqt + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=mask_st)
+
+
+# ---------------------------------------------------------------------------------------------
+# launchers
+
+
+def _lens_arg(frame_lens, fallback: torch.Tensor):
+    """The kernels read ``LENS`` only when ``HAS_LENS``; any pointer stands in otherwise."""
+    return (frame_lens, True) if frame_lens is not None else (fallback, False)
+
+
+def temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal: bool, scale: float) -> None:
+    """Forward of temporal attention into the preallocated ``out`` ``[B, T, N, H, D]`` and
+    ``lse`` ``[B, H, T, N]`` (see the module docstring for the contract)."""
+    B, T, N, H, D = q.shape
+    num_groups = B * N * H
+    if num_groups == 0 or T == 0:
+        return
+    assert lse.is_contiguous() and tuple(lse.shape) == (B, H, T, N)
+    T_PAD, D_PAD = _pad(T), _pad(D)
+    scale_hi, scale_lo = _split_scale(scale)
+    lens, has_lens = _lens_arg(frame_lens, lse)
+    is_f64 = q.dtype == torch.float64
+    strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(out))
+    if use_short_path(T, D):
+        block_g, num_warps = _short_config(T_PAD, D_PAD, q.dtype, backward=False)
+        grid = (triton.cdiv(num_groups, block_g),)
+        torch.library.wrap_triton(_temporal_attn_fwd_short_kernel)[grid](
+            q, k, v, out, lse, lens, *strides,
+            T, N, H, D, num_groups, scale_hi, scale_lo,
+            HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64,
+            BLOCK_G=block_g, T_PAD=T_PAD, D_PAD=D_PAD, DOT_PREC=_dot_precision(q.dtype),
+            num_warps=num_warps,
+        )
+        return
+    block_m, block_n, num_warps = _tiled_config(D_PAD, q.dtype)
+    grid = (num_groups * triton.cdiv(T, block_m),)
+    torch.library.wrap_triton(_temporal_attn_fwd_tiled_kernel)[grid](
+        q, k, v, out, lse, lens, *strides,
+        T, N, H, D, scale_hi, scale_lo,
+        HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(),
+        BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, DOT_PREC=_dot_precision(q.dtype),
+        num_warps=num_warps,
+    )
+
+
+def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: float, dq, dk, dv) -> None:
+    """Backward of temporal attention into the preallocated ``dq, dk, dv`` ``[B, T, N, H, D]``
+    (any strides, e.g. the three slices of one packed ``dqkv``). ``out`` is read by the tiled
+    path only (the short path recomputes ``rowsum(dO * O)`` from P)."""
+    B, T, N, H, D = q.shape
+    num_groups = B * N * H
+    if num_groups == 0 or T == 0:
+        return
+    T_PAD, D_PAD = _pad(T), _pad(D)
+    scale_hi, scale_lo = _split_scale(scale)
+    lens, has_lens = _lens_arg(frame_lens, lse)
+    is_f64 = q.dtype == torch.float64
+    prec = _dot_precision(q.dtype)
+    s_do, s_q, s_k, s_v = _strides(dout), _strides(q), _strides(k), _strides(v)
+    s_dq, s_dk, s_dv = _strides(dq), _strides(dk), _strides(dv)
+    if use_short_path(T, D):
+        block_g, num_warps = _short_config(T_PAD, D_PAD, q.dtype, backward=True)
+        grid = (triton.cdiv(num_groups, block_g),)
+        torch.library.wrap_triton(_temporal_attn_bwd_short_kernel)[grid](
+            dout, q, k, v, lse, lens, dq, dk, dv,
+            *s_do, *s_q, *s_k, *s_v, *s_dq, *s_dk, *s_dv,
+            T, N, H, D, num_groups, scale_hi, scale_lo,
+            HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64,
+            BLOCK_G=block_g, T_PAD=T_PAD, D_PAD=D_PAD, DOT_PREC=prec,
+            num_warps=num_warps,
+        )
+        return
+    block_m, block_n, num_warps = _tiled_config(D_PAD, q.dtype)
+    delta = torch.empty((num_groups, T), dtype=lse.dtype, device=q.device)
+    torch.library.wrap_triton(_temporal_attn_bwd_delta_kernel)[(num_groups * triton.cdiv(T, block_m),)](
+        dout, out, delta, lens, *s_do, *_strides(out), T, N, H, D,
+        HAS_LENS=has_lens, BLOCK_M=block_m, D_PAD=D_PAD, num_warps=num_warps,
+    )
+    torch.library.wrap_triton(_temporal_attn_bwd_dkdv_kernel)[(num_groups * triton.cdiv(T, block_n),)](
+        dout, q, k, v, lse, delta, lens, dk, dv,
+        *s_do, *s_q, *s_k, *s_v, *s_dk, *s_dv,
+        T, N, H, D, scale_hi, scale_lo,
+        HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(),
+        BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, DOT_PREC=prec,
+        num_warps=num_warps,
+    )
+    torch.library.wrap_triton(_temporal_attn_bwd_dq_kernel)[(num_groups * triton.cdiv(T, block_m),)](
+        dout, q, k, v, lse, delta, lens, dq,
+        *s_do, *s_q, *s_k, *s_v, *s_dq,
+        T, N, H, D, scale_hi, scale_lo,
+        HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(),
+        BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, DOT_PREC=prec,
+        num_warps=num_warps,
+    )

@@ -1,0 +1,246 @@
+// Host emulation of the few CUDA built-ins csrc/temporal_attn.cuh uses, so the CPU CI runs the
+// real kernel source (indexing, strides, masks, tiles, barriers, shuffle masks) on small problems.
+//
+// Every CUDA thread of a block is a fiber (ucontext) on one OS thread; blocks run one after
+// another. A fiber runs until it reaches __syncthreads or __shfl_xor_sync and then waits: a
+// barrier opens when all 256 threads wait at it, a shuffle when exactly the lanes of its mask
+// wait at a shuffle with that mask. Anything else (a lane outside the mask, divergent barriers,
+// a thread that exits while others wait) aborts with a message instead of passing. Shared memory
+// starts as 0xFF bytes (NaN) each block. Half and bfloat16 are emulated (_Float16, and float's
+// upper 16 bits with round-to-nearest-even).
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+#define __align__(n) alignas(n)
+
+struct Dim3 {
+  unsigned x = 0;
+};
+Dim3 threadIdx, blockIdx;
+Dim3 gridDim;
+
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+
+struct __half {
+  _Float16 v;
+};
+inline float __half2float(__half h) { return static_cast<float>(h.v); }
+inline __half __float2half_rn(float f) { return __half{static_cast<_Float16>(f)}; }
+
+struct __nv_bfloat16 {
+  uint16_t bits;
+};
+inline float __bfloat162float(__nv_bfloat16 b) {
+  const uint32_t u = static_cast<uint32_t>(b.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return __nv_bfloat16{static_cast<uint16_t>(u >> 16)};
+}
+
+using std::max;
+using std::min;
+
+[[noreturn]] void emu_fail(const char* what) {
+  std::fprintf(stderr, "csrc emulation: %s\n", what);
+  std::abort();
+}
+
+constexpr int kBlock = 256;
+
+enum class Wait { kRun, kSync, kShfl, kDone };
+
+struct Fiber {
+  ucontext_t uc;
+  std::vector<char> stack;
+  Wait wait = Wait::kRun;
+  unsigned mask = 0;
+  int off = 0;
+  double slot = 0, result = 0;
+};
+
+struct BlockCtx {
+  ucontext_t scheduler;
+  Fiber fibers[kBlock];
+  int current = 0;
+  unsigned char* smem = nullptr;
+  std::function<void()> body;
+};
+BlockCtx* ctx = nullptr;
+
+inline void yield_to_scheduler() {
+  Fiber& f = ctx->fibers[ctx->current];
+  swapcontext(&f.uc, &ctx->scheduler);
+}
+
+inline void __syncthreads() {
+  ctx->fibers[ctx->current].wait = Wait::kSync;
+  yield_to_scheduler();
+}
+
+inline unsigned char* dynamic_smem() { return ctx->smem; }
+
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T x, int off) {
+  const unsigned lane = threadIdx.x & 31u;
+  const unsigned src = lane ^ static_cast<unsigned>(off);
+  if (!((mask >> lane) & 1u) || !((mask >> src) & 1u)) emu_fail("shuffle lane or source lane outside the mask");
+  Fiber& f = ctx->fibers[ctx->current];
+  f.wait = Wait::kShfl;
+  f.mask = mask;
+  f.off = off;
+  f.slot = static_cast<double>(x);
+  yield_to_scheduler();
+  return static_cast<T>(ctx->fibers[ctx->current].result);
+}
+
+void fiber_main() {
+  ctx->body();
+  ctx->fibers[ctx->current].wait = Wait::kDone;
+  swapcontext(&ctx->fibers[ctx->current].uc, &ctx->scheduler);
+}
+
+// Runs one block of `body` to completion.
+void run_block(unsigned blk, unsigned char* smem, std::function<void()> body) {
+  BlockCtx block;
+  block.smem = smem;
+  block.body = std::move(body);
+  ctx = &block;
+  blockIdx.x = blk;
+  for (int tid = 0; tid < kBlock; ++tid) {
+    Fiber& f = block.fibers[tid];
+    f.stack.resize(256 * 1024);
+    getcontext(&f.uc);
+    f.uc.uc_stack.ss_sp = f.stack.data();
+    f.uc.uc_stack.ss_size = f.stack.size();
+    f.uc.uc_link = nullptr;
+    makecontext(&f.uc, fiber_main, 0);
+  }
+  for (;;) {
+    for (int tid = 0; tid < kBlock; ++tid) {
+      Fiber& f = block.fibers[tid];
+      while (f.wait == Wait::kRun) {
+        block.current = tid;
+        threadIdx.x = tid;
+        swapcontext(&block.scheduler, &f.uc);
+      }
+    }
+    int done = 0, sync = 0;
+    bool released = false;
+    for (int tid = 0; tid < kBlock; ++tid) {
+      Fiber& f = block.fibers[tid];
+      done += f.wait == Wait::kDone;
+      sync += f.wait == Wait::kSync;
+      if (f.wait != Wait::kShfl) continue;
+      const int warp0 = tid & ~31;
+      bool ready = true;
+      for (int l = 0; l < 32; ++l) {
+        if (!((f.mask >> l) & 1u)) continue;
+        const Fiber& g = block.fibers[warp0 + l];
+        ready &= g.wait == Wait::kShfl && g.mask == f.mask;
+      }
+      if (!ready) continue;
+      for (int l = 0; l < 32; ++l) {
+        if (!((f.mask >> l) & 1u)) continue;
+        Fiber& g = block.fibers[warp0 + l];
+        g.result = block.fibers[warp0 + (l ^ g.off)].slot;
+      }
+      for (int l = 0; l < 32; ++l) {
+        if ((f.mask >> l) & 1u) block.fibers[warp0 + l].wait = Wait::kRun;
+      }
+      released = true;
+    }
+    if (released) continue;
+    if (done == kBlock) break;
+    if (sync + done == kBlock && done == 0) {
+      for (auto& f : block.fibers) f.wait = Wait::kRun;
+      continue;
+    }
+    emu_fail("deadlock: threads wait at different barriers or shuffles, or exited while others wait");
+  }
+  ctx = nullptr;
+}
+
+#include "temporal_attn.cuh"
+
+namespace tk = temporal_kernels;
+namespace td = temporal_kernels::detail;
+
+template <typename Kernel>
+void run_grid(Kernel kernel, const tk::AttnParams& p, const td::Launch& l, int64_t max_grid) {
+  const int64_t grid = max_grid > 0 ? std::min(l.grid, max_grid) : l.grid;
+  gridDim.x = static_cast<unsigned>(grid);
+  for (int64_t blk = 0; blk < grid; ++blk) {
+    std::vector<unsigned char> smem(l.smem + 16, 0xFF);
+    unsigned char* aligned = smem.data() + (16 - reinterpret_cast<uintptr_t>(smem.data()) % 16) % 16;
+    run_block(static_cast<unsigned>(blk), aligned, [&] { kernel(p, l.sh); });
+  }
+}
+
+template <typename T>
+void run(bool backward, const tk::AttnParams& p, int64_t max_grid) {
+  if (backward) {
+    run_grid(td::temporal_bwd_kernel<T>, p, td::bwd_launch<T>(p), max_grid);
+  } else {
+    run_grid(td::temporal_fwd_kernel<T>, p, td::fwd_launch<T>(p), max_grid);
+  }
+}
+
+// ptrs: q, k, v, out, lse, dout, dq, dk, dv, delta. strides: [8][5] for q, k, v, out, dout, dq,
+// dk, dv. sizes: B, T, N, H, D. Returns the launch shape (S, R, team, gpb, KT, smem, grid).
+extern "C" void emu_temporal(int backward, int dtype, void** ptrs, const int64_t* strides, const int64_t* sizes,
+                             double scale, int causal, const int64_t* frame_lens, int vec16, int64_t max_grid,
+                             int64_t* shape_out) {
+  tk::AttnParams p;
+  p.q = ptrs[0];
+  p.k = ptrs[1];
+  p.v = ptrs[2];
+  p.out = ptrs[3];
+  p.lse = ptrs[4];
+  p.dout = ptrs[5];
+  p.dq = ptrs[6];
+  p.dk = ptrs[7];
+  p.dv = ptrs[8];
+  p.delta = ptrs[9];
+  int64_t(*dst[8])[5] = {&p.q_stride, &p.k_stride, &p.v_stride, &p.out_stride,
+                         &p.dout_stride, &p.dq_stride, &p.dk_stride, &p.dv_stride};
+  for (int i = 0; i < 8; ++i) std::memcpy(*dst[i], strides + 5 * i, 5 * sizeof(int64_t));
+  p.B = sizes[0];
+  p.T = sizes[1];
+  p.N = sizes[2];
+  p.H = sizes[3];
+  p.D = sizes[4];
+  p.scale = scale;
+  p.causal = causal != 0;
+  p.frame_lens = frame_lens;
+  p.vec16 = vec16 != 0;
+  const auto dt = static_cast<tk::DType>(dtype);
+  td::Launch l;
+  switch (dt) {
+    case tk::DType::kFloat16: l = backward ? td::bwd_launch<__half>(p) : td::fwd_launch<__half>(p); run<__half>(backward, p, max_grid); break;
+    case tk::DType::kBFloat16: l = backward ? td::bwd_launch<__nv_bfloat16>(p) : td::fwd_launch<__nv_bfloat16>(p); run<__nv_bfloat16>(backward, p, max_grid); break;
+    case tk::DType::kFloat32: l = backward ? td::bwd_launch<float>(p) : td::fwd_launch<float>(p); run<float>(backward, p, max_grid); break;
+    case tk::DType::kFloat64: l = backward ? td::bwd_launch<double>(p) : td::fwd_launch<double>(p); run<double>(backward, p, max_grid); break;
+  }
+  const int64_t shape[7] = {l.sh.S, l.sh.R, l.sh.team, l.sh.gpb, l.sh.KT, static_cast<int64_t>(l.smem), l.grid};
+  std::memcpy(shape_out, shape, sizeof(shape));
+}
