@@ -75,7 +75,7 @@ if [ "${TK_SKIP_TESTS:-0}" != "1" ]; then
     if [ "${TK_SKIP_BENCH:-0}" != "1" ]; then budget=$(( budget / 3 )); fi  # leave most of the budget to benchmarks
     [ "$budget" -lt 30 ] && budget=30
     echo "test budget ${budget} s"
-    timeout -s INT -k 20 "$budget" $PY -m pytest -q tests -x --timeout="${TK_TEST_TIMEOUT:-300}" "${PYTEST_EXTRA[@]}" 2>&1 | tee "$OUT/tests.log"
+    timeout -s INT -k 20 "$budget" $PY -m pytest -q tests --timeout="${TK_TEST_TIMEOUT:-300}" "${PYTEST_EXTRA[@]}" 2>&1 | tee "$OUT/tests.log"
     echo "tests rc=${PIPESTATUS[0]} (124/130 = cut by the time budget)" | tee -a "$OUT/tests.log"
 fi
 

@@ -161,7 +161,7 @@ def _block_forward(self, x: Tensor, B: int, T: int, W: int) -> Tensor:
     C = x.shape[-1]
     head_dim = max(C // attn.num_heads, C // tattn.num_heads)
     backend = None
-    if not (_dropout_active(self, getattr(attn, "attn_drop", None)) or _dropout_active(self, getattr(tattn, "attn_drop", None))):
+    if not any(_dropout_active(self, getattr(a, "attn_drop", None)) for a in (attn, tattn)):
         backend = _serving_backend(getattr(self, _MARK)["backend"], _DIVIDED, x, head_dim)
     if backend is None:
         return type(self).forward(self, x, B, T, W)

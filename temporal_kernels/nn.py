@@ -143,7 +143,9 @@ class TemporalAttention(nn.Module):
     in its memory order and the output has the same layout, without copies.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, causal: bool = False, backend: Optional[str] = None):
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, causal: bool = False, backend: Optional[str] = None
+    ):
         super().__init__()
         self.dim, self.num_heads = dim, num_heads
         self.head_dim = _split_heads(dim, num_heads)

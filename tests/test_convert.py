@@ -88,8 +88,9 @@ def converted_copy(model, backend):
 
 
 def check_same(model, twin, mode="eval", seed=None, **kwargs):
-    model.train(mode == "train")
-    twin.train(mode == "train")
+    for m in (model, twin):
+        m.train(mode == "train")
+        m.zero_grad(set_to_none=True)
     x = pixels()
     x2 = x.detach().clone().requires_grad_()
     ref, want = hf_fwd_bwd(model, x, seed=seed, **kwargs)

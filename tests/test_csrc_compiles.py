@@ -223,7 +223,7 @@ def test_emulated_kernels(emu, layout, dtype):
     "shape,dtype,expect",
     [
         ((2, 20, 1, 2, 256), torch.float64, "multi-tile"),  # 32 lanes, KT < T: several tiles
-        ((1, 150, 1, 2, 64), torch.float32, "multi-tile"),  # row passes x tiles
+        ((1, 100, 1, 2, 64), torch.float32, "multi-tile"),  # row passes x tiles (KT = 95, 93)
         ((3, 5, 2, 3, 20), torch.bfloat16, "one-tile"),  # partial chunk, scalar loads
         ((3, 1, 4, 2, 12), torch.float16, "one-tile"),  # T = 1, unaligned rows
         ((3, 9, 2, 1, 3), torch.float32, "one-tile"),  # D < 8: one lane per row

@@ -57,9 +57,8 @@ def backend_or_skip(backend: str, *ops: str, dtype: torch.dtype = torch.float32)
     table = TRITON_OPS if backend == "triton" else CUDA_OPS
     missing = [op for op in ops if op not in table]
     if backend == "triton":
-        missing += [
-            op for op in ops if op in table and importlib.util.find_spec(f"temporal_kernels.triton.{_LAUNCHER[op]}") is None
-        ]
+        spec = importlib.util.find_spec
+        missing += [op for op in ops if op in table and spec(f"temporal_kernels.triton.{_LAUNCHER[op]}") is None]
     if missing:
         pytest.skip(f"backend {backend!r} does not implement {sorted(set(missing))} yet")
     return backend

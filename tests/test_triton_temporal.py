@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import temporal_kernels as tk
+import temporal_kernels.ops  # noqa: F401  (registers the torch.ops.temporal_kernels ops)
 from temporal_kernels import reference
 from temporal_kernels.triton import temporal_attn as ta
 
@@ -85,12 +86,14 @@ def _padded_rows(B, T, frame_lens, device):
 # public API, every layout
 
 
-@pytest.mark.parametrize("dtype", kernel_dtypes(), ids=lambda d: case_id(dtype=d))
-@pytest.mark.parametrize("lens", [False, True], ids=["", "lens"])
-@pytest.mark.parametrize("causal", [False, True], ids=["", "causal"])
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: case_id(B=s[0], T=s[1], N=s[2], H=s[3], D=s[4]))
-def test_temporal_api(shape, layout, causal, lens, dtype, path):
+MASKS = [(False, False), (True, False), (False, True), (True, True)]  # (causal, frame_lens)
+
+
+def _mask_id(mask):
+    return "-".join(name for name, on in zip(("causal", "lens"), mask) if on) or "full"
+
+
+def _check_api(shape, layout, causal, lens, dtype):
     B, T, N, H, D = shape
     gen = torch.Generator().manual_seed(zlib.crc32(repr((shape, layout, causal, lens, dtype)).encode()))
     q, k, v = make_qkv(layout, B, T, N, H, D, dtype=dtype, requires_grad=True, generator=gen)
@@ -107,6 +110,24 @@ def test_temporal_api(shape, layout, causal, lens, dtype, path):
     padded = _padded_rows(B, T, frame_lens, DEVICE)
     for name, x in (("out", out),) + tuple(zip(("dq", "dk", "dv"), grads)):
         assert (x[padded] == 0).all(), f"{name}: padded frames must be exactly 0"
+
+
+@pytest.mark.parametrize("dtype", kernel_dtypes(), ids=lambda d: case_id(dtype=d))
+@pytest.mark.parametrize("mask", MASKS, ids=_mask_id)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: case_id(B=s[0], T=s[1], N=s[2], H=s[3], D=s[4]))
+def test_temporal_api(shape, layout, mask, dtype):
+    _check_api(shape, layout, *mask, dtype)
+
+
+@pytest.mark.parametrize("dtype", kernel_dtypes(), ids=lambda d: case_id(dtype=d))
+@pytest.mark.parametrize("mask", MASKS, ids=_mask_id)
+@pytest.mark.parametrize("layout", ("separate", "packed_nt"))
+@pytest.mark.parametrize("shape", SHAPES[:2], ids=lambda s: case_id(B=s[0], T=s[1], N=s[2], H=s[3], D=s[4]))
+def test_temporal_api_tiled_path(shape, layout, mask, dtype, monkeypatch):
+    """The long-T (tiled) kernels on short T: every T forced onto them."""
+    monkeypatch.setattr(ta, "SHORT_T_MAX", 0)
+    _check_api(shape, layout, *mask, dtype)
 
 
 @pytest.mark.parametrize("dtype", kernel_dtypes(), ids=lambda d: case_id(dtype=d))
@@ -225,6 +246,13 @@ def test_launchers_int64_lens_and_empty_batch_rows(path):
 # custom-op registration
 
 
+# The Triton interpreter runs kernels even on fake tensors (and fails there): the fake-tensor and
+# aot_dispatch checks need a GPU, where wrap_triton traces the launch instead.
+OPCHECK_UTILS = ("test_schema", "test_autograd_registration") + (
+    ("test_faketensor", "test_aot_dispatch_dynamic") if DEVICE == "cuda" else ()
+)
+
+
 def _opcheck_inputs(dtype=torch.float32):
     gen = torch.Generator().manual_seed(1)
     qkv = packed_qkv("packed_nt", 2, 5, 2, 2, 8, dtype=dtype, generator=gen)
@@ -238,11 +266,12 @@ def test_opcheck_temporal(lens):
     frame_lens = frame_lens if lens else None
     q, k, v = (x.detach().requires_grad_() for x in qkv.unbind(3))
     ops = torch.ops.temporal_kernels
-    torch.library.opcheck(ops.triton_temporal_fwd, (q, k, v, frame_lens, True, 0.4))
+    torch.library.opcheck(ops.triton_temporal_fwd, (q, k, v, frame_lens, True, 0.4), test_utils=OPCHECK_UTILS)
     out, lse = ops.triton_temporal_fwd(q, k, v, frame_lens, True, 0.4)
     dout = torch.randn_like(out)
     torch.library.opcheck(
-        ops.triton_temporal_bwd, (dout, q.detach(), k.detach(), v.detach(), out.detach(), lse, frame_lens, True, 0.4)
+        ops.triton_temporal_bwd, (dout, q.detach(), k.detach(), v.detach(), out.detach(), lse, frame_lens, True, 0.4),
+        test_utils=OPCHECK_UTILS,
     )
 
 
@@ -250,11 +279,11 @@ def test_opcheck_temporal_qkvpacked():
     qkv, frame_lens = _opcheck_inputs()
     qkv = qkv.detach().requires_grad_()
     ops = torch.ops.temporal_kernels
-    torch.library.opcheck(ops.triton_temporal_qkvpacked_fwd, (qkv, frame_lens, False, 0.4))
+    torch.library.opcheck(ops.triton_temporal_qkvpacked_fwd, (qkv, frame_lens, False, 0.4), test_utils=OPCHECK_UTILS)
     out, lse = ops.triton_temporal_qkvpacked_fwd(qkv, frame_lens, False, 0.4)
     dout = torch.randn_like(out)
     torch.library.opcheck(
-        ops.triton_temporal_qkvpacked_bwd, (dout, qkv.detach(), out.detach(), lse, frame_lens, False, 0.4)
+        ops.triton_temporal_qkvpacked_bwd, (dout, qkv.detach(), out.detach(), lse, frame_lens, False, 0.4), test_utils=OPCHECK_UTILS
     )
 
 
@@ -317,5 +346,5 @@ def test_block_heuristics_are_valid():
                         block_g, num_warps = ta._short_config(T_PAD, D_PAD, dtype, backward)
                         assert block_g >= 1 and block_g & (block_g - 1) == 0 and num_warps in (4, 8)
                 else:
-                    block_m, block_n, num_warps = ta._tiled_config(D_PAD, dtype)
+                    block_m, block_n, num_warps = ta._tiled_config(T, D_PAD, dtype)
                     assert block_m >= 16 and block_n >= 16 and math.log2(block_m).is_integer()

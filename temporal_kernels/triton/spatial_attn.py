@@ -150,8 +150,9 @@ def _tok_off(idx, div, s_out, s_in, MODE: tl.constexpr):
     """Offsets (int64) of token indices ``idx`` within their sequence."""
     if MODE == 0:
         return idx.to(tl.int64) * s_in
-    o = idx // div
-    return o.to(tl.int64) * s_out + (idx - o * div).to(tl.int64) * s_in
+    else:
+        o = idx // div
+        return o.to(tl.int64) * s_out + (idx - o * div).to(tl.int64) * s_in
 
 
 @triton.jit
@@ -366,7 +367,6 @@ def _attn_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Forward over one row block of one sequence: ``out``, ``lse`` (and the CLS row's)."""
-    ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
     pid = tl.program_id(0)
     b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, G, LENS, BLOCK_M, MODE, HAS_CLS, HAS_LENS)
     q_base, q_so, q_si = _seq_addr(sq_b, sq_t, sq_n, sq_h, b, h, t, n0, is_t, MODE)
@@ -385,9 +385,14 @@ def _attn_fwd_kernel(
     q = _load_tokens(Q, QC, q_base, _tok_off(offs_m, div, q_so, q_si, MODE), b64 * sqc_b + h64 * sqc_h,
                      offs_m, L, N, offs_d, D, HAS_CLS)  # [BLOCK_M, BLOCK_D]
 
-    m_i = tl.full([BLOCK_M], float("-inf"), ACC)
-    l_i = tl.zeros([BLOCK_M], ACC)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+    if IS_F64:
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float64)
+        l_i = tl.zeros([BLOCK_M], tl.float64)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float64)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     lo, hi = _key_range(blk * BLOCK_M, L, L_valid, div, is_t, BLOCK_M, MODE, CAUSAL)
     if INTERPRET:
         start = lo
@@ -432,7 +437,6 @@ def _attn_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dK, dV of one key block (the CLS key's per-frame partials into DKC/DVC ``[B, T, H, D]``)."""
-    ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
     pid = tl.program_id(0)
     b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, G, LENS, BLOCK_N, MODE, HAS_CLS, HAS_LENS)
     q_base, q_so, q_si = _seq_addr(sq_b, sq_t, sq_n, sq_h, b, h, t, n0, is_t, MODE)
@@ -456,8 +460,12 @@ def _attn_bwd_dkdv_kernel(
                      offs_n, L_valid, N, offs_d, D, HAS_CLS)  # [BLOCK_N, BLOCK_D]
     v = _load_tokens(V, VC, v_base, _tok_off(offs_n, div, v_so, v_si, MODE), b64 * svc_b + h64 * svc_h,
                      offs_n, L_valid, N, offs_d, D, HAS_CLS)  # [BLOCK_N, BLOCK_D]
-    dk = tl.zeros([BLOCK_N, BLOCK_D], ACC)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], ACC)
+    if IS_F64:
+        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float64)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float64)
+    else:
+        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     lo, hi = _query_range(blk * BLOCK_N, L, L_valid, div, is_t, BLOCK_N, MODE, CAUSAL)
     if INTERPRET:
         start = lo
@@ -494,7 +502,6 @@ def _attn_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dQ of one query block (the CLS query's per-frame partial into DQC ``[B, T, H, D]``)."""
-    ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
     pid = tl.program_id(0)
     b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, G, LENS, BLOCK_M, MODE, HAS_CLS, HAS_LENS)
     q_base, q_so, q_si = _seq_addr(sq_b, sq_t, sq_n, sq_h, b, h, t, n0, is_t, MODE)
@@ -521,7 +528,10 @@ def _attn_bwd_dq_kernel(
     lse = _load_stat(LSE, LSEC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)  # [BLOCK_M]
     delta = _load_stat(DELTA, DELTAC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)
     row_ok = offs_m < L_valid
-    dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+    if IS_F64:
+        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float64)
+    else:
+        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     lo, hi = _key_range(blk * BLOCK_M, L, L_valid, div, is_t, BLOCK_M, MODE, CAUSAL)
     if INTERPRET:
         start = lo

@@ -69,9 +69,10 @@ constexpr int kBlock = 256;
 
 enum class Wait { kRun, kSync, kShfl, kDone };
 
+constexpr size_t kStackBytes = 64 * 1024;
+
 struct Fiber {
   ucontext_t uc;
-  std::vector<char> stack;
   Wait wait = Wait::kRun;
   unsigned mask = 0;
   int off = 0;
@@ -126,12 +127,13 @@ void run_block(unsigned blk, unsigned char* smem, std::function<void()> body) {
   block.body = std::move(body);
   ctx = &block;
   blockIdx.x = blk;
+  // Allocated once and left uninitialized: the fibers' stacks are reused by every block.
+  static char* stacks = new char[kBlock * kStackBytes];
   for (int tid = 0; tid < kBlock; ++tid) {
     Fiber& f = block.fibers[tid];
-    f.stack.resize(256 * 1024);
     getcontext(&f.uc);
-    f.uc.uc_stack.ss_sp = f.stack.data();
-    f.uc.uc_stack.ss_size = f.stack.size();
+    f.uc.uc_stack.ss_sp = stacks + tid * kStackBytes;
+    f.uc.uc_stack.ss_size = kStackBytes;
     f.uc.uc_link = nullptr;
     makecontext(&f.uc, fiber_main, 0);
   }
