@@ -11,6 +11,7 @@ install:
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
 	@$(PY) -c "import triton" 2>/dev/null || $(PIP) install -q triton==3.6.0
 	@$(PY) -c "import pytest, hypothesis" 2>/dev/null || $(PIP) install -q pytest hypothesis
+	@$(PY) -c "import transformers" 2>/dev/null || $(PIP) install -q transformers==5.17.0
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 
 test: install

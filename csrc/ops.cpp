@@ -105,6 +105,7 @@ AttnParams base_params(const at::Tensor& q, const std::optional<at::Tensor>& fra
   p.N = q.size(2);
   p.H = q.size(3);
   p.D = q.size(4);
+  TORCH_CHECK(p.T < (int64_t(1) << 30), "q: the cuda backend supports T < 2^30 frames, got T=", p.T);
   p.scale = scale;
   p.causal = causal;
   if (frame_lens.has_value()) {

@@ -204,6 +204,13 @@ __device__ __forceinline__ Lane lane_of(const Shape& sh, int64_t D) {
   return l;
 }
 
+// Valid frames of batch b, clamped to [0, T] (the public API validates the values; a direct op
+// call with bad ones then reads nothing out of bounds).
+__device__ __forceinline__ int frames_of(const AttnParams& p, int64_t b) {
+  if (p.frame_lens == nullptr) return static_cast<int>(p.T);
+  return static_cast<int>(min(max(p.frame_lens[b], int64_t(0)), p.T));
+}
+
 // Element offset of the (b, n, h) group in a tensor with (b, t, n, h, d) strides.
 __device__ __forceinline__ int64_t group_offset(const int64_t (&st)[5], int64_t b, int64_t n, int64_t h) {
   return b * st[kB] + n * st[kN] + h * st[kH];
@@ -223,7 +230,7 @@ __global__ void __launch_bounds__(kThreads) temporal_fwd_kernel(const AttnParams
   const T* v = static_cast<const T*>(p.v);
   T* out = static_cast<T*>(p.out);
   A* lse = static_cast<A*>(p.lse);
-  const int64_t T_ = p.T;
+  const int T_ = static_cast<int>(p.T);  // frame indices fit in int (ops.cpp checks)
   const int64_t G = p.B * p.N * p.H;
   const A qk_scale = static_cast<A>(p.scale * kLog2e);
   const bool single_tile = T_ <= sh.KT;
@@ -236,18 +243,18 @@ __global__ void __launch_bounds__(kThreads) temporal_fwd_kernel(const AttnParams
     const int64_t h = active ? g % p.H : 0;
     const int64_t n = active ? (g / p.H) % p.N : 0;
     const int64_t b = active ? g / (p.H * p.N) : 0;
-    const int64_t len = !active ? 0 : (p.frame_lens != nullptr ? p.frame_lens[b] : T_);
+    const int len = !active ? 0 : frames_of(p, b);
     const T* q_g = q + group_offset(p.q_stride, b, n, h) + ln.d0;
     const T* k_g = k + group_offset(p.k_stride, b, n, h) + ln.d0;
     const T* v_g = v + group_offset(p.v_stride, b, n, h) + ln.d0;
     T* out_g = out + group_offset(p.out_stride, b, n, h) + ln.d0;
     A* lse_g = lse + (b * p.H + h) * T_ * p.N + n;  // row t at lse_g[t * N]
 
-    for (int64_t t0 = 0; t0 < T_; t0 += sh.R) {
-      const int64_t t = t0 + ln.r;
+    for (int t0 = 0; t0 < T_; t0 += sh.R) {
+      const int t = t0 + ln.r;
       const bool row = active && t < T_;
       const bool live = row && t < len;  // a padded frame sees no key
-      const int64_t kv_end = !live ? 0 : (p.causal ? min(len, t + 1) : len);
+      const int kv_end = !live ? 0 : (p.causal ? min(len, t + 1) : len);
 
       A qv[kChunk];
       if (live) {
@@ -261,22 +268,22 @@ __global__ void __launch_bounds__(kThreads) temporal_fwd_kernel(const AttnParams
 #pragma unroll
       for (int i = 0; i < kChunk; ++i) acc[i] = A(0);
 
-      for (int64_t j0 = 0; j0 < T_; j0 += sh.KT) {
-        const int kt = static_cast<int>(min(int64_t(sh.KT), T_ - j0));
+      for (int j0 = 0; j0 < T_; j0 += sh.KT) {
+        const int kt = min(sh.KT, T_ - j0);
         if (!single_tile || t0 == 0) {
           __syncthreads();  // the previous tile is no longer read
-          const int rows = static_cast<int>(max(int64_t(0), min(int64_t(kt), len - j0)));
+          const int rows = max(0, min(kt, len - j0));
           for (int i = ln.r * sh.S + ln.s; i < rows * sh.S; i += sh.team) {
             const int jr = i / sh.S, c = i % sh.S;
             const int nv = static_cast<int>(max(int64_t(0), min(int64_t(kChunk), p.D - c * kChunk)));
-            const int64_t j = j0 + jr;
+            const int j = j0 + jr;
             stage_chunk(k_tile + jr * row_elems + c * kChunk, k_g - ln.d0 + j * p.k_stride[kT] + c * kChunk, nv, p.vec16);
             stage_chunk(v_tile + jr * row_elems + c * kChunk, v_g - ln.d0 + j * p.v_stride[kT] + c * kChunk, nv, p.vec16);
           }
           __syncthreads();
         }
-        const int64_t j_end = min(kv_end, j0 + kt);
-        for (int64_t j = j0; j < j_end; ++j) {
+        const int j_end = min(kv_end, j0 + kt);
+        for (int j = j0; j < j_end; ++j) {
           A kc[kChunk];
           smem_chunk(k_tile + (j - j0) * row_elems + ln.d0, kc);
           const A sc = row_sum(dot_chunk(qv, kc), sh.S, ln.mask);
@@ -333,7 +340,7 @@ __global__ void __launch_bounds__(kThreads) temporal_bwd_kernel(const AttnParams
   T* dv = static_cast<T*>(p.dv);
   const A* lse = static_cast<const A*>(p.lse);
   A* delta = static_cast<A*>(p.delta);
-  const int64_t T_ = p.T;
+  const int T_ = static_cast<int>(p.T);  // frame indices fit in int (ops.cpp checks)
   const int64_t G = p.B * p.N * p.H;
   const A scale = static_cast<A>(p.scale);
   const A qk_scale = static_cast<A>(p.scale * kLog2e);
@@ -347,7 +354,7 @@ __global__ void __launch_bounds__(kThreads) temporal_bwd_kernel(const AttnParams
     const int64_t h = active ? g % p.H : 0;
     const int64_t n = active ? (g / p.H) % p.N : 0;
     const int64_t b = active ? g / (p.H * p.N) : 0;
-    const int64_t len = !active ? 0 : (p.frame_lens != nullptr ? p.frame_lens[b] : T_);
+    const int len = !active ? 0 : frames_of(p, b);
     const T* q_g = q + group_offset(p.q_stride, b, n, h);
     const T* k_g = k + group_offset(p.k_stride, b, n, h);
     const T* v_g = v + group_offset(p.v_stride, b, n, h);
@@ -359,11 +366,11 @@ __global__ void __launch_bounds__(kThreads) temporal_bwd_kernel(const AttnParams
     const int64_t stat0 = (b * p.H + h) * T_ * p.N + n;  // row t at [stat0 + t * N]
 
     // Part A: query rows -> delta, dQ = scale * sum_j dS_tj k_j.
-    for (int64_t t0 = 0; t0 < T_; t0 += sh.R) {
-      const int64_t t = t0 + ln.r;
+    for (int t0 = 0; t0 < T_; t0 += sh.R) {
+      const int t = t0 + ln.r;
       const bool row = active && t < T_;
       const bool live = row && t < len;
-      const int64_t kv_end = !live ? 0 : (p.causal ? min(len, t + 1) : len);
+      const int kv_end = !live ? 0 : (p.causal ? min(len, t + 1) : len);
 
       A qv[kChunk], dov[kChunk];
       A dlt = A(0), lse2 = A(0);
@@ -382,22 +389,22 @@ __global__ void __launch_bounds__(kThreads) temporal_bwd_kernel(const AttnParams
 #pragma unroll
       for (int i = 0; i < kChunk; ++i) acc[i] = A(0);
 
-      for (int64_t j0 = 0; j0 < T_; j0 += sh.KT) {
-        const int kt = static_cast<int>(min(int64_t(sh.KT), T_ - j0));
+      for (int j0 = 0; j0 < T_; j0 += sh.KT) {
+        const int kt = min(sh.KT, T_ - j0);
         if (!single_tile || t0 == 0) {
           __syncthreads();
-          const int rows = static_cast<int>(max(int64_t(0), min(int64_t(kt), len - j0)));
+          const int rows = max(0, min(kt, len - j0));
           for (int i = ln.r * sh.S + ln.s; i < rows * sh.S; i += sh.team) {
             const int jr = i / sh.S, c = i % sh.S;
             const int nv = static_cast<int>(max(int64_t(0), min(int64_t(kChunk), p.D - c * kChunk)));
-            const int64_t j = j0 + jr;
+            const int j = j0 + jr;
             stage_chunk(x_tile + jr * row_elems + c * kChunk, k_g + j * p.k_stride[kT] + c * kChunk, nv, p.vec16);
             stage_chunk(y_tile + jr * row_elems + c * kChunk, v_g + j * p.v_stride[kT] + c * kChunk, nv, p.vec16);
           }
           __syncthreads();
         }
-        const int64_t j_end = min(kv_end, j0 + kt);
-        for (int64_t j = j0; j < j_end; ++j) {
+        const int j_end = min(kv_end, j0 + kt);
+        for (int j = j0; j < j_end; ++j) {
           A kc[kChunk], vc[kChunk];
           smem_chunk(x_tile + (j - j0) * row_elems + ln.d0, kc);
           smem_chunk(y_tile + (j - j0) * row_elems + ln.d0, vc);
@@ -417,11 +424,11 @@ __global__ void __launch_bounds__(kThreads) temporal_bwd_kernel(const AttnParams
 
     // Part B: key rows -> dV = sum_t P_tj dO_t, dK = scale * sum_t dS_tj q_t. The barrier
     // before the first tile also publishes part A's delta to the team.
-    for (int64_t j0 = 0; j0 < T_; j0 += sh.R) {
-      const int64_t j = j0 + ln.r;
+    for (int j0 = 0; j0 < T_; j0 += sh.R) {
+      const int j = j0 + ln.r;
       const bool row = active && j < T_;
       const bool live = row && j < len;  // padded frames are never keys
-      const int64_t q_begin = p.causal ? j : 0;
+      const int q_begin = p.causal ? j : 0;
 
       A kv_[kChunk], vv[kChunk];
       if (live) {
@@ -432,15 +439,15 @@ __global__ void __launch_bounds__(kThreads) temporal_bwd_kernel(const AttnParams
 #pragma unroll
       for (int i = 0; i < kChunk; ++i) dk_acc[i] = dv_acc[i] = A(0);
 
-      for (int64_t i0 = 0; i0 < T_; i0 += sh.KT) {
-        const int kt = static_cast<int>(min(int64_t(sh.KT), T_ - i0));
+      for (int i0 = 0; i0 < T_; i0 += sh.KT) {
+        const int kt = min(sh.KT, T_ - i0);
         if (!single_tile || j0 == 0) {
           __syncthreads();
-          const int rows = static_cast<int>(max(int64_t(0), min(int64_t(kt), len - i0)));
+          const int rows = max(0, min(kt, len - i0));
           for (int i = ln.r * sh.S + ln.s; i < rows * sh.S; i += sh.team) {
             const int tr = i / sh.S, c = i % sh.S;
             const int nv = static_cast<int>(max(int64_t(0), min(int64_t(kChunk), p.D - c * kChunk)));
-            const int64_t t = i0 + tr;
+            const int t = i0 + tr;
             stage_chunk(x_tile + tr * row_elems + c * kChunk, q_g + t * p.q_stride[kT] + c * kChunk, nv, p.vec16);
             stage_chunk(y_tile + tr * row_elems + c * kChunk, do_g + t * p.dout_stride[kT] + c * kChunk, nv, p.vec16);
             if (c == 0) {
@@ -450,9 +457,9 @@ __global__ void __launch_bounds__(kThreads) temporal_bwd_kernel(const AttnParams
           }
           __syncthreads();
         }
-        const int64_t t_begin = live ? max(q_begin, i0) : i0;
-        const int64_t t_end = live ? min(len, i0 + kt) : i0;
-        for (int64_t t = t_begin; t < t_end; ++t) {
+        const int t_begin = live ? max(q_begin, i0) : i0;
+        const int t_end = live ? min(len, i0 + kt) : i0;
+        for (int t = t_begin; t < t_end; ++t) {
           A qc[kChunk], doc[kChunk];
           smem_chunk(x_tile + (t - i0) * row_elems + ln.d0, qc);
           smem_chunk(y_tile + (t - i0) * row_elems + ln.d0, doc);

@@ -40,6 +40,7 @@ def _rows(q, k, v, scale, visible, query_ok):
 
 
 def _f64(*xs):
+    """float64 versions that autograd connects to the (possibly low-precision) inputs."""
     return [x.to(torch.float64) for x in xs]
 
 
@@ -159,11 +160,6 @@ def _check_against(outs, refs, inputs, bound, seed=123, saturated=None):
             assert rel_err(a, b) <= bound, f"grad {i} rel err {rel_err(a, b):.3g} > {bound}"
 
 
-def _as_f64_leaves(*xs):
-    """float64 copies that autograd connects to the originals (the oracle's inputs)."""
-    return [x.to(torch.float64) for x in xs]
-
-
 # Odd sizes: T=7, N=5/9, D=3/8/12, H=1/3, B up to 3.
 SHAPES = [(3, 7, 5, 3, 8), (2, 7, 9, 1, 12), (1, 4, 5, 3, 3)]
 
@@ -198,7 +194,7 @@ def test_temporal_dtypes(layout, dtype):
     fl = torch.tensor([7, 3, 5])
     out = tk.temporal_attention(q, k, v, causal=True, frame_lens=fl, backend=REF)
     assert out.dtype == dtype
-    ref = oracle_temporal(*_as_f64_leaves(q, k, v), causal=True, frame_lens=fl)
+    ref = oracle_temporal(q, k, v, causal=True, frame_lens=fl)
     _check_against([out], [ref], (q, k, v), BOUNDS[dtype])
 
 
@@ -270,7 +266,7 @@ def test_spatial_cls_dtypes(layout, dtype):
     cls = _cls(B, H, D, dtype, 9)
     out, cls_out = tk.spatial_attention(q, k, v, cls=cls, scale=0.2, backend=REF)
     assert out.dtype == dtype and cls_out.dtype == dtype
-    ref, ref_cls = oracle_spatial(*_as_f64_leaves(q, k, v), cls=_as_f64_leaves(*cls), scale=0.2)
+    ref, ref_cls = oracle_spatial(q, k, v, cls=cls, scale=0.2)
     _check_against([out, cls_out], [ref, ref_cls], (q, k, v) + cls, BOUNDS[dtype])
 
 
@@ -315,7 +311,7 @@ def test_joint_dtypes(dtype):
     q, k, v = _inputs("packed_nt", (2, 4, 5, 3, 8), dtype, 16)
     fl = torch.tensor([3, 4])
     out = tk.joint_attention(q, k, v, causal=True, frame_lens=fl, scale=0.5, backend=REF)
-    ref = oracle_joint(*_as_f64_leaves(q, k, v), causal=True, frame_lens=fl, scale=0.5)
+    ref = oracle_joint(q, k, v, causal=True, frame_lens=fl, scale=0.5)
     _check_against([out], [ref], (q, k, v), BOUNDS[dtype])
 
 
@@ -337,7 +333,7 @@ def test_factorized(layout, th, causal):
 def test_factorized_dtypes(dtype):
     q, k, v = _inputs("packed_nt", (2, 7, 5, 3, 12), dtype, 18)
     out = tk.factorized_attention(q, k, v, temporal_heads=2, causal=True, scale=0.3, backend=REF)
-    ref = oracle_factorized(*_as_f64_leaves(q, k, v), temporal_heads=2, causal=True, scale=0.3)
+    ref = oracle_factorized(q, k, v, temporal_heads=2, causal=True, scale=0.3)
     _check_against([out], [ref], (q, k, v), BOUNDS[dtype])
 
 
@@ -501,22 +497,22 @@ def test_large_logits(fn, dtype):
     if fn == "temporal":
         fl = torch.tensor([7, 4])
         outs = [tk.temporal_attention(q, k, v, causal=True, frame_lens=fl, backend=REF)]
-        refs = [oracle_temporal(*_as_f64_leaves(q, k, v), causal=True, frame_lens=fl)]
+        refs = [oracle_temporal(q, k, v, causal=True, frame_lens=fl)]
         inputs = (q, k, v)
     elif fn == "joint":
         fl = torch.tensor([7, 4])
         outs = [tk.joint_attention(q, k, v, causal=True, frame_lens=fl, backend=REF)]
-        refs = [oracle_joint(*_as_f64_leaves(q, k, v), causal=True, frame_lens=fl)]
+        refs = [oracle_joint(q, k, v, causal=True, frame_lens=fl)]
         inputs = (q, k, v)
     elif fn == "factorized":
         outs = [tk.factorized_attention(q, k, v, temporal_heads=1, backend=REF)]
-        refs = [oracle_factorized(*_as_f64_leaves(q, k, v), temporal_heads=1)]
+        refs = [oracle_factorized(q, k, v, temporal_heads=1)]
         inputs = (q, k, v)
     else:
         cls = tuple((1e3 * torch.randn(B, H, D, dtype=torch.float64, generator=g)).to(dtype).requires_grad_()
                     for _ in range(3))
         outs = list(tk.spatial_attention(q, k, v, cls=cls, backend=REF))
-        refs = list(oracle_spatial(*_as_f64_leaves(q, k, v), cls=_as_f64_leaves(*cls)))
+        refs = list(oracle_spatial(q, k, v, cls=cls))
         inputs = (q, k, v) + cls
     # dq, dk (and the CLS ones) are those of a saturated softmax: check them in absolute terms.
     magnitude = D ** -0.5 * max(x.detach().abs().max().item() for x in inputs) ** 2 * 4.0

@@ -155,7 +155,7 @@ def test_temporal_qkvpacked_api(layout, causal, dtype, path):
 def test_temporal_long_t_takes_tiled_path():
     """T beyond the short path's limit, with the default threshold (N * H tiny for the interpreter)."""
     B, T, N, H, D = (2, 150, 1, 1, 8) if DEVICE != "cuda" else (2, 300, 7, 3, 72)
-    assert not ta.use_short_path(T, D)
+    assert not ta.use_short_path(T, D, torch.float32, False) and not ta.use_short_path(T, D, torch.float32, True)
     gen = torch.Generator().manual_seed(3)
     for causal, frame_lens in ((False, None), (True, torch.tensor([T, 77]).to(DEVICE))):
         q, k, v = make_qkv("packed_tn", B, T, N, H, D, requires_grad=True, generator=gen)
@@ -346,5 +346,5 @@ def test_block_heuristics_are_valid():
                         block_g, num_warps = ta._short_config(T_PAD, D_PAD, dtype, backward)
                         assert block_g >= 1 and block_g & (block_g - 1) == 0 and num_warps in (4, 8)
                 else:
-                    block_m, block_n, num_warps = ta._tiled_config(T, D_PAD, dtype)
+                    block_m, block_n, num_warps = ta._tiled_config(T, D_PAD, dtype, backward)
                     assert block_m >= 16 and block_n >= 16 and math.log2(block_m).is_integer()

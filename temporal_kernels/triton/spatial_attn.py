@@ -587,34 +587,38 @@ def _block_d(D: int) -> int:
 
 
 def _fwd_config(D: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward.
+
+    Chosen from sm_90 compiles (ptxas register/spill reports; no spills in the half-precision
+    D <= 128 configs): wide tiles for D <= 64 in fp16/bf16, narrower as the head dim or the
+    element size grows."""
     if _interpreting():
         return 16, 16, 1, 1
     bd = _block_d(D)
     if dtype == torch.float64:
         return (32, 16, 4, 1) if bd <= 64 else (16, 16, 4, 1)
-    wide = dtype == torch.float32
-    if bd <= 64:
-        return (64, 32, 4, 2) if wide else (64, 64, 4, 2)
-    if bd <= 128:
-        return (64, 32, 4, 2) if wide else (64, 32, 4, 2)
-    return (32, 32, 4, 1) if wide else (64, 32, 8, 1)
+    if dtype == torch.float32:
+        return (64, 32, 8, 2) if bd <= 64 else (32, 16, 8, 1) if bd <= 128 else (16, 16, 8, 1)
+    return (128, 64, 8, 2) if bd <= 64 else (64, 32, 8, 2) if bd <= 128 else (16, 32, 8, 1)
 
 
-def _bwd_config(D: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of both backward kernels."""
+def _bwd_configs(D: int, dtype: torch.dtype) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dK/dV kernel (BLOCK_N keys per program,
+    BLOCK_M query rows per step) and of the dQ kernel (BLOCK_M rows per program)."""
     if _interpreting():
-        return 16, 16, 1, 1
+        return (16, 16, 1, 1), (16, 16, 1, 1)
     bd = _block_d(D)
     if dtype == torch.float64:
-        return 16, 16, 4, 1
+        return (16, 16, 4, 1), (16, 16, 4, 1)
     if dtype == torch.float32:
-        return (32, 64, 4, 1) if bd <= 64 else (16, 32, 4, 1)
+        if bd <= 64:
+            return (16, 32, 8, 2), (64, 32, 8, 2)
+        return (16, 16, 8, 1), ((32, 16, 8, 1) if bd <= 128 else (16, 16, 8, 1))
     if bd <= 64:
-        return 32, 64, 4, 2
+        return (32, 64, 8, 2), (64, 32, 8, 2)
     if bd <= 128:
-        return 32, 32, 4, 1
-    return 16, 32, 4, 1
+        return (32, 32, 8, 2), (32, 32, 8, 2)
+    return (16, 16, 8, 1), (16, 16, 8, 1)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -713,25 +717,26 @@ def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None,
         lsec = delta_cls = lse
         dqc, dkc, dvc = dq, dk, dv
         sdoc = (0, 0, 0)
-    BM, BN, warps, stages = _bwd_config(D, q.dtype)
+    (BM, BN, warps, stages), (BM2, BN2, warps2, stages2) = _bwd_configs(D, q.dtype)
     hi, lo = _scale_parts(scale)
     lens = frame_lens if frame_lens is not None else lse
     common = dict(
         CAUSAL=bool(causal), HAS_LENS=frame_lens is not None, HAS_CLS=has_cls, MODE=mode,
-        IS_F64=q.dtype == torch.float64, PREC=_precision(q.dtype), INTERPRET=_interpreting(),
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=_block_d(D), num_warps=warps, num_stages=stages,
+        IS_F64=q.dtype == torch.float64, PREC=_precision(q.dtype), INTERPRET=_interpreting(), BLOCK_D=_block_d(D),
     )
     G = _temporal_group(T, BN)
     torch.library.wrap_triton(_attn_bwd_dkdv_kernel)[(_grid_size(mode, B, T, N, H, temporal_heads, G, has_cls, BN),)](
         q, k, v, dout, lse, delta, qc, kc, vc, doc, lsec, delta_cls, dk, dv, dkc, dvc, lens,
         *_s4(q), *_s4(k), *_s4(v), *_s4(dout), *_s4(dk), *_s4(dv), *_cls_strides(cls), *sdoc,
-        B, T, N, H, temporal_heads, G, D, hi, lo, **common,
+        B, T, N, H, temporal_heads, G, D, hi, lo,
+        BLOCK_M=BM, BLOCK_N=BN, num_warps=warps, num_stages=stages, **common,
     )
-    G = _temporal_group(T, BM)
-    torch.library.wrap_triton(_attn_bwd_dq_kernel)[(_grid_size(mode, B, T, N, H, temporal_heads, G, has_cls, BM),)](
+    G = _temporal_group(T, BM2)
+    torch.library.wrap_triton(_attn_bwd_dq_kernel)[(_grid_size(mode, B, T, N, H, temporal_heads, G, has_cls, BM2),)](
         q, k, v, dout, lse, delta, qc, kc, vc, doc, lsec, delta_cls, dq, dqc, lens,
         *_s4(q), *_s4(k), *_s4(v), *_s4(dout), *_s4(dq), *_cls_strides(cls), *sdoc,
-        B, T, N, H, temporal_heads, G, D, hi, lo, **common,
+        B, T, N, H, temporal_heads, G, D, hi, lo,
+        BLOCK_M=BM2, BLOCK_N=BN2, num_warps=warps2, num_stages=stages2, **common,
     )
     if has_cls:
         for d, part in zip(dcls, (dqc, dkc, dvc)):

@@ -17,7 +17,8 @@ Launcher contract (called by ``temporal_kernels/ops.py``):
 
 Two paths, chosen from the padded frame count ``T_PAD`` and head dim ``D_PAD``:
 
-- short T (``T_PAD <= SHORT_T_MAX`` and ``T_PAD * D_PAD <= SHORT_TILE_MAX``): each program owns
+- short T (``use_short_path``: ``T_PAD <= 64`` and one group's tiles fit in registers, e.g.
+  16-bit forward for ``T_PAD * D_PAD <= 4096``, backward ``<= 2048``): each program owns
   ``BLOCK_G`` whole consecutive ``(b, n, h)`` groups (h innermost, so one frame's loads of a group
   block are contiguous in the packed layouts), computes ``S = Q K^T`` with one batched 3-D
   ``tl.dot`` and the masked softmax in registers. Forward and backward are one pass each and
@@ -42,15 +43,15 @@ import torch
 import triton
 import triton.language as tl
 
-# Short (one-pass, whole-group) path when T_PAD <= SHORT_T_MAX and T_PAD * D_PAD <= SHORT_TILE_MAX;
-# the tiled path otherwise. Module constants so tests can force either path on small shapes.
+# Short (one-pass, whole-group) path only for T_PAD <= SHORT_T_MAX (and the per-dtype limits of
+# ``use_short_path``); the tiled path otherwise. A module constant so tests can force the tiled
+# path on small T.
 SHORT_T_MAX = 64
-SHORT_TILE_MAX = 64 * 128
 
 # Elements of one [BLOCK_G, T_PAD, D_PAD] operand tile the short kernels aim for, per element
 # size: large enough that one program moves tens of KiB (latency hiding, wide coalesced rows),
 # small enough that q, k, v (and, backward, dO, dQ, dK, dV and the [G, T, T] score tiles) stay
-# in registers without spilling.
+# in registers. Checked with ptxas for sm_90: no spills at any shape the short path takes.
 _SHORT_FWD_TILE = {2: 8192, 4: 4096, 8: 2048}
 _SHORT_BWD_TILE = {2: 4096, 4: 2048, 8: 1024}
 _MAX_BLOCK_G = 16
@@ -65,9 +66,9 @@ def _pad(x: int) -> int:
     return max(16, triton.next_power_of_2(max(int(x), 1)))
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    # float32 must be IEEE (SPEC §3); the others have no TF32 mode, "tf32" is the no-op default.
-    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+def _ieee(dtype: torch.dtype) -> bool:
+    """float32 dots must be IEEE, not TF32 (SPEC §3); 16-bit dots have no such mode."""
+    return dtype in (torch.float32, torch.float64)
 
 
 def _to_f32(x: float) -> float:
@@ -82,9 +83,24 @@ def _split_scale(scale: float) -> tuple[float, float]:
     return hi, _to_f32(scale - hi)
 
 
-def use_short_path(T: int, D: int) -> bool:
+def use_short_path(T: int, D: int, dtype: torch.dtype, backward: bool) -> bool:
+    """Whether the one-pass whole-group kernels serve this shape; the limits are where one group's
+    tiles still fit in registers without spilling (ptxas, sm_90; float32 dots are IEEE FMA
+    dots, heavier than the 16-bit tensor-core ones). Forward and backward choose independently:
+    both paths share the meaning of ``lse``."""
     T_PAD, D_PAD = _pad(T), _pad(D)
-    return T_PAD <= SHORT_T_MAX and T_PAD * D_PAD <= SHORT_TILE_MAX
+    if T_PAD > SHORT_T_MAX:
+        return False
+    size = T_PAD * D_PAD
+    if dtype.itemsize == 2 or _interpreting():
+        # The interpreter has no registers: it takes the 16-bit forward limits, so CI covers the
+        # short kernels on T up to 64 in float32/float64 as well.
+        return size <= 4096 if (not backward or _interpreting()) else (size <= 2048 and T_PAD <= 32)
+    if backward:
+        return T_PAD <= 16 and D_PAD <= 64
+    if dtype == torch.float32:
+        return T_PAD <= 16 or size <= 1024
+    return (T_PAD <= 16 and D_PAD <= 128) or size <= 1024
 
 
 def _short_config(T_PAD: int, D_PAD: int, dtype: torch.dtype, backward: bool) -> tuple[int, int]:
@@ -100,19 +116,23 @@ def _short_config(T_PAD: int, D_PAD: int, dtype: torch.dtype, backward: bool) ->
     return block_g, num_warps
 
 
-def _tiled_config(T: int, D_PAD: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """``(BLOCK_M, BLOCK_N, num_warps)`` of the tiled kernels."""
-    if dtype == torch.float64:
-        block = 32 if D_PAD <= 64 else 16
+def _tiled_config(T: int, D_PAD: int, dtype: torch.dtype, backward: bool) -> tuple[int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps)`` of the tiled kernels: the largest square blocks that
+    compile without register spills for sm_90 (the backward holds twice the tiles; float32 and
+    float64 dots are FMA dots, held in registers)."""
+    if dtype.itemsize == 2:
+        limits = (64, 64, 32, 16) if backward else (64, 64, 64, 32)
     elif dtype == torch.float32:
-        block = 64 if D_PAD <= 64 else 32
+        limits = (32, 32, 16, 16) if backward else (64, 64, 32, 32)
     else:
-        block = 64 if D_PAD <= 128 else 32
+        limits = (16, 16, 16, 16) if backward else (32, 32, 16, 16)
+    block = limits[min(3, max(0, D_PAD.bit_length() - 6))]  # D_PAD <= 32, 64, 128, 256
     if _interpreting():
         # Small blocks exercise the multi-block loops on the small T of CI; long T keeps the
         # number of (slow, per-block) interpreter iterations low.
         block = 16 if T <= 64 else 64
-    num_warps = 4 if block * D_PAD <= 64 * 64 else 8
+    # The backward's two accumulators want the wider program one step earlier.
+    num_warps = 4 if block * D_PAD < (64 * 64 if backward else 64 * 64 + 1) else 8
     return block, block, num_warps
 
 
@@ -124,6 +144,16 @@ def _strides(x: torch.Tensor) -> tuple[int, int, int, int]:
 
 # ---------------------------------------------------------------------------------------------
 # short path: BLOCK_G whole groups per program
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    # A bool, not the precision string, is the constexpr: torch.compile's wrapper of user kernels
+    # parses string arguments as specialization attributes.
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
 
 
 @triton.jit
@@ -152,7 +182,7 @@ def _temporal_attn_fwd_short_kernel(
     T, N, H, D, num_groups,
     scale_hi, scale_lo,
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr,
-    BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     offs_g = pid * BLOCK_G + tl.arange(0, BLOCK_G).to(tl.int64)  # [G]
@@ -178,7 +208,7 @@ def _temporal_attn_fwd_short_kernel(
     k = tl.load(ptr_k, mask=mask_ld, other=0.0)
     v = tl.load(ptr_v, mask=mask_ld, other=0.0)
 
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [G, T_PAD, T_PAD]
+    s = _dot(q, tl.trans(k), IEEE)  # [G, T_PAD, T_PAD]
     s = _scale_logits(s, scale_hi, scale_lo, IS_F64)
     visible = mask_row[:, :, None] & mask_row[:, None, :]
     if CAUSAL:
@@ -190,7 +220,7 @@ def _temporal_attn_fwd_short_kernel(
     p = tl.exp(s - m[:, :, None])
     l = tl.sum(p, 2)
     l_safe = tl.where(l > 0.0, l, 1.0)
-    o = tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC) / l_safe[:, :, None]  # [G, T_PAD, D_PAD]
+    o = _dot(p.to(v.dtype), v, IEEE) / l_safe[:, :, None]  # [G, T_PAD, D_PAD]
 
     ptr_o = O + (b * sob + n * son + h * soh)[:, None, None] + offs_t64[None, :, None] * sot + offs_d[None, None, :]
     tl.store(ptr_o, o.to(O.dtype.element_ty), mask=mask_st)
@@ -212,7 +242,7 @@ def _temporal_attn_bwd_short_kernel(
     T, N, H, D, num_groups,
     scale_hi, scale_lo,
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr,
-    BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     offs_g = pid * BLOCK_G + tl.arange(0, BLOCK_G).to(tl.int64)  # [G]
@@ -238,19 +268,19 @@ def _temporal_attn_bwd_short_kernel(
     do = tl.load(DO + (b * sdob + n * sdon + h * sdoh)[:, None, None] + offs_td * sdot + offs_d[None, None, :], mask=mask_ld, other=0.0)
     lse = tl.load(LSE + ((b * H + h) * T * N + n)[:, None] + offs_t64[None, :] * N, mask=mask_row, other=0.0)  # [G, T_PAD]
 
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [G, T_PAD, T_PAD]
+    s = _dot(q, tl.trans(k), IEEE)  # [G, T_PAD, T_PAD]
     s = _scale_logits(s, scale_hi, scale_lo, IS_F64)
     visible = mask_row[:, :, None] & mask_row[:, None, :]
     if CAUSAL:
         visible = visible & (offs_t[None, :, None] >= offs_t[None, None, :])
     p = tl.exp(tl.where(visible, s, float("-inf")) - lse[:, :, None])  # softmax probabilities
 
-    dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PREC)  # [G, T_PAD, D_PAD]
-    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)  # [G, T_PAD, T_PAD]
+    dv = _dot(tl.trans(p.to(do.dtype)), do, IEEE)  # [G, T_PAD, D_PAD]
+    dp = _dot(do, tl.trans(v), IEEE)  # [G, T_PAD, T_PAD]
     delta = tl.sum(p * dp, 2)  # rowsum(dO * O) without reading O
     ds = p * (dp - delta[:, :, None])
-    dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
-    dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PREC)
+    dq = _dot(ds.to(k.dtype), k, IEEE)
+    dk = _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
     dq = _scale_logits(dq, scale_hi, scale_lo, IS_F64)
     dk = _scale_logits(dk, scale_hi, scale_lo, IS_F64)
 
@@ -270,14 +300,14 @@ def _temporal_attn_bwd_short_kernel(
 @triton.jit
 def _fwd_tile(
     acc, m_i, l_i, q, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d, length,
-    scale_hi, scale_lo, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, DOT_PREC: tl.constexpr,
+    scale_hi, scale_lo, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, IEEE: tl.constexpr,
 ):
     cols = start_n + offs_n
     mask_n = cols < length
     mask_kv = mask_n[:, None] & mask_d[None, :]
     k = tl.load(ptr_k + cols.to(tl.int64)[:, None] * skt, mask=mask_kv, other=0.0)  # [BLOCK_N, D_PAD]
     v = tl.load(ptr_v + cols.to(tl.int64)[:, None] * svt, mask=mask_kv, other=0.0)
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
+    s = _dot(q, tl.trans(k), IEEE)  # [BLOCK_M, BLOCK_N]
     s = _scale_logits(s, scale_hi, scale_lo, IS_F64)
     visible = mask_m[:, None] & mask_n[None, :]
     if CAUSAL:
@@ -289,7 +319,7 @@ def _fwd_tile(
     alpha = tl.exp(m_i - m_shift)
     p = tl.exp(s - m_shift[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
     return acc, m_new, l_i
 
 
@@ -303,7 +333,7 @@ def _temporal_attn_fwd_tiled_kernel(
     T, N, H, D,
     scale_hi, scale_lo,
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, INTERPRET: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     num_m = tl.cdiv(T, BLOCK_M)
@@ -343,12 +373,12 @@ def _temporal_attn_fwd_tiled_kernel(
         start_n = 0
         while start_n < hi:
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m,
-                                      mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, DOT_PREC)
+                                      mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
             start_n += BLOCK_N
     else:
         for start_n in range(0, hi, BLOCK_N):
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m,
-                                      mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, DOT_PREC)
+                                      mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_safe[:, None]
@@ -390,7 +420,7 @@ def _temporal_attn_bwd_delta_kernel(
 @triton.jit
 def _dkdv_tile(
     dk, dv, k, v, ptr_q, ptr_do, ptr_lse, ptr_delta, sqt, sdot, N, start_m, offs_m, offs_n, mask_n, mask_d,
-    length, scale_hi, scale_lo, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, DOT_PREC: tl.constexpr,
+    length, scale_hi, scale_lo, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, IEEE: tl.constexpr,
 ):
     rows = start_m + offs_m
     mask_m = rows < length
@@ -399,16 +429,16 @@ def _dkdv_tile(
     do = tl.load(ptr_do + rows.to(tl.int64)[:, None] * sdot, mask=mask_q, other=0.0)
     lse = tl.load(ptr_lse + rows.to(tl.int64) * N, mask=mask_m, other=0.0)  # [BLOCK_M]
     delta = tl.load(ptr_delta + rows, mask=mask_m, other=0.0)
-    st = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M]
+    st = _dot(k, tl.trans(q), IEEE)  # [BLOCK_N, BLOCK_M]
     st = _scale_logits(st, scale_hi, scale_lo, IS_F64)
     visible = mask_n[:, None] & mask_m[None, :]
     if CAUSAL:
         visible = visible & (offs_n[:, None] <= rows[None, :])
     pt = tl.exp(tl.where(visible, st, float("-inf")) - lse[None, :])  # P^T
-    dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PREC)
-    dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M]
+    dv += _dot(pt.to(do.dtype), do, IEEE)
+    dpt = _dot(v, tl.trans(do), IEEE)  # [BLOCK_N, BLOCK_M]
     dst = pt * (dpt - delta[None, :])
-    dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PREC)
+    dk += _dot(dst.to(q.dtype), q, IEEE)
     return dk, dv
 
 
@@ -424,7 +454,7 @@ def _temporal_attn_bwd_dkdv_kernel(
     T, N, H, D,
     scale_hi, scale_lo,
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, INTERPRET: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
     """dK, dV of one block of key frames, looping over the query frames that see it."""
     pid = tl.program_id(0).to(tl.int64)
@@ -466,12 +496,12 @@ def _temporal_attn_bwd_dkdv_kernel(
         start_m = lo
         while start_m < hi:
             dk, dv = _dkdv_tile(dk, dv, k, v, ptr_q, ptr_do, ptr_lse, ptr_delta, sqt, sdot, N, start_m, offs_m, offs_n,
-                                mask_n, mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, DOT_PREC)
+                                mask_n, mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
             start_m += BLOCK_M
     else:
         for start_m in range(lo, hi, BLOCK_M):
             dk, dv = _dkdv_tile(dk, dv, k, v, ptr_q, ptr_do, ptr_lse, ptr_delta, sqt, sdot, N, start_m, offs_m, offs_n,
-                                mask_n, mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, DOT_PREC)
+                                mask_n, mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
     dk = _scale_logits(dk, scale_hi, scale_lo, IS_F64)
 
     mask_st = (offs_n < T)[:, None] & mask_d[None, :]
@@ -482,22 +512,22 @@ def _temporal_attn_bwd_dkdv_kernel(
 @triton.jit
 def _dq_tile(
     dq, q, do, lse, delta, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d, length,
-    scale_hi, scale_lo, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, DOT_PREC: tl.constexpr,
+    scale_hi, scale_lo, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, IEEE: tl.constexpr,
 ):
     cols = start_n + offs_n
     mask_n = cols < length
     mask_kv = mask_n[:, None] & mask_d[None, :]
     k = tl.load(ptr_k + cols.to(tl.int64)[:, None] * skt, mask=mask_kv, other=0.0)  # [BLOCK_N, D_PAD]
     v = tl.load(ptr_v + cols.to(tl.int64)[:, None] * svt, mask=mask_kv, other=0.0)
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
+    s = _dot(q, tl.trans(k), IEEE)  # [BLOCK_M, BLOCK_N]
     s = _scale_logits(s, scale_hi, scale_lo, IS_F64)
     visible = mask_m[:, None] & mask_n[None, :]
     if CAUSAL:
         visible = visible & (offs_m[:, None] >= cols[None, :])
     p = tl.exp(tl.where(visible, s, float("-inf")) - lse[:, None])
-    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+    dp = _dot(do, tl.trans(v), IEEE)
     ds = p * (dp - delta[:, None])
-    dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+    dq += _dot(ds.to(k.dtype), k, IEEE)
     return dq
 
 
@@ -512,7 +542,7 @@ def _temporal_attn_bwd_dq_kernel(
     T, N, H, D,
     scale_hi, scale_lo,
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, INTERPRET: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
     """dQ of one block of query frames, looping over the key frames it sees."""
     pid = tl.program_id(0).to(tl.int64)
@@ -552,12 +582,12 @@ def _temporal_attn_bwd_dq_kernel(
         start_n = 0
         while start_n < hi:
             dq = _dq_tile(dq, q, do, lse, delta, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d,
-                          length, scale_hi, scale_lo, CAUSAL, IS_F64, DOT_PREC)
+                          length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
             start_n += BLOCK_N
     else:
         for start_n in range(0, hi, BLOCK_N):
             dq = _dq_tile(dq, q, do, lse, delta, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d,
-                          length, scale_hi, scale_lo, CAUSAL, IS_F64, DOT_PREC)
+                          length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
     dq = _scale_logits(dq, scale_hi, scale_lo, IS_F64)
 
     mask_st = (offs_m < T)[:, None] & mask_d[None, :]
@@ -586,24 +616,24 @@ def temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal: bool, scale: float)
     lens, has_lens = _lens_arg(frame_lens, lse)
     is_f64 = q.dtype == torch.float64
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(out))
-    if use_short_path(T, D):
+    if use_short_path(T, D, q.dtype, backward=False):
         block_g, num_warps = _short_config(T_PAD, D_PAD, q.dtype, backward=False)
         grid = (triton.cdiv(num_groups, block_g),)
         torch.library.wrap_triton(_temporal_attn_fwd_short_kernel)[grid](
             q, k, v, out, lse, lens, *strides,
             T, N, H, D, num_groups, scale_hi, scale_lo,
             HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64,
-            BLOCK_G=block_g, T_PAD=T_PAD, D_PAD=D_PAD, DOT_PREC=_dot_precision(q.dtype),
+            BLOCK_G=block_g, T_PAD=T_PAD, D_PAD=D_PAD, IEEE=_ieee(q.dtype),
             num_warps=num_warps,
         )
         return
-    block_m, block_n, num_warps = _tiled_config(T, D_PAD, q.dtype)
+    block_m, block_n, num_warps = _tiled_config(T, D_PAD, q.dtype, backward=False)
     grid = (num_groups * triton.cdiv(T, block_m),)
     torch.library.wrap_triton(_temporal_attn_fwd_tiled_kernel)[grid](
         q, k, v, out, lse, lens, *strides,
         T, N, H, D, scale_hi, scale_lo,
         HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(),
-        BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, DOT_PREC=_dot_precision(q.dtype),
+        BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=_ieee(q.dtype),
         num_warps=num_warps,
     )
 
@@ -620,10 +650,10 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
     scale_hi, scale_lo = _split_scale(scale)
     lens, has_lens = _lens_arg(frame_lens, lse)
     is_f64 = q.dtype == torch.float64
-    prec = _dot_precision(q.dtype)
+    ieee = _ieee(q.dtype)
     s_do, s_q, s_k, s_v = _strides(dout), _strides(q), _strides(k), _strides(v)
     s_dq, s_dk, s_dv = _strides(dq), _strides(dk), _strides(dv)
-    if use_short_path(T, D):
+    if use_short_path(T, D, q.dtype, backward=True):
         block_g, num_warps = _short_config(T_PAD, D_PAD, q.dtype, backward=True)
         grid = (triton.cdiv(num_groups, block_g),)
         torch.library.wrap_triton(_temporal_attn_bwd_short_kernel)[grid](
@@ -631,11 +661,11 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
             *s_do, *s_q, *s_k, *s_v, *s_dq, *s_dk, *s_dv,
             T, N, H, D, num_groups, scale_hi, scale_lo,
             HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64,
-            BLOCK_G=block_g, T_PAD=T_PAD, D_PAD=D_PAD, DOT_PREC=prec,
+            BLOCK_G=block_g, T_PAD=T_PAD, D_PAD=D_PAD, IEEE=ieee,
             num_warps=num_warps,
         )
         return
-    block_m, block_n, num_warps = _tiled_config(T, D_PAD, q.dtype)
+    block_m, block_n, num_warps = _tiled_config(T, D_PAD, q.dtype, backward=True)
     delta = torch.empty((num_groups, T), dtype=lse.dtype, device=q.device)
     torch.library.wrap_triton(_temporal_attn_bwd_delta_kernel)[(num_groups * triton.cdiv(T, block_m),)](
         dout, out, delta, lens, *s_do, *_strides(out), T, N, H, D,
@@ -646,7 +676,7 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
         *s_do, *s_q, *s_k, *s_v, *s_dk, *s_dv,
         T, N, H, D, scale_hi, scale_lo,
         HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(),
-        BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, DOT_PREC=prec,
+        BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=ieee,
         num_warps=num_warps,
     )
     torch.library.wrap_triton(_temporal_attn_bwd_dq_kernel)[(num_groups * triton.cdiv(T, block_m),)](
@@ -654,6 +684,6 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
         *s_do, *s_q, *s_k, *s_v, *s_dq,
         T, N, H, D, scale_hi, scale_lo,
         HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(),
-        BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, DOT_PREC=prec,
+        BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=ieee,
         num_warps=num_warps,
     )
