@@ -33,7 +33,8 @@ DType dtype_of(const at::Tensor& x) {
     case at::kBFloat16: return DType::kBFloat16;
     case at::kFloat: return DType::kFloat32;
     case at::kDouble: return DType::kFloat64;
-    default: TORCH_CHECK(false, "temporal_kernels: expected float16, bfloat16, float32 or float64, got ", x.scalar_type());
+    default:
+      TORCH_CHECK(false, "temporal_kernels: expected float16, bfloat16, float32 or float64, got ", x.scalar_type());
   }
 }
 

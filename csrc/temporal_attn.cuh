@@ -4,9 +4,10 @@
 // S lanes split the head dim into 8-element chunks (16-byte vector loads for half/bf16) and R
 // rows of lanes handle R query (or key) frames at a time. Several teams share a block when T
 // is short (the memory-bound TimeSformer case, T = 8..32), so a 256-thread block moves several
-// groups at once; K/V (forward) or Q/dO (backward) tiles of KT frames are staged in shared
-// memory in the input dtype and read back with broadcasts. Dot products over the head dim are
-// reduced over the S lanes with xor shuffles, so every lane holds the full score.
+// groups at once. Tiles of KT frames (K/V in the forward pass and the backward's part A, Q/dO in
+// part B) are staged in shared memory in the input dtype and read back with broadcasts. Dot
+// products over the head dim are reduced over the S lanes with xor shuffles, so every lane holds
+// the full score.
 //
 // Softmax runs in fp32 (fp64 for double) with a running max (online softmax), in base 2 with
 // log2(e) folded into the scale. lse is stored in natural-log units, -inf for a query row that
@@ -15,11 +16,13 @@
 // or as keys), so no recomputed probability ever meets a -inf lse.
 //
 // The backward pass is one kernel per launch, without atomics: part A walks the query rows
-// (delta = rowsum(dO * O), dQ), part B the key rows (dK, dV), recomputing P from lse.
+// (delta = rowsum(dO * O), dQ), part B the key rows (dK, dV), recomputing P from lse. It reads
+// out for delta (12 passes of memory, SPEC §5) and passes delta to part B through a [B, H, T, N]
+// scratch buffer, published by the block barrier between the parts.
 //
 // Kernels and launch shapes live in this header, included by temporal_attn.cu; the CPU CI also
-// compiles it with a thread-per-lane host emulation of the few CUDA built-ins it uses
-// (tests/csrc_emu/), which runs the kernels on small problems against the reference.
+// compiles it with a host emulation of the few CUDA built-ins it uses (tests/csrc_emu/, one fiber
+// per CUDA thread), which runs the kernels on small problems against the reference.
 #pragma once
 
 #ifdef __CUDACC__
@@ -277,8 +280,10 @@ __global__ void __launch_bounds__(kThreads) temporal_fwd_kernel(const AttnParams
             const int jr = i / sh.S, c = i % sh.S;
             const int nv = static_cast<int>(max(int64_t(0), min(int64_t(kChunk), p.D - c * kChunk)));
             const int j = j0 + jr;
-            stage_chunk(k_tile + jr * row_elems + c * kChunk, k_g - ln.d0 + j * p.k_stride[kT] + c * kChunk, nv, p.vec16);
-            stage_chunk(v_tile + jr * row_elems + c * kChunk, v_g - ln.d0 + j * p.v_stride[kT] + c * kChunk, nv, p.vec16);
+            const T* k_src = k_g - ln.d0 + j * p.k_stride[kT] + c * kChunk;  // k_g: this lane's chunk
+            const T* v_src = v_g - ln.d0 + j * p.v_stride[kT] + c * kChunk;
+            stage_chunk(k_tile + jr * row_elems + c * kChunk, k_src, nv, p.vec16);
+            stage_chunk(v_tile + jr * row_elems + c * kChunk, v_src, nv, p.vec16);
           }
           __syncthreads();
         }
@@ -430,10 +435,10 @@ __global__ void __launch_bounds__(kThreads) temporal_bwd_kernel(const AttnParams
       const bool live = row && j < len;  // padded frames are never keys
       const int q_begin = p.causal ? j : 0;
 
-      A kv_[kChunk], vv[kChunk];
+      A k_row[kChunk], v_row[kChunk];
       if (live) {
-        load_chunk(k_g + j * p.k_stride[kT] + ln.d0, ln.n_valid, p.vec16, kv_);
-        load_chunk(v_g + j * p.v_stride[kT] + ln.d0, ln.n_valid, p.vec16, vv);
+        load_chunk(k_g + j * p.k_stride[kT] + ln.d0, ln.n_valid, p.vec16, k_row);
+        load_chunk(v_g + j * p.v_stride[kT] + ln.d0, ln.n_valid, p.vec16, v_row);
       }
       A dk_acc[kChunk], dv_acc[kChunk];
 #pragma unroll
@@ -463,8 +468,8 @@ __global__ void __launch_bounds__(kThreads) temporal_bwd_kernel(const AttnParams
           A qc[kChunk], doc[kChunk];
           smem_chunk(x_tile + (t - i0) * row_elems + ln.d0, qc);
           smem_chunk(y_tile + (t - i0) * row_elems + ln.d0, doc);
-          const A sc = row_sum(dot_chunk(qc, kv_), sh.S, ln.mask) * qk_scale;
-          const A dp = row_sum(dot_chunk(doc, vv), sh.S, ln.mask);
+          const A sc = row_sum(dot_chunk(qc, k_row), sh.S, ln.mask) * qk_scale;
+          const A dp = row_sum(dot_chunk(doc, v_row), sh.S, ln.mask);
           const A pr = exp2_(sc - lse2_tile[t - i0]);
           const A ds = pr * (dp - delta_tile[t - i0]);
 #pragma unroll

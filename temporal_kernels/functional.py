@@ -28,7 +28,7 @@ def available_backends() -> list[str]:
     Example::
 
         >>> tk.available_backends()   # on a GPU machine with the extension built
-        ['cuda', 'triton', 'reference']
+        ['triton', 'cuda', 'reference']
     """
     return _backends.available_backends()
 

@@ -81,9 +81,10 @@ def test_csrc_compiles_for_sm90(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # The kernels of csrc/temporal_attn.cuh run on the host: tests/csrc_emu/emu.cpp emulates the
-# CUDA built-ins they use with one OS thread per CUDA thread (real barriers, shuffles checked
-# against their lane masks), so indexing, strides, masks, tiling and synchronization are checked
-# here against the reference, in every dtype. Outputs are NaN-poisoned, as are padded dout rows.
+# CUDA built-ins they use with one fiber per CUDA thread (block barriers, shuffles checked against
+# their lane masks, deadlocks reported), so indexing, strides, masks, tiling and synchronization
+# are checked here against the reference, in every dtype. Outputs are NaN-poisoned, as are padded
+# dout rows (never read).
 
 import ctypes  # noqa: E402
 

@@ -17,7 +17,7 @@ import torch
 import temporal_kernels as tk
 from temporal_kernels import _extension, reference
 
-from helpers import BOUNDS, DEVICE, LAYOUTS, case_id, frame_lens_for, make_qkv, packed_qkv, rel_err
+from helpers import BOUNDS, DEVICE, LAYOUTS, case_id, frame_lens_for, leaves, make_qkv, packed_qkv, rel_err
 
 pytestmark = pytest.mark.skipif(
     "cuda" not in tk.available_backends(),
@@ -298,7 +298,8 @@ def test_gradcheck(mask):
     causal, lens = mask
     gen = _seed("gradcheck", mask)
     B, T, N, H, D = 3, 5, 2, 2, 12
-    q, k, v = make_qkv("packed_nt", B, T, N, H, D, dtype=torch.float64, requires_grad=True, generator=gen)
+    # Full (not fast-mode) gradcheck on leaves; the packed form below reads strided q/k/v views.
+    q, k, v = leaves(*make_qkv("packed_nt", B, T, N, H, D, dtype=torch.float64, generator=gen))
     frame_lens = frame_lens_for(B, T, generator=gen) if lens else None
     assert torch.autograd.gradcheck(
         lambda q, k, v: tk.temporal_attention(q, k, v, causal=causal, frame_lens=frame_lens, backend="cuda"),
@@ -327,8 +328,9 @@ def test_opcheck(lens, dtype):
     packed = qkv.detach().requires_grad_()
     torch.library.opcheck(ops.cuda_temporal_qkvpacked_fwd, (packed, frame_lens, False, 0.4))
     out, lse = ops.cuda_temporal_qkvpacked_fwd(packed, frame_lens, False, 0.4)
+    dout = torch.randn_like(out)
     torch.library.opcheck(
-        ops.cuda_temporal_qkvpacked_bwd, (torch.randn_like(out), packed.detach(), out.detach(), lse, frame_lens, False, 0.4)
+        ops.cuda_temporal_qkvpacked_bwd, (dout, packed.detach(), out.detach(), lse, frame_lens, False, 0.4)
     )
 
 

@@ -32,6 +32,8 @@ GPU_SHAPES = [
     (2, 7, 197, 3, 40),
 ] + [(2, 8, 196, 8, d) for d in (40, 72, 80, 128, 160)]
 SHAPES = GPU_SHAPES if DEVICE == "cuda" else CPU_SHAPES
+# The tiled kernels forced onto short T (CPU: few groups, the interpreter runs one block per program).
+TILED_SHAPES = GPU_SHAPES[:2] + GPU_SHAPES[3:4] if DEVICE == "cuda" else [(3, 7, 2, 2, 12), (3, 20, 2, 1, 40)]
 
 
 @pytest.fixture(params=["short", "tiled"])
@@ -123,7 +125,7 @@ def test_temporal_api(shape, layout, mask, dtype):
 @pytest.mark.parametrize("dtype", kernel_dtypes(), ids=lambda d: case_id(dtype=d))
 @pytest.mark.parametrize("mask", MASKS, ids=_mask_id)
 @pytest.mark.parametrize("layout", ("separate", "packed_nt"))
-@pytest.mark.parametrize("shape", SHAPES[:2], ids=lambda s: case_id(B=s[0], T=s[1], N=s[2], H=s[3], D=s[4]))
+@pytest.mark.parametrize("shape", TILED_SHAPES, ids=lambda s: case_id(B=s[0], T=s[1], N=s[2], H=s[3], D=s[4]))
 def test_temporal_api_tiled_path(shape, layout, mask, dtype, monkeypatch):
     """The long-T (tiled) kernels on short T: every T forced onto them."""
     monkeypatch.setattr(ta, "SHORT_T_MAX", 0)
@@ -331,20 +333,27 @@ def test_compile_fullgraph(packed):
     compiled = torch.compile(f, fullgraph=True)
     (g_compiled,) = torch.autograd.grad(compiled(qkv, frame_lens), (qkv,))
     (g_eager,) = torch.autograd.grad(f(qkv, frame_lens), (qkv,))
-    torch.testing.assert_close(g_compiled, g_eager, rtol=0, atol=0)
+    # Same kernels on the same values: only the compiled graph's own ops (the loss) may round differently.
+    assert rel_err(g_compiled, g_eager) <= BOUNDS[torch.bfloat16]
 
 
-def test_block_heuristics_are_valid():
-    """Every config the launchers can pick has power-of-two blocks and fits the dot constraints."""
+def test_block_heuristics_are_valid(monkeypatch):
+    """The GPU configs (as the launchers pick them off the interpreter): power-of-two blocks that
+    satisfy tl.dot's minimum of 16, the short path only up to T = 64, whole tiles within budget."""
+    monkeypatch.setattr(ta, "_interpreting", lambda: False)
     for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         for T in (1, 7, 16, 33, 64, 65, 128, 1000):
             for D in (1, 8, 40, 64, 72, 128, 160, 256):
                 T_PAD, D_PAD = ta._pad(T), ta._pad(D)
                 assert T_PAD >= max(16, T) and D_PAD >= max(16, D)
-                if ta.use_short_path(T, D):
-                    for backward in (False, True):
+                assert T_PAD & (T_PAD - 1) == 0 and D_PAD & (D_PAD - 1) == 0
+                for backward in (False, True):
+                    if ta.use_short_path(T, D, dtype, backward):
+                        assert T_PAD <= ta.SHORT_T_MAX
                         block_g, num_warps = ta._short_config(T_PAD, D_PAD, dtype, backward)
-                        assert block_g >= 1 and block_g & (block_g - 1) == 0 and num_warps in (4, 8)
-                else:
-                    block_m, block_n, num_warps = ta._tiled_config(T, D_PAD, dtype, backward)
-                    assert block_m >= 16 and block_n >= 16 and math.log2(block_m).is_integer()
+                        assert block_g & (block_g - 1) == 0 and num_warps in (4, 8)
+                        assert block_g == 1 or block_g * T_PAD * D_PAD <= 8192
+                    else:
+                        assert T_PAD > 16 or dtype != torch.bfloat16 or D_PAD > 64, "T <= 16 must stay on the short path"
+                        block_m, block_n, num_warps = ta._tiled_config(T, D_PAD, dtype, backward)
+                        assert block_m >= 16 and block_n >= 16 and math.log2(block_m).is_integer()

@@ -25,10 +25,12 @@ key block, one accumulates dQ over the key blocks of its query block. The CLS to
 are written per frame into fp32 (fp64) partial buffers by the same kernels and summed over T
 afterwards (deterministic, no atomics).
 
-Tiles (``_fwd_config`` / ``_bwd_config``): BLOCK_M=64, BLOCK_N=64 for D <= 64 (BLOCK_N=32 above),
-narrower for fp32/fp64 and D > 128 (registers). N=196 (+CLS = 197) gives 4 blocks of 64 (23%
-of the last tile unused; 3*64+5); 784/785 gives 13 blocks (6% waste). Under the interpreter the
-tiles are 16 so that small CPU tests cross block boundaries.
+Tiles (``_fwd_config`` / ``_bwd_configs``), picked from sm_90 compiles without spills: fp16/bf16
+with D <= 64 run the forward with BLOCK_M=128, BLOCK_N=64 (8 warps), dK/dV with 64 keys x 32 query
+rows per step and dQ with 64 rows x 32 keys per step; larger D and fp32/fp64 use narrower tiles.
+N=196 (+CLS = 197) gives 2 row blocks of 128 (23% of the last unused, as with 4 blocks of 64:
+196 = 3*64 + 4); 784/785 gives 7 blocks of 128 (12% waste). Under the interpreter every tile is 16
+so that small CPU tests cross block boundaries.
 """
 
 from __future__ import annotations
@@ -745,6 +747,11 @@ def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None,
 
 # ---------------------------------------------------------------------------------------------
 # spatial launchers (contract: temporal_kernels/ops.py)
+
+# The shared core under the names of this op (one kernel serves every mode).
+_spatial_attn_fwd_kernel = _attn_fwd_kernel
+_spatial_attn_bwd_dkdv_kernel = _attn_bwd_dkdv_kernel
+_spatial_attn_bwd_dq_kernel = _attn_bwd_dq_kernel
 
 
 def spatial_attn_fwd(q, k, v, cls, out, cls_out, lse, lse_cls, scale) -> None:

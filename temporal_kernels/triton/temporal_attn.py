@@ -92,15 +92,17 @@ def use_short_path(T: int, D: int, dtype: torch.dtype, backward: bool) -> bool:
     if T_PAD > SHORT_T_MAX:
         return False
     size = T_PAD * D_PAD
-    if dtype.itemsize == 2 or _interpreting():
-        # The interpreter has no registers: it takes the 16-bit forward limits, so CI covers the
-        # short kernels on T up to 64 in float32/float64 as well.
-        return size <= 4096 if (not backward or _interpreting()) else (size <= 2048 and T_PAD <= 32)
+    if _interpreting():
+        # No registers to run out of: the widest limits, so CI covers the short kernels on T up
+        # to 64 in float32/float64 and in both directions.
+        return size <= 4096
+    if dtype.itemsize == 2:
+        return size <= 2048 and T_PAD <= 32 if backward else size <= 4096
     if backward:
         return T_PAD <= 16 and D_PAD <= 64
     if dtype == torch.float32:
-        return T_PAD <= 16 or size <= 1024
-    return (T_PAD <= 16 and D_PAD <= 128) or size <= 1024
+        return T_PAD <= 16 or (T_PAD <= 32 and D_PAD <= 32)
+    return (T_PAD <= 16 and D_PAD <= 128) or (T_PAD <= 32 and D_PAD <= 32)
 
 
 def _short_config(T_PAD: int, D_PAD: int, dtype: torch.dtype, backward: bool) -> tuple[int, int]:
@@ -123,7 +125,7 @@ def _tiled_config(T: int, D_PAD: int, dtype: torch.dtype, backward: bool) -> tup
     if dtype.itemsize == 2:
         limits = (64, 64, 32, 16) if backward else (64, 64, 64, 32)
     elif dtype == torch.float32:
-        limits = (32, 32, 16, 16) if backward else (64, 64, 32, 32)
+        limits = (32, 16, 16, 16) if backward else (64, 32, 16, 16)
     else:
         limits = (16, 16, 16, 16) if backward else (32, 32, 16, 16)
     block = limits[min(3, max(0, D_PAD.bit_length() - 6))]  # D_PAD <= 32, 64, 128, 256
@@ -131,9 +133,16 @@ def _tiled_config(T: int, D_PAD: int, dtype: torch.dtype, backward: bool) -> tup
         # Small blocks exercise the multi-block loops on the small T of CI; long T keeps the
         # number of (slow, per-block) interpreter iterations low.
         block = 16 if T <= 64 else 64
+    work = block * D_PAD
     # The backward's two accumulators want the wider program one step earlier.
-    num_warps = 4 if block * D_PAD < (64 * 64 if backward else 64 * 64 + 1) else 8
-    return block, block, num_warps
+    wide = work >= 64 * 64 if backward else work > 64 * 64
+    return block, block, 8 if wide else 4
+
+
+def _tiled_stages(dtype: torch.dtype) -> int:
+    """Software-pipelining depth of the tiled loops; float64 (gradcheck only) keeps its shared
+    memory under 164 KiB at D = 256."""
+    return 2 if dtype == torch.float64 else 3
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int, int]:
@@ -628,13 +637,14 @@ def temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal: bool, scale: float)
         )
         return
     block_m, block_n, num_warps = _tiled_config(T, D_PAD, q.dtype, backward=False)
+    num_stages = _tiled_stages(q.dtype)
     grid = (num_groups * triton.cdiv(T, block_m),)
     torch.library.wrap_triton(_temporal_attn_fwd_tiled_kernel)[grid](
         q, k, v, out, lse, lens, *strides,
         T, N, H, D, scale_hi, scale_lo,
         HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(),
         BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=_ieee(q.dtype),
-        num_warps=num_warps,
+        num_warps=num_warps, num_stages=num_stages,
     )
 
 
@@ -666,6 +676,7 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
         )
         return
     block_m, block_n, num_warps = _tiled_config(T, D_PAD, q.dtype, backward=True)
+    num_stages = _tiled_stages(q.dtype)
     delta = torch.empty((num_groups, T), dtype=lse.dtype, device=q.device)
     torch.library.wrap_triton(_temporal_attn_bwd_delta_kernel)[(num_groups * triton.cdiv(T, block_m),)](
         dout, out, delta, lens, *s_do, *_strides(out), T, N, H, D,
@@ -677,7 +688,7 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
         T, N, H, D, scale_hi, scale_lo,
         HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(),
         BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=ieee,
-        num_warps=num_warps,
+        num_warps=num_warps, num_stages=num_stages,
     )
     torch.library.wrap_triton(_temporal_attn_bwd_dq_kernel)[(num_groups * triton.cdiv(T, block_m),)](
         dout, q, k, v, lse, delta, lens, dq,
@@ -685,5 +696,5 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
         T, N, H, D, scale_hi, scale_lo,
         HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(),
         BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=ieee,
-        num_warps=num_warps,
+        num_warps=num_warps, num_stages=num_stages,
     )

@@ -198,13 +198,16 @@ void run_grid(Kernel kernel, const tk::AttnParams& p, const td::Launch& l, int64
   }
 }
 
+// Runs the forward or backward kernel over its grid; returns the launch shape it used.
 template <typename T>
-void run(bool backward, const tk::AttnParams& p, int64_t max_grid) {
+td::Launch run(bool backward, const tk::AttnParams& p, int64_t max_grid) {
+  const td::Launch l = backward ? td::bwd_launch<T>(p) : td::fwd_launch<T>(p);
   if (backward) {
-    run_grid(td::temporal_bwd_kernel<T>, p, td::bwd_launch<T>(p), max_grid);
+    run_grid(td::temporal_bwd_kernel<T>, p, l, max_grid);
   } else {
-    run_grid(td::temporal_fwd_kernel<T>, p, td::fwd_launch<T>(p), max_grid);
+    run_grid(td::temporal_fwd_kernel<T>, p, l, max_grid);
   }
+  return l;
 }
 
 // ptrs: q, k, v, out, lse, dout, dq, dk, dv, delta. strides: [8][5] for q, k, v, out, dout, dq,
@@ -235,13 +238,12 @@ extern "C" void emu_temporal(int backward, int dtype, void** ptrs, const int64_t
   p.causal = causal != 0;
   p.frame_lens = frame_lens;
   p.vec16 = vec16 != 0;
-  const auto dt = static_cast<tk::DType>(dtype);
   td::Launch l;
-  switch (dt) {
-    case tk::DType::kFloat16: l = backward ? td::bwd_launch<__half>(p) : td::fwd_launch<__half>(p); run<__half>(backward, p, max_grid); break;
-    case tk::DType::kBFloat16: l = backward ? td::bwd_launch<__nv_bfloat16>(p) : td::fwd_launch<__nv_bfloat16>(p); run<__nv_bfloat16>(backward, p, max_grid); break;
-    case tk::DType::kFloat32: l = backward ? td::bwd_launch<float>(p) : td::fwd_launch<float>(p); run<float>(backward, p, max_grid); break;
-    case tk::DType::kFloat64: l = backward ? td::bwd_launch<double>(p) : td::fwd_launch<double>(p); run<double>(backward, p, max_grid); break;
+  switch (static_cast<tk::DType>(dtype)) {
+    case tk::DType::kFloat16: l = run<__half>(backward, p, max_grid); break;
+    case tk::DType::kBFloat16: l = run<__nv_bfloat16>(backward, p, max_grid); break;
+    case tk::DType::kFloat32: l = run<float>(backward, p, max_grid); break;
+    case tk::DType::kFloat64: l = run<double>(backward, p, max_grid); break;
   }
   const int64_t shape[7] = {l.sh.S, l.sh.R, l.sh.team, l.sh.gpb, l.sh.KT, static_cast<int64_t>(l.smem), l.grid};
   std::memcpy(shape_out, shape, sizeof(shape));

@@ -1,0 +1,96 @@
+"""Sweep the launch configurations of the Triton temporal kernels on the GPU present.
+
+    python scripts/tune_temporal.py [--bwd] [--shapes B,T,N,H,D ...]
+
+For every shape (SPEC §5 temporal rows by default) and every (BLOCK_G, num_warps) of the short
+path — or (BLOCK_M, BLOCK_N, num_warps) of the tiled path — it times the forward (and with --bwd
+the backward) op on patch-major packed bf16 views, checks the output against the float64
+reference, and prints the time and % of the memory floor. The winners feed the heuristics in
+``temporal_kernels/triton/temporal_attn.py``; this script is a tool, its output is not a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+import triton.testing
+
+from temporal_kernels import reference
+from temporal_kernels.triton import temporal_attn as ta
+
+SHAPES = [
+    (8, 8, 196, 12, 64),
+    (2, 16, 784, 12, 64),
+    (1, 32, 196, 12, 64),
+    (2, 16, 4096, 5, 64),
+    (1, 64, 196, 12, 64),
+    (1, 96, 196, 12, 64),
+    (1, 256, 64, 12, 64),
+    (2, 8, 196, 8, 40),
+    (2, 8, 196, 8, 128),
+    (2, 8, 196, 8, 160),
+]
+
+
+def copy_bandwidth() -> float:
+    src = torch.randn(256 * 2**20, device="cuda")
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+    return 2 * src.numel() * 4 / (ms * 1e-3)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bwd", action="store_true")
+    ap.add_argument("--shapes", nargs="*", default=None)
+    args = ap.parse_args()
+    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
+    bw = copy_bandwidth()
+    print(f"copy bandwidth {bw / 1e12:.2f} TB/s")
+    ops = torch.ops.temporal_kernels
+    for B, T, N, H, D in shapes:
+        x = torch.randn(B, N, T, 3, H, D, device="cuda", dtype=torch.bfloat16)
+        q, k, v = x.permute(0, 2, 1, 3, 4, 5).unbind(3)
+        ref = reference.temporal_attention(q.double(), k.double(), v.double(), scale=D**-0.5)
+        dout = torch.randn_like(ref, dtype=torch.bfloat16)
+        elems = B * T * N * H * D * 2
+        short = ta.use_short_path(T, D)
+        if short:
+            configs = [(g, w) for g, w in itertools.product((1, 2, 4, 8, 16, 32), (1, 2, 4, 8))]
+        else:
+            configs = [(m, n, w) for m, n, w in itertools.product((32, 64, 128), (32, 64, 128), (4, 8))]
+        rows = []
+        for cfg in configs:
+            if short:
+                ta._short_config = lambda *a, _c=cfg, **kw: _c
+            else:
+                ta._tiled_config = lambda *a, _c=cfg, **kw: _c
+            try:
+                out, lse = ops.triton_temporal_fwd(q, k, v, None, False, D**-0.5)
+                err = ((out.double() - ref).norm() / ref.norm()).item()
+                ms = triton.testing.do_bench(lambda: ops.triton_temporal_fwd(q, k, v, None, False, D**-0.5), return_mode="median")
+                bms = float("nan")
+                if args.bwd:
+                    bms = triton.testing.do_bench(
+                        lambda: ops.triton_temporal_bwd(dout, q, k, v, out, lse, None, False, D**-0.5), return_mode="median"
+                    )
+            except Exception as exc:  # a config that does not compile (registers, shared memory)
+                print(f"  {cfg}: failed ({type(exc).__name__}: {str(exc)[:80]})")
+                continue
+            fwd_floor = 4 * elems / bw * 1e3
+            bwd_floor = 7 * elems / bw * 1e3
+            rows.append((ms, cfg, err, fwd_floor / ms, bms, bwd_floor / bms if args.bwd else float("nan")))
+        rows.sort(key=lambda r: r[0])
+        print(f"== B{B} T{T} N{N} H{H} D{D} ({'short' if short else 'tiled'})")
+        for ms, cfg, err, frac, bms, bfrac in rows[:6]:
+            print(f"  fwd {ms * 1e3:8.1f} us {100 * frac:5.1f}% floor  err {err:.1e}  cfg {cfg}   bwd {bms * 1e3:8.1f} us {100 * bfrac:5.1f}%")
+        if args.bwd:
+            best_b = sorted(rows, key=lambda r: r[4])[:3]
+            for ms, cfg, err, frac, bms, bfrac in best_b:
+                print(f"  best bwd: cfg {cfg} {bms * 1e3:8.1f} us {100 * bfrac:5.1f}% floor")
+
+
+if __name__ == "__main__":
+    main()
