@@ -393,7 +393,7 @@ def test_available_backends(monkeypatch):
     names = tk.available_backends()
     assert isinstance(names, list) and names and names[-1] == "reference"
     assert len(set(names)) == len(names) and set(names) <= set(_backends.BACKEND_NAMES)
-    # in the order of preference (cuda, triton, reference)
+    # in the order of preference (BACKEND_NAMES)
     assert names == [n for n in _backends.BACKEND_NAMES if n in names]
     if not torch.cuda.is_available():
         monkeypatch.setenv("TRITON_INTERPRET", "0")
