@@ -50,46 +50,54 @@ def main() -> None:
     bw = copy_bandwidth()
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s")
     ops = torch.ops.temporal_kernels
+    orig_short, orig_tiled = ta._short_config, ta._tiled_config
+    modes = ("fwd", "bwd") if args.bwd else ("fwd",)
     for B, T, N, H, D in shapes:
         x = torch.randn(B, N, T, 3, H, D, device="cuda", dtype=torch.bfloat16)
         q, k, v = x.permute(0, 2, 1, 3, 4, 5).unbind(3)
-        ref = reference.temporal_attention(q.double(), k.double(), v.double(), scale=D**-0.5)
-        dout = torch.randn_like(ref, dtype=torch.bfloat16)
+        scale = D**-0.5
+        ref = reference.temporal_attention(q.double(), k.double(), v.double(), scale=scale)
+        dout = torch.randn(ref.shape, device="cuda", dtype=torch.bfloat16)
         elems = B * T * N * H * D * 2
-        short = ta.use_short_path(T, D)
-        if short:
-            configs = [(g, w) for g, w in itertools.product((1, 2, 4, 8, 16, 32), (1, 2, 4, 8))]
-        else:
-            configs = [(m, n, w) for m, n, w in itertools.product((32, 64, 128), (32, 64, 128), (4, 8))]
-        rows = []
-        for cfg in configs:
+        for mode in modes:
+            backward = mode == "bwd"
+            short = ta.use_short_path(T, D, torch.bfloat16, backward=backward)
             if short:
-                ta._short_config = lambda *a, _c=cfg, **kw: _c
+                configs = list(itertools.product((1, 2, 4, 8, 16, 32), (2, 4, 8)))
             else:
-                ta._tiled_config = lambda *a, _c=cfg, **kw: _c
-            try:
-                out, lse = ops.triton_temporal_fwd(q, k, v, None, False, D**-0.5)
-                err = ((out.double() - ref).norm() / ref.norm()).item()
-                ms = triton.testing.do_bench(lambda: ops.triton_temporal_fwd(q, k, v, None, False, D**-0.5), return_mode="median")
-                bms = float("nan")
-                if args.bwd:
-                    bms = triton.testing.do_bench(
-                        lambda: ops.triton_temporal_bwd(dout, q, k, v, out, lse, None, False, D**-0.5), return_mode="median"
-                    )
-            except Exception as exc:  # a config that does not compile (registers, shared memory)
-                print(f"  {cfg}: failed ({type(exc).__name__}: {str(exc)[:80]})")
-                continue
-            fwd_floor = 4 * elems / bw * 1e3
-            bwd_floor = 7 * elems / bw * 1e3
-            rows.append((ms, cfg, err, fwd_floor / ms, bms, bwd_floor / bms if args.bwd else float("nan")))
-        rows.sort(key=lambda r: r[0])
-        print(f"== B{B} T{T} N{N} H{H} D{D} ({'short' if short else 'tiled'})")
-        for ms, cfg, err, frac, bms, bfrac in rows[:6]:
-            print(f"  fwd {ms * 1e3:8.1f} us {100 * frac:5.1f}% floor  err {err:.1e}  cfg {cfg}   bwd {bms * 1e3:8.1f} us {100 * bfrac:5.1f}%")
-        if args.bwd:
-            best_b = sorted(rows, key=lambda r: r[4])[:3]
-            for ms, cfg, err, frac, bms, bfrac in best_b:
-                print(f"  best bwd: cfg {cfg} {bms * 1e3:8.1f} us {100 * bfrac:5.1f}% floor")
+                configs = list(itertools.product((32, 64, 128), (32, 64, 128), (4, 8)))
+            rows = []
+            for cfg in configs:
+
+                def patched(orig, cfg=cfg, backward=backward):
+                    return lambda *a, **kw: cfg if kw.get("backward", a[-1]) == backward else orig(*a, **kw)
+
+                ta._short_config, ta._tiled_config = orig_short, orig_tiled
+                if short:
+                    ta._short_config = patched(orig_short)
+                else:
+                    ta._tiled_config = patched(orig_tiled)
+                try:
+                    out, lse = ops.triton_temporal_fwd(q, k, v, None, False, scale)
+                    if backward:
+                        fn = lambda: ops.triton_temporal_bwd(dout, q, k, v, out, lse, None, False, scale)
+                        err = float("nan")
+                        floor_passes = 7
+                    else:
+                        fn = lambda: ops.triton_temporal_fwd(q, k, v, None, False, scale)
+                        err = ((out.double() - ref).norm() / ref.norm()).item()
+                        floor_passes = 4
+                    fn()
+                    ms = triton.testing.do_bench(fn, return_mode="median")
+                except Exception as exc:  # a config that does not compile (registers, shared memory)
+                    print(f"  {mode} {cfg}: failed ({type(exc).__name__}: {str(exc)[:80]})")
+                    continue
+                rows.append((ms, cfg, err, floor_passes * elems / bw * 1e3 / ms))
+            ta._short_config, ta._tiled_config = orig_short, orig_tiled
+            rows.sort(key=lambda r: r[0])
+            print(f"== {mode} B{B} T{T} N{N} H{H} D{D} ({'short' if short else 'tiled'}), default {orig_short(ta._pad(T), ta._pad(D), torch.bfloat16, backward) if short else orig_tiled(T, ta._pad(D), torch.bfloat16, backward)}")
+            for ms, cfg, err, frac in rows[:5]:
+                print(f"  {ms * 1e3:8.1f} us {100 * frac:5.1f}% floor  err {err:.1e}  cfg {cfg}")
 
 
 if __name__ == "__main__":

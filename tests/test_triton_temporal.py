@@ -295,12 +295,11 @@ def test_opcheck_temporal_qkvpacked():
 
 @gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=lambda d: case_id(dtype=d))
-@pytest.mark.parametrize("T", [8, 100], ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("T", [8, 72], ids=lambda t: f"T{t}")
 def test_many_groups(T, dtype):
-    """B * N * H = 2 * 2731 * 12 = 65,544 groups > 65,535 (a known crash of grid-per-group kernels)."""
+    """B * N * H = 2 * 2731 * 12 = 65,544 groups > 65,535 (a known crash of grid-per-group kernels);
+    T = 72 takes the tiled path (its float64 reference logits take 2.7 GB)."""
     B, N, H, D = 2, 2731, 12, 32
-    if T > 64:
-        B, N = 1, 5462  # 65,544 groups; keeps the float64 reference within memory
     gen = torch.Generator().manual_seed(2)
     q, k, v = make_qkv("packed_tn", B, T, N, H, D, dtype=dtype, requires_grad=True, generator=gen)
     assert B * N * H > 65535

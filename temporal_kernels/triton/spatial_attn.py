@@ -217,6 +217,9 @@ def _key_range(m0, L, L_valid, div, is_t, BLOCK_M: tl.constexpr, MODE: tl.conste
     if MODE == 2:
         lo = tl.where(is_t, (m0 // div) * div, lo)
         hi = tl.where(is_t, tl.minimum(L, (last // div + 1) * div), hi)
+        if CAUSAL:
+            # a visible key shares the row's patch and has t' <= t, so its index is <= the row's
+            hi = tl.where(is_t, tl.minimum(hi, last + 1), hi)
     return lo, hi
 
 
@@ -233,6 +236,8 @@ def _query_range(n0, L, L_valid, div, is_t, BLOCK_N: tl.constexpr, MODE: tl.cons
         last = tl.minimum(n0 + BLOCK_N, L) - 1
         lo = tl.where(is_t, (n0 // div) * div, lo)
         hi = tl.where(is_t, tl.minimum(L, (last // div + 1) * div), hi)
+        if CAUSAL:
+            lo = tl.where(is_t, n0, lo)
     return lo, hi
 
 
