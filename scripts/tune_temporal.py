@@ -17,6 +17,7 @@ import itertools
 import torch
 import triton.testing
 
+import temporal_kernels.ops  # noqa: F401  (registers the custom ops)
 from temporal_kernels import reference
 from temporal_kernels.triton import temporal_attn as ta
 
