@@ -38,7 +38,6 @@ def _flags() -> list[str]:
         "-gencode=arch=compute_90,code=sm_90",
         f"-std={_cxx_std()}",
         "-O3",
-        "--use_fast_math",
         "--expt-relaxed-constexpr",
         "-Xcompiler=-fPIC",
         f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",

@@ -272,7 +272,7 @@ def test_opcheck_temporal(lens):
     out, lse = ops.triton_temporal_fwd(q, k, v, frame_lens, True, 0.4)
     dout = torch.randn_like(out)
     torch.library.opcheck(
-        ops.triton_temporal_bwd, (dout, q.detach(), k.detach(), v.detach(), out.detach(), lse, frame_lens, True, 0.4),
+        ops.triton_temporal_bwd, (dout, q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), frame_lens, True, 0.4),
         test_utils=OPCHECK_UTILS,
     )
 
@@ -285,7 +285,7 @@ def test_opcheck_temporal_qkvpacked():
     out, lse = ops.triton_temporal_qkvpacked_fwd(qkv, frame_lens, False, 0.4)
     dout = torch.randn_like(out)
     torch.library.opcheck(
-        ops.triton_temporal_qkvpacked_bwd, (dout, qkv.detach(), out.detach(), lse, frame_lens, False, 0.4), test_utils=OPCHECK_UTILS
+        ops.triton_temporal_qkvpacked_bwd, (dout, qkv.detach(), out.detach(), lse.detach(), frame_lens, False, 0.4), test_utils=OPCHECK_UTILS
     )
 
 
