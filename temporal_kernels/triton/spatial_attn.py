@@ -55,13 +55,13 @@ _LN2 = 0.6931471805599453
 
 
 @triton.jit
-def _decode(pid, B, T, N, H, TH, G, LENS,
-            BLOCK: tl.constexpr, MODE: tl.constexpr, HAS_CLS: tl.constexpr, HAS_LENS: tl.constexpr):
+def _decode(pid, B, T, N, H, TH, G, BLOCK: tl.constexpr, MODE: tl.constexpr, HAS_CLS: tl.constexpr):
     """Program id -> its sequence and row block.
 
     Returns ``(b, h, t, n0, blk, L, L_valid, div, is_t)``: the sequence is that of batch b, head
     h, frame t (spatial) or first patch n0 (temporal path); ``blk`` is the block index along it;
-    ``L`` its length; ``L_valid`` the prefix of tokens that are real (joint ``frame_lens``);
+    ``L`` its length; ``L_valid`` the prefix of tokens that are real (``L`` here: the kernels cut
+    it at the joint ``frame_lens`` themselves);
     ``div`` splits a token index into (outer, inner) = (i // div, i % div); ``is_t`` marks the
     temporal path of the factorized mode.
     """
@@ -92,8 +92,6 @@ def _decode(pid, B, T, N, H, TH, G, LENS,
         t = zero
         n0 = zero
         L_valid = zero + L
-        if HAS_LENS:
-            L_valid = tl.load(LENS + b).to(tl.int32) * N
         div = zero + N
         is_t = zero != 0
     else:
@@ -260,10 +258,22 @@ def _exp(x, IS_F64: tl.constexpr):
 
 
 @triton.jit
+def _scale_arg(x, IS_F64: tl.constexpr):
+    """A float kernel argument in the statistics dtype. Eager Triton passes Python floats as fp32
+    but torch.compile (inductor) as fp64, which would promote the fp32 softmax state to fp64 and
+    change the type of loop-carried values; every kernel casts its scale halves on entry."""
+    if IS_F64:
+        return tl.cast(x, tl.float64)
+    else:
+        return tl.cast(x, tl.float32)
+
+
+@triton.jit
 def _logits(s, scale_hi, scale_lo, IS_F64: tl.constexpr):
     """Scaled logits in the exponent domain of ``_exp`` (natural for fp64, log2 otherwise).
 
-    Python floats reach a kernel as fp32, so float64 carries its scale as two fp32 halves."""
+    Python floats reach a kernel as fp32 in eager mode, so float64 carries its scale as two
+    fp32-exact halves (``_scale_arg`` has cast both to the statistics dtype)."""
     if IS_F64:
         return s * scale_hi + s * scale_lo
     else:
@@ -375,7 +385,12 @@ def _attn_fwd_kernel(
 ):
     """Forward over one row block of one sequence: ``out``, ``lse`` (and the CLS row's)."""
     pid = tl.program_id(0)
-    b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, G, LENS, BLOCK_M, MODE, HAS_CLS, HAS_LENS)
+    b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, G, BLOCK_M, MODE, HAS_CLS)
+    if HAS_LENS:
+        # inline, not in a helper: torch.compile's mutation analysis counts every pointer passed to a
+        # helper whose result feeds a store address as written (frame_lens would become an output)
+        L_valid = tl.load(LENS + b).to(tl.int32) * N
+    scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
     q_base, q_so, q_si = _seq_addr(sq_b, sq_t, sq_n, sq_h, b, h, t, n0, is_t, MODE)
     k_base, k_so, k_si = _seq_addr(sk_b, sk_t, sk_n, sk_h, b, h, t, n0, is_t, MODE)
     v_base, v_so, v_si = _seq_addr(sv_b, sv_t, sv_n, sv_h, b, h, t, n0, is_t, MODE)
@@ -445,7 +460,11 @@ def _attn_bwd_dkdv_kernel(
 ):
     """dK, dV of one key block (the CLS key's per-frame partials into DKC/DVC ``[B, T, H, D]``)."""
     pid = tl.program_id(0)
-    b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, G, LENS, BLOCK_N, MODE, HAS_CLS, HAS_LENS)
+    b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, G, BLOCK_N, MODE, HAS_CLS)
+    if HAS_LENS:
+        # inline: see _attn_fwd_kernel
+        L_valid = tl.load(LENS + b).to(tl.int32) * N
+    scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
     q_base, q_so, q_si = _seq_addr(sq_b, sq_t, sq_n, sq_h, b, h, t, n0, is_t, MODE)
     k_base, k_so, k_si = _seq_addr(sk_b, sk_t, sk_n, sk_h, b, h, t, n0, is_t, MODE)
     v_base, v_so, v_si = _seq_addr(sv_b, sv_t, sv_n, sv_h, b, h, t, n0, is_t, MODE)
@@ -510,7 +529,11 @@ def _attn_bwd_dq_kernel(
 ):
     """dQ of one query block (the CLS query's per-frame partial into DQC ``[B, T, H, D]``)."""
     pid = tl.program_id(0)
-    b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, G, LENS, BLOCK_M, MODE, HAS_CLS, HAS_LENS)
+    b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, G, BLOCK_M, MODE, HAS_CLS)
+    if HAS_LENS:
+        # inline: see _attn_fwd_kernel
+        L_valid = tl.load(LENS + b).to(tl.int32) * N
+    scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
     q_base, q_so, q_si = _seq_addr(sq_b, sq_t, sq_n, sq_h, b, h, t, n0, is_t, MODE)
     k_base, k_so, k_si = _seq_addr(sk_b, sk_t, sk_n, sk_h, b, h, t, n0, is_t, MODE)
     v_base, v_so, v_si = _seq_addr(sv_b, sv_t, sv_n, sv_h, b, h, t, n0, is_t, MODE)
@@ -636,7 +659,7 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _scale_parts(scale: float) -> tuple[float, float]:
-    """``scale`` as two fp32-exact halves (kernels receive Python floats as fp32); pure Python so
+    """``scale`` as two fp32-exact halves (eager Triton passes Python floats as fp32); pure Python so
     that tracing with fake tensors (torch.compile, opcheck) needs no tensor."""
     hi = struct.unpack("f", struct.pack("f", scale))[0]
     return hi, struct.unpack("f", struct.pack("f", scale - hi))[0]
@@ -667,6 +690,15 @@ def _cls_strides(cls):
     return tuple(s for c in cls for s in (c.stride(0), c.stride(1)))
 
 
+def _placeholder(like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A fresh 1-element stand-in for a pointer the kernel does not use (HAS_CLS / HAS_LENS off).
+
+    Never an output nor another written buffer: torch.compile functionalizes a kernel by cloning
+    each (possibly) written pointer argument separately and re-binding the tensor to its clone,
+    so a buffer passed twice would end up bound to a clone the kernel never wrote."""
+    return torch.empty(1, dtype=like.dtype if dtype is None else dtype, device=like.device)
+
+
 def attn_fwd(mode, q, k, v, out, lse, scale, *, cls=None, cls_out=None, lse_cls=None,
              frame_lens=None, causal=False, temporal_heads=0) -> None:
     """Forward of any mode into the preallocated ``out``/``lse`` (and ``cls_out``/``lse_cls``)."""
@@ -677,13 +709,14 @@ def attn_fwd(mode, q, k, v, out, lse, scale, *, cls=None, cls_out=None, lse_cls=
     BM, BN, warps, stages = _fwd_config(D, q.dtype)
     G = _temporal_group(T, BM)
     grid = (_grid_size(mode, B, T, N, H, temporal_heads, G, has_cls, BM),)
-    qc, kc, vc = cls if has_cls else (q, q, q)
-    oc = cls_out if has_cls else out
-    lsec = lse_cls if has_cls else lse
+    qc, kc, vc = cls if has_cls else (q, q, q)  # read-only
+    oc = cls_out if has_cls else _placeholder(out)
+    lsec = lse_cls if has_cls else _placeholder(lse)
+    lens = frame_lens if frame_lens is not None else _placeholder(q, torch.int32)
     soc = (cls_out.stride(0), cls_out.stride(1), cls_out.stride(2)) if has_cls else (0, 0, 0)
     hi, lo = _scale_parts(scale)
     torch.library.wrap_triton(_attn_fwd_kernel)[grid](
-        q, k, v, out, lse, qc, kc, vc, oc, lsec, frame_lens if frame_lens is not None else lse,
+        q, k, v, out, lse, qc, kc, vc, oc, lsec, lens,
         *_s4(q), *_s4(k), *_s4(v), *_s4(out), *_cls_strides(cls), *soc,
         B, T, N, H, temporal_heads, G, D, hi, lo,
         CAUSAL=bool(causal), HAS_LENS=frame_lens is not None, HAS_CLS=has_cls, MODE=mode,
@@ -714,19 +747,19 @@ def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None,
         if dcls_out is None:
             dcls_out = torch.zeros_like(cls_out)
         delta_cls = (dcls_out.to(stat) * cls_out.to(stat)).sum(-1).permute(0, 2, 1).contiguous()  # [B, H, T]
-        parts = torch.empty((3, B, T, H, D), dtype=stat, device=q.device)
-        dqc, dkc, dvc = parts.unbind(0)
+        # three buffers, not views of one: each is a separately written kernel argument
+        dqc, dkc, dvc = (torch.empty((B, T, H, D), dtype=stat, device=q.device) for _ in range(3))
         qc, kc, vc = cls
         doc, lsec = dcls_out, lse_cls
         sdoc = (dcls_out.stride(0), dcls_out.stride(1), dcls_out.stride(2))
     else:
-        qc = kc = vc = doc = q
+        qc = kc = vc = doc = q  # read-only
         lsec = delta_cls = lse
-        dqc, dkc, dvc = dq, dk, dv
+        dqc, dkc, dvc = _placeholder(dq), _placeholder(dk), _placeholder(dv)
         sdoc = (0, 0, 0)
     (BM, BN, warps, stages), (BM2, BN2, warps2, stages2) = _bwd_configs(D, q.dtype)
     hi, lo = _scale_parts(scale)
-    lens = frame_lens if frame_lens is not None else lse
+    lens = frame_lens if frame_lens is not None else _placeholder(q, torch.int32)
     common = dict(
         CAUSAL=bool(causal), HAS_LENS=frame_lens is not None, HAS_CLS=has_cls, MODE=mode,
         IS_F64=q.dtype == torch.float64, PREC=_precision(q.dtype), INTERPRET=_interpreting(), BLOCK_D=_block_d(D),
