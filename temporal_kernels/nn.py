@@ -53,8 +53,9 @@ _DIVIDED = _TEMPORAL + _SPATIAL
 
 @functools.lru_cache(maxsize=None)
 def _kernel_backend(ops: tuple[str, ...], device_type: str, head_dim: int) -> Optional[str]:
-    """The first kernel backend ("cuda", then "triton") implementing all ``ops`` for CUDA tensors
-    of this head dim, or None. CPU tensors never get one implicitly (SPEC §2)."""
+    """The first kernel backend, in the order of preference of ``_backends.BACKEND_NAMES``,
+    implementing all ``ops`` for CUDA tensors of this head dim, or None. CPU tensors never get
+    one implicitly (SPEC §2)."""
     if device_type != "cuda":
         return None
     from .ops import MAX_HEAD_DIM
@@ -62,8 +63,8 @@ def _kernel_backend(ops: tuple[str, ...], device_type: str, head_dim: int) -> Op
     if head_dim > MAX_HEAD_DIM:
         return None
     device = torch.device(device_type)
-    for name in ("cuda", "triton"):
-        if _backends._unavailable_reason(name, device) is None and all(op in _backends._ops_of(name) for op in ops):
+    for name in _backends.BACKEND_NAMES:
+        if name != "reference" and _backends._unavailable_reason(name, device) is None and all(op in _backends._ops_of(name) for op in ops):
             return name
     return None
 

@@ -1,0 +1,98 @@
+"""End-to-end: HuggingFace Timesformer-base before and after ``tk.convert`` (SPEC §5, issue 7).
+
+    python -m benchmarks.e2e_timesformer [--compile] [--out FILE]
+
+Random weights (no hub download), B=8, T=8, 224x224, bf16 on the GPU; a tiny config on the CPU
+(labelled, no GPU claims). Times forward (no grad) and forward+backward in train mode with CUDA
+events after warm-up, and the peak memory of a training step; checks that the converted model's
+logits match the original within SPEC §3's bf16 bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+
+import torch
+
+import temporal_kernels as tk
+
+
+def _time_ms(fn, iters: int) -> float:
+    for _ in range(3):
+        fn()
+    if not torch.cuda.is_available():
+        import time
+
+        start = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        return (time.perf_counter() - start) * 1e3 / iters
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def main() -> None:
+    import transformers
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = ap.parse_args()
+    gpu = torch.cuda.is_available()
+    dev = "cuda" if gpu else "cpu"
+    if gpu:
+        cfg, (B, T, S), dtype = transformers.TimesformerConfig(), (8, 8, 224), torch.bfloat16
+    else:
+        small = dict(image_size=32, patch_size=16, num_frames=3, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64)
+        cfg, (B, T, S), dtype = transformers.TimesformerConfig(**small), (2, 3, 32), torch.float32
+    torch.manual_seed(0)
+    eager = transformers.TimesformerForVideoClassification(cfg).to(dev, dtype)
+    fused = tk.convert(copy.deepcopy(eager), backend=None if gpu else "reference")
+    x = torch.randn(B, T, 3, S, S, device=dev, dtype=dtype)
+    with torch.no_grad():
+        ref = eager.eval()(x).logits.double()
+        got = fused.eval()(x).logits.double()
+    err = ((got - ref).norm() / ref.norm()).item()
+    models = [("hf-eager", eager), ("tk-convert", fused)]
+    if args.compile:
+        models += [("hf-eager+compile", torch.compile(eager)), ("tk-convert+compile", torch.compile(fused))]
+    rows = []
+    for name, model in models:
+        model.train()
+        with torch.no_grad():
+            fwd = _time_ms(lambda: model(x).logits, 10)
+
+        def step():
+            model(x).logits.float().sum().backward()
+
+        if gpu:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        fwd_bwd = _time_ms(step, 10)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else float("nan")
+        model.zero_grad(set_to_none=True)
+        rows.append(dict(method=name, fwd_ms=fwd, fwd_bwd_ms=fwd_bwd, train_peak_gib=peak))
+        print(f"{name:20s} fwd {fwd:8.2f} ms  fwd+bwd {fwd_bwd:8.2f} ms  train peak {peak:6.2f} GiB", flush=True)
+    base = rows[0]
+    for row in rows[1:]:
+        print(f"{row['method']:20s} vs hf-eager: fwd x{base['fwd_ms'] / row['fwd_ms']:.2f}  "
+              f"fwd+bwd x{base['fwd_bwd_ms'] / row['fwd_bwd_ms']:.2f}  "
+              f"peak {100 * (1 - row['train_peak_gib'] / base['train_peak_gib']):.0f}% lower")
+    print(f"converted logits vs original: rel err {err:.2e} ({'ok' if err <= 1.5e-2 else 'WRONG'})")
+    if args.out:
+        meta = dict(device=torch.cuda.get_device_name() if gpu else "cpu", dtype=str(dtype), B=B, T=T, size=S, logits_rel_err=err)
+        with open(args.out, "w") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
