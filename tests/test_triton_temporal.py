@@ -315,12 +315,14 @@ def test_many_groups(T, dtype):
 
 @gpu
 @pytest.mark.parametrize("packed", [False, True], ids=["", "packed"])
-def test_compile_fullgraph(packed):
+@pytest.mark.parametrize("T", [8, 150], ids=lambda t: f"T{t}")
+def test_compile_fullgraph(packed, T):
+    """T=8 takes the short path, T=150 the tiled one (both with torch.compile's fp64 scalars)."""
     torch._dynamo.reset()
-    B, T, N, H, D = 2, 8, 33, 4, 64
+    B, N, H, D = 2, 33, 4, 64
     gen = torch.Generator().manual_seed(4)
     qkv = packed_qkv("packed_nt", B, T, N, H, D, dtype=torch.bfloat16, generator=gen).detach().requires_grad_()
-    frame_lens = torch.tensor([8, 5], device=DEVICE)
+    frame_lens = torch.tensor([T, T - 3], device=DEVICE)
 
     def f(qkv, frame_lens):
         if packed:

@@ -190,6 +190,17 @@ def _scale_logits(s, scale_hi, scale_lo, IS_F64: tl.constexpr):
 
 
 @triton.jit
+def _scale_arg(x, IS_F64: tl.constexpr):
+    """A float kernel argument in the statistics dtype. Eager Triton passes Python floats as fp32
+    but torch.compile (inductor) as fp64, which would promote the fp32 softmax state to fp64 and
+    change the type of loop-carried values: every kernel casts its scale halves on entry."""
+    if IS_F64:
+        return tl.cast(x, tl.float64)
+    else:
+        return tl.cast(x, tl.float32)
+
+
+@triton.jit
 def _temporal_attn_fwd_short_kernel(
     Q, K, V, O, LSE, LENS,
     sqb, sqt, sqn, sqh,
@@ -201,6 +212,7 @@ def _temporal_attn_fwd_short_kernel(
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr,
     BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
+    scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
     pid = tl.program_id(0).to(tl.int64)
     offs_g = pid * BLOCK_G + tl.arange(0, BLOCK_G).to(tl.int64)  # [G]
     offs_t = tl.arange(0, T_PAD)
@@ -261,6 +273,7 @@ def _temporal_attn_bwd_short_kernel(
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr,
     BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
+    scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
     pid = tl.program_id(0).to(tl.int64)
     offs_g = pid * BLOCK_G + tl.arange(0, BLOCK_G).to(tl.int64)  # [G]
     offs_t = tl.arange(0, T_PAD)
@@ -352,6 +365,7 @@ def _temporal_attn_fwd_tiled_kernel(
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
+    scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
     pid = tl.program_id(0).to(tl.int64)
     num_m = tl.cdiv(T, BLOCK_M)
     # Query blocks of one group are adjacent programs, so they share its K/V in L2.
@@ -473,6 +487,7 @@ def _temporal_attn_bwd_dkdv_kernel(
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
+    scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
     """dK, dV of one block of key frames, looping over the query frames that see it."""
     pid = tl.program_id(0).to(tl.int64)
     num_n = tl.cdiv(T, BLOCK_N)
@@ -561,6 +576,7 @@ def _temporal_attn_bwd_dq_kernel(
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
+    scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
     """dQ of one block of query frames, looping over the key frames it sees."""
     pid = tl.program_id(0).to(tl.int64)
     num_m = tl.cdiv(T, BLOCK_M)
