@@ -103,3 +103,19 @@ def case_id(**kw) -> str:
 
 def interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def temporal_lse_reference(q, k, causal, frame_lens, scale):
+    """``[B, H, T, N]`` float64 log-sum-exp of the scaled temporal logits (the ``lse`` the kernels
+    save); -inf for rows with no visible key."""
+    B, T, N, H, _ = q.shape
+    logits = torch.einsum("btnhd,bsnhd->bnhts", q.double(), k.double()) * scale
+    frames = torch.arange(T, device=q.device)
+    visible = torch.ones(B, T, T, dtype=torch.bool, device=q.device)
+    if causal:
+        visible &= frames[None, :, None] >= frames[None, None, :]
+    if frame_lens is not None:
+        valid = frames[None, :] < frame_lens.to(q.device)[:, None]
+        visible &= valid[:, :, None] & valid[:, None, :]
+    logits = logits.masked_fill(~visible[:, None, None], float("-inf"))
+    return torch.logsumexp(logits, dim=-1).permute(0, 2, 3, 1)

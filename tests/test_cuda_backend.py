@@ -17,7 +17,7 @@ import torch
 import temporal_kernels as tk
 from temporal_kernels import _extension, reference
 
-from helpers import BOUNDS, DEVICE, LAYOUTS, case_id, frame_lens_for, leaves, make_qkv, packed_qkv, rel_err
+from helpers import BOUNDS, DEVICE, LAYOUTS, case_id, frame_lens_for, leaves, make_qkv, packed_qkv, rel_err, temporal_lse_reference
 
 pytestmark = pytest.mark.skipif(
     "cuda" not in tk.available_backends(),
@@ -220,19 +220,6 @@ def test_many_groups(T, dtype):
 # the ops called directly: lse, padded rows, dout on padded frames never read
 
 
-def _reference_lse(q, k, causal, frame_lens, scale):
-    """``[B, H, T, N]`` float64 log-sum-exp of the scaled logits; -inf for rows with no key."""
-    B, T, N, H, _ = q.shape
-    logits = torch.einsum("btnhd,bsnhd->bnhts", q.double(), k.double()) * scale
-    frames = torch.arange(T, device=q.device)
-    visible = torch.ones(B, T, T, dtype=torch.bool, device=q.device)
-    if causal:
-        visible &= frames[None, :, None] >= frames[None, None, :]
-    if frame_lens is not None:
-        valid = frames[None, :] < frame_lens.to(q.device)[:, None]
-        visible &= valid[:, :, None] & valid[:, None, :]
-    logits = logits.masked_fill(~visible[:, None, None], float("-inf"))
-    return torch.logsumexp(logits, dim=-1).permute(0, 2, 3, 1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: case_id(dtype=d))
@@ -256,7 +243,7 @@ def test_ops_lse_and_padding(layout, causal, dtype):
     ref_out, ref_grads = _reference(q, k, v, causal, frame_lens, scale, dout)
     _assert_close("out", out, ref_out, dtype)
     assert (out[padded] == 0).all()
-    ref_lse = _reference_lse(q, k, causal, frame_lens, scale)
+    ref_lse = temporal_lse_reference(q, k, causal, frame_lens, scale)
     lse_padded = padded[:, None, :, None].expand_as(lse)
     assert torch.isneginf(lse[lse_padded]).all(), "lse of rows without keys is -inf"
     _assert_close("lse", lse[~lse_padded], ref_lse[~lse_padded], dtype)

@@ -19,7 +19,7 @@ import temporal_kernels.ops  # noqa: F401  (registers the torch.ops.temporal_ker
 from temporal_kernels import reference
 from temporal_kernels.triton import temporal_attn as ta
 
-from helpers import BOUNDS, DEVICE, LAYOUTS, case_id, frame_lens_for, kernel_dtypes, make_qkv, packed_qkv, rel_err
+from helpers import BOUNDS, DEVICE, LAYOUTS, case_id, frame_lens_for, kernel_dtypes, make_qkv, packed_qkv, rel_err, temporal_lse_reference
 
 gpu = pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA device")
 
@@ -62,19 +62,6 @@ def _assert_close(name, got, ref, dtype, zero_expected=False):
     assert err <= BOUNDS[dtype], f"{name}: error {err:.3e} > {BOUNDS[dtype]:.0e}"
 
 
-def _reference_lse(q, k, causal, frame_lens, scale):
-    """``[B, H, T, N]`` log-sum-exp of the scaled logits in float64; -inf for rows with no key."""
-    B, T, N, H, _ = q.shape
-    logits = torch.einsum("btnhd,bsnhd->bnhts", q.double(), k.double()) * scale
-    frames = torch.arange(T, device=q.device)
-    visible = torch.ones(B, T, T, dtype=torch.bool, device=q.device)
-    if causal:
-        visible &= frames[None, :, None] >= frames[None, None, :]
-    if frame_lens is not None:
-        valid = frames[None, :] < frame_lens.to(q.device)[:, None]
-        visible &= valid[:, :, None] & valid[:, None, :]
-    logits = logits.masked_fill(~visible[:, None, None], float("-inf"))
-    return torch.logsumexp(logits, dim=-1).permute(0, 2, 3, 1)  # [B, H, T, N]
 
 
 def _padded_rows(B, T, frame_lens, device):
@@ -214,7 +201,7 @@ def test_launchers_write_every_element(layout, causal, dtype, path):
     ref_out, ref_grads = _reference(q, k, v, causal, frame_lens, scale, dout)
     _assert_close("out", out, ref_out, dtype)
     assert (out[padded] == 0).all()
-    ref_lse = _reference_lse(q, k, causal, frame_lens, scale)
+    ref_lse = temporal_lse_reference(q, k, causal, frame_lens, scale)
     lse_padded = padded[:, None, :, None].expand_as(lse)
     assert torch.isneginf(lse[lse_padded]).all(), "lse of rows without keys is -inf"
     _assert_close("lse", lse[~lse_padded], ref_lse[~lse_padded], dtype)
