@@ -7,11 +7,13 @@ mapping: ``backend=None`` then skips that backend, and naming it explicitly rais
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 import os
 from typing import Callable
 
 import torch
+
+from . import reference
 
 # Order of preference for CUDA tensors, from measured data (benchmarks/results/h100): the Triton
 # kernels beat the CUDA C++ ones on every row measured so far.
@@ -23,13 +25,13 @@ def triton_interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+# Module constants rather than cached functions: torch.compile traces backend selection, and
+# dynamo does not honour functools caches.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def _triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _TRITON_INSTALLED
 
 
 def _packed(fn: Callable) -> Callable:
@@ -44,17 +46,16 @@ def _packed(fn: Callable) -> Callable:
     return packed
 
 
-@functools.lru_cache(maxsize=None)
-def _reference_ops() -> dict[str, Callable]:
-    from . import reference
+_REFERENCE_OPS: dict[str, Callable] = {
+    name: getattr(reference, name)
+    for name in ("temporal_attention", "spatial_attention", "joint_attention", "factorized_attention")
+}
+_REFERENCE_OPS["temporal_attention_qkvpacked"] = _packed(_REFERENCE_OPS["temporal_attention"])
+_REFERENCE_OPS["spatial_attention_qkvpacked"] = _packed(_REFERENCE_OPS["spatial_attention"])
 
-    ops = {
-        name: getattr(reference, name)
-        for name in ("temporal_attention", "spatial_attention", "joint_attention", "factorized_attention")
-    }
-    ops["temporal_attention_qkvpacked"] = _packed(ops["temporal_attention"])
-    ops["spatial_attention_qkvpacked"] = _packed(ops["spatial_attention"])
-    return ops
+
+def _reference_ops() -> dict[str, Callable]:
+    return _REFERENCE_OPS
 
 
 def _kernel_ops(name: str) -> dict[str, Callable]:

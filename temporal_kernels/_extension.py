@@ -7,17 +7,23 @@ Importing ``_C`` registers the C++ op schemas and their CUDA implementations wit
 
 from __future__ import annotations
 
-import functools
 
-
-@functools.lru_cache(maxsize=None)
-def _load() -> str | None:
-    """Import ``_C`` once; returns the reason it failed, or None."""
+def _import_error() -> str | None:
     try:
         from . import _C  # noqa: F401
     except ImportError as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+# Imported once, at package import (a module constant: torch.compile traces backend selection and
+# dynamo does not honour functools caches).
+_LOAD_ERROR = _import_error()
+
+
+def _load() -> str | None:
+    """The reason ``_C`` failed to import, or None."""
+    return _LOAD_ERROR
 
 
 def available() -> bool:

@@ -19,7 +19,6 @@ reference also for head dims the kernels do not support (``D > 256``).
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Callable, Optional
 
@@ -51,7 +50,6 @@ _DIVIDED = _TEMPORAL + _SPATIAL
 # backend choice shared with convert.py
 
 
-@functools.lru_cache(maxsize=None)
 def _kernel_backend(ops: tuple[str, ...], device_type: str, head_dim: int) -> Optional[str]:
     """The first kernel backend, in the order of preference of ``_backends.BACKEND_NAMES``,
     implementing all ``ops`` for CUDA tensors of this head dim, or None. CPU tensors never get
