@@ -60,13 +60,14 @@ PYEOF
 if [ "${TK_SKIP_INSTALL:-0}" != "1" ]; then
     section "install (pip install --no-build-isolation --no-deps -e .)"
     t0=$(date +%s)
-    $PY -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
+    # On the GPU machine the extension must build: TEMPORAL_KERNELS_BUILD_EXT=1 fails loudly.
+    TEMPORAL_KERNELS_BUILD_EXT=${TEMPORAL_KERNELS_BUILD_EXT:-1} $PY -m pip install -v --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
     rc=$?
     t1=$(date +%s)
     echo "install rc=$rc, took $(( t1 - t0 )) s (CUDA extension built if csrc/ has sources)" | tee -a "$OUT/build.log"
     grep -E "temporal_kernels:|error|Error" "$OUT/build.log" | tail -20
 fi
-$PY -c "import temporal_kernels as tk; print('available backends:', tk.available_backends())" 2>&1 | tee -a "$OUT/env.txt"
+$PY -c "import temporal_kernels as tk; from temporal_kernels import _extension as e; print('available backends:', tk.available_backends(), e.load_error())" 2>&1 | tee -a "$OUT/env.txt"
 
 if [ "${TK_SKIP_TESTS:-0}" != "1" ]; then
     section "tests"

@@ -18,20 +18,27 @@ import torch
 
 import temporal_kernels as tk
 from temporal_kernels._layout import axis_order
-from tests.helpers import BOUNDS, rel_err
+from tests.helpers import BOUNDS, DEVICE, DTYPE_NAMES, rel_err
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 FUZZ_LAYOUTS = ("separate", "packed_tn", "packed_nt", "strided_d", "odd_offset")
+ON_GPU = DEVICE == "cuda"
 BACKENDS = ("triton", "reference")
-DTYPES = (torch.float32, torch.float64)
+# The CUDA extension serves the temporal ops only (issue 6).
+TEMPORAL_BACKENDS = BACKENDS + (("cuda",) if "cuda" in tk.available_backends() else ())
+# The interpreter gives garbage in 16-bit; the GPU runs every dtype.
+DTYPES = (torch.float32, torch.float64) + ((torch.float16, torch.bfloat16) if ON_GPU else ())
+# The GPU is fast enough for many more draws than the interpreter.
+EXAMPLE_FACTOR = 8 if ON_GPU else 1
+
 
 def fuzz(max_examples: int):
     """Bounded, derandomized runs: the Triton interpreter is slow and CI must be reproducible."""
     return settings(
-        max_examples=max_examples,
+        max_examples=max_examples * EXAMPLE_FACTOR,
         deadline=None,
         derandomize=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -39,7 +46,7 @@ def fuzz(max_examples: int):
 
 
 @st.composite
-def cases(draw, *, masks: bool, min_h: int = 1):
+def cases(draw, *, masks: bool, min_h: int = 1, backends=BACKENDS):
     """Shape, dtype, backend, layout, scale and a seed for the tensors' values."""
     case = dict(
         B=draw(st.integers(1, 2)),
@@ -48,7 +55,7 @@ def cases(draw, *, masks: bool, min_h: int = 1):
         H=draw(st.integers(min_h, 2)),
         D=draw(st.sampled_from((1, 3, 8, 12, 20))),
         dtype=draw(st.sampled_from(DTYPES)),
-        backend=draw(st.sampled_from(BACKENDS)),
+        backend=draw(st.sampled_from(backends)),
         layout=draw(st.sampled_from(FUZZ_LAYOUTS)),
         scale=draw(st.floats(0.05, 3.0, allow_nan=False, allow_infinity=False)),
         seed=draw(st.integers(0, 2**31 - 1)),
@@ -62,10 +69,15 @@ def cases(draw, *, masks: bool, min_h: int = 1):
     return case
 
 
+def _randn(shape, dtype, gen):
+    """N(0, 1) values drawn on the CPU generator (reproducible on any device), then moved."""
+    return torch.randn(*shape, dtype=torch.float64, generator=gen).to(DEVICE, dtype)
+
+
 def _qkv(layout, B, T, N, H, D, dtype, gen):
     """Leaf-backed ``(q, k, v)`` views (autograd reaches them) in the requested layout."""
     def randn(*shape):
-        return torch.randn(*shape, dtype=torch.float64, generator=gen).to(dtype)
+        return _randn(shape, dtype, gen)
 
     if layout == "separate":
         return tuple(randn(B, T, N, H, D).requires_grad_() for _ in range(3))
@@ -81,7 +93,7 @@ def _qkv(layout, B, T, N, H, D, dtype, gen):
     assert layout == "odd_offset"
     # One flat buffer, the packed tensor starting one element in: misaligned for every dtype.
     numel = B * T * N * 3 * H * D
-    flat = torch.empty(numel + 1, dtype=dtype)
+    flat = torch.empty(numel + 1, dtype=dtype, device=DEVICE)
     base = flat[1:].view(B, T, N, 3, H, D)
     with torch.no_grad():
         base.copy_(randn(B, T, N, 3, H, D))
@@ -94,10 +106,10 @@ def _odd_offset_like(shape, dtype, gen):
     numel = 1
     for s in shape:
         numel *= s
-    flat = torch.empty(numel + 1, dtype=dtype)
+    flat = torch.empty(numel + 1, dtype=dtype, device=DEVICE)
     x = flat[1:].view(shape)
     with torch.no_grad():
-        x.copy_(torch.randn(*shape, dtype=torch.float64, generator=gen).to(dtype))
+        x.copy_(_randn(shape, dtype, gen))
     return x.requires_grad_()
 
 
@@ -134,7 +146,7 @@ def _run_and_check(fn, inputs, outs_ref_fn, dtype, scale, frame_lens=None, gen=N
         assert err <= bound, f"output {i}: rel err {err:.3e} > {bound:.0e}"
     _check_order(inputs[0], outs[0])
 
-    douts = [torch.randn(o.shape, dtype=torch.float64, generator=gen) for o in outs]
+    douts = [_randn(o.shape, torch.float64, gen) for o in outs]
     before = [x.detach().clone() for x in inputs]
     grads = torch.autograd.grad(outs, inputs, [d.to(dtype) for d in douts], allow_unused=True)
     for x, x0 in zip(inputs, before):
@@ -175,12 +187,12 @@ def _setup(case):
     gen = torch.Generator().manual_seed(case["seed"])
     q, k, v = _qkv(case["layout"], case["B"], case["T"], case["N"], case["H"], case["D"], case["dtype"], gen)
     lens = case.get("frame_lens")
-    lens = None if lens is None else torch.tensor(lens, dtype=torch.int64)
+    lens = None if lens is None else torch.tensor(lens, dtype=torch.int64, device=DEVICE)
     return gen, (q, k, v), lens
 
 
 @fuzz(25)
-@given(case=cases(masks=True))
+@given(case=cases(masks=True, backends=TEMPORAL_BACKENDS))
 def test_fuzz_temporal(case):
     gen, qkv, lens = _setup(case)
     kw = dict(causal=case["causal"], frame_lens=lens, scale=case["scale"])
@@ -225,7 +237,7 @@ def test_fuzz_spatial(case, with_cls, odd_cls):
         cls = tuple(_odd_offset_like(shape, case["dtype"], gen) for _ in range(3))
     else:
         cls = tuple(
-            torch.randn(*shape, dtype=torch.float64, generator=gen).to(case["dtype"]).requires_grad_()
+            _randn(shape, case["dtype"], gen).requires_grad_()
             for _ in range(3)
         )
     _run_and_check(
@@ -251,7 +263,7 @@ def test_fuzz_factorized(case, data):
 
 
 @pytest.mark.parametrize("frame_lens", [None, [3, 0]], ids=["nolens", "lens"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_NAMES[d])
 def test_canary_temporal_fwd_writes_only_out(dtype, frame_lens):
     """The launcher writes every element of ``out`` (a view in the middle of a larger NaN buffer)
     and nothing before or after it."""
@@ -259,14 +271,14 @@ def test_canary_temporal_fwd_writes_only_out(dtype, frame_lens):
 
     B, T, N, H, D = 2, 5, 3, 2, 12
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(B, T, N, H, D, dtype=torch.float64, generator=gen).to(dtype) for _ in range(3))
+    q, k, v = (_randn((B, T, N, H, D), dtype, gen) for _ in range(3))
     guard = 37  # odd: the output is also misaligned
     numel = B * T * N * H * D
-    buf = torch.full((guard + numel + guard,), float("nan"), dtype=dtype)
+    buf = torch.full((guard + numel + guard,), float("nan"), dtype=dtype, device=DEVICE)
     out = buf[guard:guard + numel].view(B, T, N, H, D)
     lse_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    lse = torch.full((B, H, T, N), float("nan"), dtype=lse_dtype)
-    lens = None if frame_lens is None else torch.tensor(frame_lens, dtype=torch.int64)
+    lse = torch.full((B, H, T, N), float("nan"), dtype=lse_dtype, device=DEVICE)
+    lens = None if frame_lens is None else torch.tensor(frame_lens, dtype=torch.int64, device=DEVICE)
     temporal_attn_fwd(q, k, v, out, lse, lens, True, D ** -0.5)
 
     assert torch.isnan(buf[:guard]).all() and torch.isnan(buf[guard + numel:]).all(), "wrote outside out"
@@ -294,7 +306,7 @@ def test_layout_sweep_triton(op, layout):
     cover the pairs only partly): B2-T5-N3-H2-D12, f32, frame_lens [3, 0] where the op takes it."""
     gen = torch.Generator().manual_seed(7)
     qkv = _qkv(layout, 2, 5, 3, 2, 12, torch.float32, gen)
-    lens = torch.tensor([3, 0]) if op in ("temporal", "joint") else None
+    lens = torch.tensor([3, 0], device=DEVICE) if op in ("temporal", "joint") else None
     fn = _OPS[op]
     _run_and_check(
         lambda q, k, v: fn(q, k, v, "triton", lens),
