@@ -118,7 +118,11 @@ def _triton_temporal_qkvpacked_fwd(
     return out, lse
 
 
-@triton_op(f"{NS}::triton_temporal_qkvpacked_bwd", mutates_args=())
+# The packed backward ops are opaque custom ops, not triton_ops: their kernels write the q/k/v
+# slices of one ``dqkv``, and inductor (torch 2.11) functionalizes such writes into non-dense
+# views with a copy that reads past the end of its source (an illegal memory access, caught by
+# compute-sanitizer: benchmarks/results/h100/logs/). Opaque, the op keeps its in-place slices.
+@torch.library.custom_op(f"{NS}::triton_temporal_qkvpacked_bwd", mutates_args=())
 def _triton_temporal_qkvpacked_bwd(
     dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor,
     frame_lens: Optional[Tensor], causal: bool, scale: float,
@@ -176,7 +180,7 @@ def _triton_spatial_qkvpacked_fwd(
     return out, cls_out, lse, lse_cls
 
 
-@triton_op(f"{NS}::triton_spatial_qkvpacked_bwd", mutates_args=())
+@torch.library.custom_op(f"{NS}::triton_spatial_qkvpacked_bwd", mutates_args=())  # opaque: see above
 def _triton_spatial_qkvpacked_bwd(
     dout: Tensor, dcls_out: Optional[Tensor], qkv: Tensor, cls_qkv: Optional[Tensor],
     out: Tensor, cls_out: Optional[Tensor], lse: Tensor, lse_cls: Optional[Tensor], scale: float,
@@ -189,6 +193,16 @@ def _triton_spatial_qkvpacked_bwd(
     spatial_attn_bwd(dout, dcls_out, *qkv.unbind(3), tuple(cls_qkv.unbind(1)) if has_cls else None, out, cls_out,
                      lse, lse_cls, scale, *dqkv.unbind(3), tuple(dcls_qkv.unbind(1)) if has_cls else None)
     return dqkv, dcls_qkv
+
+
+@_triton_temporal_qkvpacked_bwd.register_fake
+def _(dout, qkv, out, lse, frame_lens, causal, scale):
+    return empty_like_packed(qkv)
+
+
+@_triton_spatial_qkvpacked_bwd.register_fake
+def _(dout, dcls_out, qkv, cls_qkv, out, cls_out, lse, lse_cls, scale):
+    return empty_like_packed(qkv), (empty_like_packed(cls_qkv) if cls_qkv is not None else qkv.new_empty((0,)))
 
 
 @triton_op(f"{NS}::triton_joint_fwd", mutates_args=())

@@ -207,6 +207,7 @@ def test_temporal_scale_and_large_logits(scale):
             _assert_close(name, g, r, dtype)
 
 
+@pytest.mark.xdist_group("large_reference")  # GiBs of memory: one at a time on the GPU
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=lambda d: case_id(dtype=d))
 @pytest.mark.parametrize("T", [8, 100], ids=lambda t: f"T{t}")
 def test_many_groups(T, dtype):

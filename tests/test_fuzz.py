@@ -32,7 +32,7 @@ TEMPORAL_BACKENDS = BACKENDS + (("cuda",) if "cuda" in tk.available_backends() e
 # The interpreter gives garbage in 16-bit; the GPU runs every dtype.
 DTYPES = (torch.float32, torch.float64) + ((torch.float16, torch.bfloat16) if ON_GPU else ())
 # The GPU is fast enough for many more draws than the interpreter.
-EXAMPLE_FACTOR = 8 if ON_GPU else 1
+EXAMPLE_FACTOR = 4 if ON_GPU else 1
 
 
 def fuzz(max_examples: int):
@@ -164,12 +164,16 @@ def _run_and_check(fn, inputs, outs_ref_fn, dtype, scale, frame_lens=None, gen=N
         err, err_same = rel_err(g, r), rel_err(g_same, r)
         # Ill-conditioned draw: a saturated softmax (or one visible key per row) makes this
         # gradient a small difference of large terms. Detected as: the reference math in
-        # ``dtype`` itself misses the bound, or (float64, where that math is the oracle) the
-        # result is below what roundoff of the cancelling terms can resolve at the bound. The
-        # error is then measured against the size of those terms (|dout| |x|^2 scale) rather
-        # than against the near-zero result.
+        # ``dtype`` itself misses the bound, or the result is below what roundoff of the
+        # cancelling terms can resolve at the bound. The latter applies where the reference in
+        # ``dtype`` cannot show it: float64 (that math is the oracle) and 16-bit, where the
+        # kernels round P and dS to the input dtype for the tensor-core products (as
+        # FlashAttention does) while the reference keeps them in float32. The error is then
+        # measured against the size of those terms (|dout| |x|^2 scale) rather than against
+        # the near-zero result.
         unresolvable = r.norm().item() <= torch.finfo(dtype).eps / bound * natural
-        if err_same > bound or (dtype == torch.float64 and unresolvable):
+        rounds_inside = dtype in (torch.float64, torch.float16, torch.bfloat16)
+        if err_same > bound or (rounds_inside and unresolvable):
             err = (g.double() - r).norm().item() / natural
         assert err <= bound, f"grad {i}: rel err {err:.3e} > {bound:.0e} (same-dtype reference: {err_same:.3e})"
 

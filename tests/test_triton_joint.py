@@ -208,6 +208,7 @@ def test_factorized_gpu(layout, B, T, N, H, D, th, dtype, causal):
     check_factorized(layout, B, T, N, H, D, dtype, th, causal)
 
 
+@pytest.mark.xdist_group("large_reference")  # GiBs of memory: one at a time on the GPU
 @gpu_only
 def test_joint_many_programs_gpu():
     """More than 65,535 programs in the 1-D grid (B*H = 72,000 sequences of one row block).

@@ -257,6 +257,7 @@ def test_spatial_qkvpacked_gpu(dtype, with_cls):
     check_spatial_packed("packed_nt", 8, 8, 196, 12, 64, dtype, with_cls)
 
 
+@pytest.mark.xdist_group("large_reference")  # GiBs of memory: one at a time on the GPU
 @gpu_only
 def test_spatial_many_groups_gpu():
     """More than 65,535 (b, t, h) groups in the 1-D grid."""

@@ -280,6 +280,7 @@ def test_opcheck_temporal_qkvpacked():
 # GPU only: batch-like products above 65,535, torch.compile
 
 
+@pytest.mark.xdist_group("large_reference")  # GiBs of memory: one at a time on the GPU
 @gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=lambda d: case_id(dtype=d))
 @pytest.mark.parametrize("T", [8, 72], ids=lambda t: f"T{t}")
