@@ -32,7 +32,7 @@ TEMPORAL_BACKENDS = BACKENDS + (("cuda",) if "cuda" in tk.available_backends() e
 # The interpreter gives garbage in 16-bit; the GPU runs every dtype.
 DTYPES = (torch.float32, torch.float64) + ((torch.float16, torch.bfloat16) if ON_GPU else ())
 # The GPU is fast enough for many more draws than the interpreter.
-EXAMPLE_FACTOR = 4 if ON_GPU else 1
+EXAMPLE_FACTOR = 2 if ON_GPU else 1
 
 
 def fuzz(max_examples: int):
