@@ -345,7 +345,8 @@ def _dkdv_step(
     p = tl.where(vis, _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64), 0.0)
     dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
-    ds = p * (dp - delta[:, None])
+    # where, not p * ...: delta of a padded row is dout . out, NaN when its (unread) dout is
+    ds = tl.where(vis, p * (dp - delta[:, None]), 0.0)
     dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
     return dk, dv
 
@@ -364,7 +365,7 @@ def _dq_step(
     vis = _visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL) & row_ok[:, None]
     p = tl.where(vis, _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
-    ds = p * (dp - delta[:, None])
+    ds = tl.where(vis, p * (dp - delta[:, None]), 0.0)  # see _dkdv_step
     dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
     return dq
 
@@ -429,7 +430,8 @@ def _attn_fwd_kernel(
                                       v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
                                       MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
 
-    ok = (offs_m < L_valid) & (l_i > 0)
+    # l_i == 0 only on rows that saw no key; a NaN sum (NaN input) must stay NaN, not become 0
+    ok = (offs_m < L_valid) & (l_i != 0)
     l_safe = tl.where(ok, l_i, 1.0)
     out = tl.where(ok[:, None], acc / l_safe[:, None], 0.0)
     if IS_F64:
