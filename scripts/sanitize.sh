@@ -6,6 +6,7 @@
 # and without CLS, joint, factorized, partial head-dim blocks, unaligned base pointers).
 #
 #   bash scripts/sanitize.sh          # on the GPU machine, repo root; logs go to $OUT
+#   TK_SANITIZE_QUICK=1 (a subset of shapes), TK_SANITIZE_TIMEOUT_S (per tool, default 150)
 #
 # Builds the extension first if it does not import (TEMPORAL_KERNELS_BUILD_EXT=1). The caching
 # allocator is off (PYTORCH_NO_CUDA_MEMORY_CACHING=1) so every tensor is its own allocation and
