@@ -17,6 +17,8 @@
 #   TK_SKIP_BENCH=1       skip the benchmarks
 #   TK_PYTEST_ARGS="..."  extra pytest arguments, e.g. "-k temporal" (shell-quoted words allowed)
 #   TK_TEST_TIMEOUT=300   per-test timeout (pytest-timeout), seconds
+#   TK_TEST_SHARD=i/n     run every n-th test from the i-th (tests/conftest.py): the GPU suite takes
+#                         ~12 min with 6 workers, so run it as 1/2 and 2/2 in two device calls
 #   TK_BENCH_ARGS="..."   extra benchmark arguments, e.g. "--quick" or "--ops temporal"
 #   TK_DEADLINE_S=570     the whole job's wall budget; the test suite and the benchmarks are cut
 #                         (SIGINT: the benchmark writes the rows it has) to finish within it
@@ -76,7 +78,9 @@ if [ "${TK_SKIP_TESTS:-0}" != "1" ]; then
     if [ "${TK_SKIP_BENCH:-0}" != "1" ]; then budget=$(( budget / 3 )); fi  # leave most of the budget to benchmarks
     [ "$budget" -lt 30 ] && budget=30
     echo "test budget ${budget} s"
-    timeout -s INT -k 20 "$budget" $PY -m pytest -q tests --timeout="${TK_TEST_TIMEOUT:-300}" "${PYTEST_EXTRA[@]}" 2>&1 | tee "$OUT/tests.log"
+    # -v: a line per test (PASSED/FAILED/...) as it finishes, so the log names the failures even
+    # when the time budget cuts the run before pytest's own summary
+    timeout -s INT -k 20 "$budget" $PY -m pytest -v -rfE tests --timeout="${TK_TEST_TIMEOUT:-300}" "${PYTEST_EXTRA[@]}" 2>&1 | tee "$OUT/tests.log"
     echo "tests rc=${PIPESTATUS[0]} (124/130 = cut by the time budget)" | tee -a "$OUT/tests.log"
 fi
 

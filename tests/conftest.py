@@ -20,3 +20,17 @@ if torch.cuda.is_available():
         starve the others (the float64 references of the large shapes take GiBs)."""
         yield
         torch.cuda.empty_cache()
+
+
+def pytest_collection_modifyitems(config, items):
+    """``TK_TEST_SHARD=i/n`` keeps every n-th test starting at the i-th (1-based), so the GPU
+    suite (longer than one 10-minute device call) runs in n calls: scripts/gpu_job.sh."""
+    shard = os.environ.get("TK_TEST_SHARD")
+    if not shard:
+        return
+    i, n = (int(x) for x in shard.split("/"))
+    if not 1 <= i <= n:
+        raise ValueError(f"TK_TEST_SHARD must be i/n with 1 <= i <= n, got {shard!r}")
+    keep = [item for idx, item in enumerate(items) if idx % n == i - 1]
+    config.hook.pytest_deselected(items=[item for idx, item in enumerate(items) if idx % n != i - 1])
+    items[:] = keep

@@ -340,13 +340,14 @@ def _dkdv_step(
     l_off = _tok_off(offs_m, div, l_so, l_si, MODE)
     lse = _load_stat(LSE, LSEC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)  # [BLOCK_M]
     delta = _load_stat(DELTA, DELTAC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)
+    # delta of a padded row is dout . out, NaN when its (never read) dout is: 0 * NaN in dS
+    delta = tl.where(offs_m < hi, delta, 0.0)
     s = _logits(tl.dot(q, tl.trans(k), input_precision=PREC), scale_hi, scale_lo, IS_F64)  # [BLOCK_M, BLOCK_N]
     vis = _visible(offs_m, offs_n, div, L_valid, is_t, MODE, CAUSAL) & (offs_m < hi)[:, None]
     p = tl.where(vis, _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64), 0.0)
     dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
-    # where, not p * ...: delta of a padded row is dout . out, NaN when its (unread) dout is
-    ds = tl.where(vis, p * (dp - delta[:, None]), 0.0)
+    ds = p * (dp - delta[:, None])
     dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
     return dk, dv
 
@@ -365,7 +366,7 @@ def _dq_step(
     vis = _visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL) & row_ok[:, None]
     p = tl.where(vis, _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
-    ds = tl.where(vis, p * (dp - delta[:, None]), 0.0)  # see _dkdv_step
+    ds = p * (dp - delta[:, None])
     dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
     return dq
 
@@ -560,6 +561,7 @@ def _attn_bwd_dq_kernel(
     lse = _load_stat(LSE, LSEC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)  # [BLOCK_M]
     delta = _load_stat(DELTA, DELTAC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)
     row_ok = offs_m < L_valid
+    delta = tl.where(row_ok, delta, 0.0)  # see _dkdv_step
     if IS_F64:
         dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float64)
     else:
