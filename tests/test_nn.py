@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import temporal_kernels as tk
+from benchmarks.e2e_mini import SeedMiniSpaceTimeTransformer  # the seed code, line for line
 from tests.helpers import DEVICE, rel_err
 
 MODEL_TOL = {torch.float32: 1e-4, torch.float64: 1e-10}  # SPEC §4 (fp32, whole models); §3 for fp64
@@ -231,30 +232,6 @@ class SeedTemporalTransformer(nn.Module):
         x = x + self.ffn(x)
         x = self.norm2(x)
         return x
-
-
-class SeedMiniSpaceTimeTransformer(nn.Module):
-    """The seed's code, unchanged (``batch_first`` switches to the corrected semantics)."""
-
-    def __init__(self, dim=3, num_heads=1, batch_first=False):
-        super().__init__()
-        self.spatial = nn.MultiheadAttention(dim, num_heads, batch_first=batch_first)
-        self.temporal = nn.MultiheadAttention(dim, num_heads, batch_first=batch_first)
-
-    def forward(self, x):
-        B, T, N, D = x.shape
-        spatial_out = []
-        for t in range(T):
-            xt = x[:, t]
-            yt, _ = self.spatial(xt, xt, xt)
-            spatial_out.append(yt)
-        x_spatial = torch.stack(spatial_out, dim=1)
-        temporal_out = []
-        for n in range(N):
-            xn = x_spatial[:, :, n]
-            yn, _ = self.temporal(xn, xn, xn)
-            temporal_out.append(yn)
-        return torch.stack(temporal_out, dim=2)
 
 
 def LoopMiniSpaceTimeTransformer(dim=3, num_heads=1):
