@@ -182,6 +182,23 @@ def _group_coords(offs_g, N, H):
 
 
 @triton.jit
+def _frame_block(LENS, T, N, H, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr):
+    """This program's frame block of the tiled paths: its group ``g`` = (b, n, h), the block's
+    first frame, and the group's number of valid frames. The blocks of one group are adjacent
+    programs, so they share its K/V in L2."""
+    pid = tl.program_id(0).to(tl.int64)
+    num_blocks = tl.cdiv(T, BLOCK)
+    g = pid // num_blocks
+    start = (pid % num_blocks).to(tl.int32) * BLOCK
+    b, n, h = _group_coords(g, N, H)
+    if HAS_LENS:
+        length = tl.load(LENS + b).to(tl.int32)
+    else:
+        length = T
+    return g, start, b, n, h, length
+
+
+@triton.jit
 def _scale_logits(s, scale_hi, scale_lo, IS_F64: tl.constexpr):
     if IS_F64:
         return s * scale_hi + s * scale_lo
@@ -366,16 +383,7 @@ def _temporal_attn_fwd_tiled_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
     scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
-    pid = tl.program_id(0).to(tl.int64)
-    num_m = tl.cdiv(T, BLOCK_M)
-    # Query blocks of one group are adjacent programs, so they share its K/V in L2.
-    g = pid // num_m
-    start_m = (pid % num_m).to(tl.int32) * BLOCK_M
-    b, n, h = _group_coords(g, N, H)
-    if HAS_LENS:
-        length = tl.load(LENS + b).to(tl.int32)
-    else:
-        length = T
+    g, start_m, b, n, h, length = _frame_block(LENS, T, N, H, BLOCK_M, HAS_LENS)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -429,15 +437,7 @@ def _temporal_attn_bwd_delta_kernel(
     HAS_LENS: tl.constexpr, BLOCK_M: tl.constexpr, D_PAD: tl.constexpr,
 ):
     """``delta[g, t] = dO[g, t] · O[g, t]`` in the accumulation dtype (0 on padded frames)."""
-    pid = tl.program_id(0).to(tl.int64)
-    num_m = tl.cdiv(T, BLOCK_M)
-    g = pid // num_m
-    start_m = (pid % num_m).to(tl.int32) * BLOCK_M
-    b, n, h = _group_coords(g, N, H)
-    if HAS_LENS:
-        length = tl.load(LENS + b).to(tl.int32)
-    else:
-        length = T
+    g, start_m, b, n, h, length = _frame_block(LENS, T, N, H, BLOCK_M, HAS_LENS)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     mask = (offs_m < length)[:, None] & (offs_d < D)[None, :]
@@ -487,17 +487,9 @@ def _temporal_attn_bwd_dkdv_kernel(
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
-    scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
     """dK, dV of one block of key frames, looping over the query frames that see it."""
-    pid = tl.program_id(0).to(tl.int64)
-    num_n = tl.cdiv(T, BLOCK_N)
-    g = pid // num_n
-    start_n = (pid % num_n).to(tl.int32) * BLOCK_N
-    b, n, h = _group_coords(g, N, H)
-    if HAS_LENS:
-        length = tl.load(LENS + b).to(tl.int32)
-    else:
-        length = T
+    scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
+    g, start_n, b, n, h, length = _frame_block(LENS, T, N, H, BLOCK_N, HAS_LENS)
 
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
@@ -576,17 +568,9 @@ def _temporal_attn_bwd_dq_kernel(
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
-    scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
     """dQ of one block of query frames, looping over the key frames it sees."""
-    pid = tl.program_id(0).to(tl.int64)
-    num_m = tl.cdiv(T, BLOCK_M)
-    g = pid // num_m
-    start_m = (pid % num_m).to(tl.int32) * BLOCK_M
-    b, n, h = _group_coords(g, N, H)
-    if HAS_LENS:
-        length = tl.load(LENS + b).to(tl.int32)
-    else:
-        length = T
+    scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
+    g, start_m, b, n, h, length = _frame_block(LENS, T, N, H, BLOCK_M, HAS_LENS)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
