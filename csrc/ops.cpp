@@ -252,6 +252,19 @@ TORCH_LIBRARY(temporal_kernels, m) {
         " -> (Tensor, Tensor)");
   m.def("cuda_temporal_qkvpacked_bwd(Tensor dout, Tensor qkv, Tensor out, Tensor lse, Tensor? frame_lens,"
         " bool causal, float scale) -> Tensor");
+  // Implemented in spatial_attn.cu.
+  m.def("cuda_spatial_fwd(Tensor q, Tensor k, Tensor v, Tensor? q_cls, Tensor? k_cls, Tensor? v_cls, float scale)"
+        " -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("cuda_spatial_bwd(Tensor dout, Tensor? dcls_out, Tensor q, Tensor k, Tensor v, Tensor? q_cls,"
+        " Tensor? k_cls, Tensor? v_cls, Tensor out, Tensor? cls_out, Tensor lse, Tensor? lse_cls, float scale)"
+        " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("cuda_spatial_qkvpacked_fwd(Tensor qkv, Tensor? cls_qkv, float scale) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("cuda_spatial_qkvpacked_bwd(Tensor dout, Tensor? dcls_out, Tensor qkv, Tensor? cls_qkv, Tensor out,"
+        " Tensor? cls_out, Tensor lse, Tensor? lse_cls, float scale) -> (Tensor, Tensor)");
+  m.def("cuda_joint_fwd(Tensor q, Tensor k, Tensor v, Tensor? frame_lens, bool causal, float scale)"
+        " -> (Tensor, Tensor)");
+  m.def("cuda_joint_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
+        " Tensor? frame_lens, bool causal, float scale) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(temporal_kernels, CUDA, m) {

@@ -54,9 +54,53 @@ struct AttnParams {
   bool vec16 = false;
 };
 
-// Implemented in temporal_attn.cu; launched on `stream` (a cudaStream_t), which the caller
-// takes from the current stream under a device guard.
+// Token sequences of the flash-style kernels (spatial_attn.cuh).
+enum class SeqMode : int {
+  kSpatial = 0,  // one sequence per (b, t, h): the N patches of frame t (+ the CLS token)
+  kJoint = 1,    // one sequence per (b, h): all T*N tokens, token i = (frame i / N, patch i % N)
+};
+
+// Spatial and joint attention. The AttnParams part holds the patch tensors as above (causal and
+// frame_lens apply to joint only). The CLS token (spatial only) is one extra key and query per
+// frame, read from its own [B, H, D] tensors; its per-frame outputs and statistics live in the
+// cls_* buffers below.
+struct SpatialParams : AttnParams {
+  SeqMode mode = SeqMode::kSpatial;
+  bool has_cls = false;
+  // [B, H, D] inputs, strides (b, h, d).
+  const void* q_cls = nullptr;
+  const void* k_cls = nullptr;
+  const void* v_cls = nullptr;
+  int64_t q_cls_stride[3] = {};
+  int64_t k_cls_stride[3] = {};
+  int64_t v_cls_stride[3] = {};
+  // [B, T, H, D] per-frame CLS output (forward: written; backward: read) and its gradient,
+  // strides (b, t, h, d).
+  void* cls_out = nullptr;
+  const void* dcls_out = nullptr;
+  int64_t cls_out_stride[4] = {};
+  int64_t dcls_out_stride[4] = {};
+  // [B, H, T] contiguous, of the compute dtype: the CLS rows' lse and (backward scratch) delta.
+  void* lse_cls = nullptr;
+  void* delta_cls = nullptr;
+  // Backward scratch: per-frame partial CLS gradients, [B, T, H, D] contiguous, compute dtype.
+  void* dq_cls_part = nullptr;
+  void* dk_cls_part = nullptr;
+  void* dv_cls_part = nullptr;
+  // Backward outputs: the CLS gradients summed over frames, [B, H, D], strides (b, h, d).
+  void* dq_cls = nullptr;
+  void* dk_cls = nullptr;
+  void* dv_cls = nullptr;
+  int64_t dq_cls_stride[3] = {};
+  int64_t dk_cls_stride[3] = {};
+  int64_t dv_cls_stride[3] = {};
+};
+
+// Implemented in temporal_attn.cu and spatial_attn.cu; launched on `stream` (a cudaStream_t),
+// which the caller takes from the current stream under a device guard.
 void temporal_attn_fwd(const AttnParams& p, DType dtype, void* stream);
 void temporal_attn_bwd(const AttnParams& p, DType dtype, void* stream);
+void spatial_attn_fwd(const SpatialParams& p, DType dtype, void* stream);
+void spatial_attn_bwd(const SpatialParams& p, DType dtype, void* stream);
 
 }  // namespace temporal_kernels

@@ -457,6 +457,35 @@ def _register_cuda_fakes() -> None:
     def _(dout, qkv, out, lse, frame_lens, causal, scale):
         return empty_like_packed(qkv)
 
+    @fake("cuda_spatial_fwd")
+    def _(q, k, v, q_cls, k_cls, v_cls, scale):
+        has_cls = q_cls is not None
+        return empty_like_video(q), _cls_out(q, has_cls), _lse(q), _lse_cls(q, has_cls)
+
+    @fake("cuda_spatial_bwd")
+    def _(dout, dcls_out, q, k, v, q_cls, k_cls, v_cls, out, cls_out, lse, lse_cls, scale):
+        cls = _cls_tuple(q_cls, k_cls, v_cls)
+        dcls = tuple(q.new_empty(c.shape if cls is not None else (0,)) for c in (cls or (None,) * 3))
+        return (empty_like_video(q), empty_like_video(k), empty_like_video(v)) + dcls
+
+    @fake("cuda_spatial_qkvpacked_fwd")
+    def _(qkv, cls_qkv, scale):
+        q = qkv.select(3, 0)
+        has_cls = cls_qkv is not None
+        return empty_like_video(q), _cls_out(q, has_cls), _lse(q), _lse_cls(q, has_cls)
+
+    @fake("cuda_spatial_qkvpacked_bwd")
+    def _(dout, dcls_out, qkv, cls_qkv, out, cls_out, lse, lse_cls, scale):
+        return empty_like_packed(qkv), (empty_like_packed(cls_qkv) if cls_qkv is not None else qkv.new_empty((0,)))
+
+    @fake("cuda_joint_fwd")
+    def _(q, k, v, frame_lens, causal, scale):
+        return empty_like_video(q), _lse(q)
+
+    @fake("cuda_joint_bwd")
+    def _(dout, q, k, v, out, lse, frame_lens, causal, scale):
+        return empty_like_video(q), empty_like_video(k), empty_like_video(v)
+
 
 def _cuda_ops() -> dict[str, Callable]:
     from . import _extension

@@ -1,4 +1,4 @@
-// Host emulation of the few CUDA built-ins csrc/temporal_attn.cuh uses, so the CPU CI runs the
+// Host emulation of the few CUDA built-ins csrc/temporal_attn.cuh and csrc/spatial_attn.cuh use, so the CPU CI runs the
 // real kernel source (indexing, strides, masks, tiles, barriers, shuffle masks) on small problems.
 //
 // Every CUDA thread of a block is a fiber (ucontext) on one OS thread; blocks run one after
@@ -183,6 +183,7 @@ void run_block(unsigned blk, unsigned char* smem, std::function<void()> body) {
 }
 
 #include "temporal_attn.cuh"
+#include "spatial_attn.cuh"
 
 namespace tk = temporal_kernels;
 namespace td = temporal_kernels::detail;
@@ -246,5 +247,102 @@ extern "C" void emu_temporal(int backward, int dtype, void** ptrs, const int64_t
     case tk::DType::kFloat64: l = run<double>(backward, p, max_grid); break;
   }
   const int64_t shape[7] = {l.sh.S, l.sh.R, l.sh.team, l.sh.gpb, l.sh.KT, static_cast<int64_t>(l.smem), l.grid};
+  std::memcpy(shape_out, shape, sizeof(shape));
+}
+
+// Runs `kernel` (a callable of no arguments) on `grid` blocks with `smem` bytes of shared memory.
+template <typename Body>
+void run_blocks(int64_t grid, size_t smem_bytes, Body body) {
+  gridDim.x = static_cast<unsigned>(grid);
+  for (int64_t blk = 0; blk < grid; ++blk) {
+    std::vector<unsigned char> smem(smem_bytes + 16, 0xFF);
+    unsigned char* aligned = smem.data() + (16 - reinterpret_cast<uintptr_t>(smem.data()) % 16) % 16;
+    run_block(static_cast<unsigned>(blk), aligned, body);
+  }
+}
+
+int64_t capped(int64_t grid, int64_t max_grid) { return max_grid > 0 ? std::min(grid, max_grid) : grid; }
+
+// Forward, or the backward's four passes (delta, dK/dV, dQ, CLS sum) in launch order.
+template <typename T>
+td::SpatialLaunch run_spatial(bool backward, const tk::SpatialParams& p, int64_t max_grid) {
+  const td::SpatialLaunch lf = td::spatial_fwd_launch<T>(p);
+  if (!backward) {
+    run_blocks(capped(lf.grid, max_grid), lf.smem, [&] { td::spatial_fwd_kernel<T>(p, lf.sh, lf.nblk); });
+    return lf;
+  }
+  run_blocks(capped(td::delta_grid(p), max_grid), 0, [&] { td::spatial_delta_kernel<T>(p); });
+  const td::SpatialLaunch lkv = td::spatial_dkdv_launch<T>(p);
+  run_blocks(capped(lkv.grid, max_grid), lkv.smem, [&] { td::spatial_bwd_dkdv_kernel<T>(p, lkv.sh, lkv.nblk); });
+  run_blocks(capped(lf.grid, max_grid), lf.smem, [&] { td::spatial_bwd_dq_kernel<T>(p, lf.sh, lf.nblk); });
+  if (p.has_cls) run_blocks(capped(td::cls_sum_grid(p), max_grid), 0, [&] { td::spatial_cls_sum_kernel<T>(p); });
+  return lkv;
+}
+
+// Spatial (mode 0) or joint (mode 1) attention. ptrs, strides, sizes as emu_temporal. cls_ptrs:
+// q_cls, k_cls, v_cls, cls_out, lse_cls, dcls_out, delta_cls, dq_cls_part, dk_cls_part,
+// dv_cls_part, dq_cls, dk_cls, dv_cls (all null without CLS). cls_strides: q_cls[3], k_cls[3],
+// v_cls[3], cls_out[4], dcls_out[4], dq_cls[3], dk_cls[3], dv_cls[3]. Returns the launch shape
+// (S, R, KT, smem, nblk, grid) of the forward (backward: of the dK/dV pass).
+extern "C" void emu_spatial(int backward, int dtype, int mode, void** ptrs, const int64_t* strides,
+                            const int64_t* sizes, double scale, int causal, const int64_t* frame_lens, int has_cls,
+                            void** cls_ptrs, const int64_t* cls_strides, int vec16, int64_t max_grid,
+                            int64_t* shape_out) {
+  tk::SpatialParams p;
+  p.q = ptrs[0];
+  p.k = ptrs[1];
+  p.v = ptrs[2];
+  p.out = ptrs[3];
+  p.lse = ptrs[4];
+  p.dout = ptrs[5];
+  p.dq = ptrs[6];
+  p.dk = ptrs[7];
+  p.dv = ptrs[8];
+  p.delta = ptrs[9];
+  int64_t(*dst[8])[5] = {&p.q_stride, &p.k_stride, &p.v_stride, &p.out_stride,
+                         &p.dout_stride, &p.dq_stride, &p.dk_stride, &p.dv_stride};
+  for (int i = 0; i < 8; ++i) std::memcpy(*dst[i], strides + 5 * i, 5 * sizeof(int64_t));
+  p.B = sizes[0];
+  p.T = sizes[1];
+  p.N = sizes[2];
+  p.H = sizes[3];
+  p.D = sizes[4];
+  p.scale = scale;
+  p.causal = causal != 0;
+  p.frame_lens = frame_lens;
+  p.vec16 = vec16 != 0;
+  p.mode = static_cast<tk::SeqMode>(mode);
+  p.has_cls = has_cls != 0;
+  p.q_cls = cls_ptrs[0];
+  p.k_cls = cls_ptrs[1];
+  p.v_cls = cls_ptrs[2];
+  p.cls_out = cls_ptrs[3];
+  p.lse_cls = cls_ptrs[4];
+  p.dcls_out = cls_ptrs[5];
+  p.delta_cls = cls_ptrs[6];
+  p.dq_cls_part = cls_ptrs[7];
+  p.dk_cls_part = cls_ptrs[8];
+  p.dv_cls_part = cls_ptrs[9];
+  p.dq_cls = cls_ptrs[10];
+  p.dk_cls = cls_ptrs[11];
+  p.dv_cls = cls_ptrs[12];
+  const int64_t* c = cls_strides;
+  std::memcpy(p.q_cls_stride, c, 3 * sizeof(int64_t));
+  std::memcpy(p.k_cls_stride, c + 3, 3 * sizeof(int64_t));
+  std::memcpy(p.v_cls_stride, c + 6, 3 * sizeof(int64_t));
+  std::memcpy(p.cls_out_stride, c + 9, 4 * sizeof(int64_t));
+  std::memcpy(p.dcls_out_stride, c + 13, 4 * sizeof(int64_t));
+  std::memcpy(p.dq_cls_stride, c + 17, 3 * sizeof(int64_t));
+  std::memcpy(p.dk_cls_stride, c + 20, 3 * sizeof(int64_t));
+  std::memcpy(p.dv_cls_stride, c + 23, 3 * sizeof(int64_t));
+  td::SpatialLaunch l;
+  switch (static_cast<tk::DType>(dtype)) {
+    case tk::DType::kFloat16: l = run_spatial<__half>(backward, p, max_grid); break;
+    case tk::DType::kBFloat16: l = run_spatial<__nv_bfloat16>(backward, p, max_grid); break;
+    case tk::DType::kFloat32: l = run_spatial<float>(backward, p, max_grid); break;
+    case tk::DType::kFloat64: l = run_spatial<double>(backward, p, max_grid); break;
+  }
+  const int64_t shape[6] = {l.sh.S, l.sh.R, l.sh.KT, static_cast<int64_t>(l.smem), l.nblk,
+                            capped(l.grid, max_grid)};
   std::memcpy(shape_out, shape, sizeof(shape));
 }

@@ -1,0 +1,530 @@
+// Spatial attention (optionally with TimeSformer's CLS token) and joint space-time attention
+// (SPEC §2): flash-style attention over a strided token sequence.
+//
+// A sequence is that of one (b, t, h) for spatial attention (token i < N is patch i of frame t;
+// with a CLS token, token N is the CLS token, read from its own [B, H, D] pointer as query and as
+// key, its output going to cls_out[b, t, h]) or of one (b, h) for joint attention (token i is
+// (frame i / N, patch i % N); frame-causal masking compares i / N, frame_lens cuts the sequence
+// at frame_lens[b] * N: later rows output 0 and are never keys). Tokens are addressed through
+// the per-axis (b, t, n, h, d) strides of params.h, so any layout is read in place.
+//
+// A block of 256 threads owns one row block of one sequence: R rows of S lanes, the S lanes
+// splitting the head dim into 8-element chunks (S * 8 >= D, S a power of two, R = 256 / S).
+// The block loops over the sequence's other side in tiles of KT tokens staged in shared memory
+// (input dtype) and reads them back as broadcasts; dot products are reduced over the S lanes with
+// xor shuffles (temporal_attn.cuh's helpers). Work items (sequence, row block) are walked by a
+// 1-D grid-stride loop, so any count works.
+//
+// Softmax runs in fp32 (fp64 for double) with a running max and sum, in base 2 with log2(e)
+// folded into the scale; lse is stored in natural-log units ([B, H, T, N], the CLS rows'
+// [B, H, T]). A row with no visible key (a padded joint frame) outputs 0 and stores lse = +inf,
+// as the Triton kernels do.
+//
+// The backward pass is FA2-style and atomic-free: a delta pass (delta = rowsum(dO * O), CLS rows
+// included), a dK/dV pass (blocks own key rows, loop over query tiles) and a dQ pass (blocks own
+// query rows, loop over key tiles). The CLS key's and query's gradients are written per frame
+// into [B, T, H, D] partial buffers of the compute dtype and summed over T by a last small pass
+// in a fixed order (deterministic).
+//
+// The CPU CI runs these kernels through the host emulation of tests/csrc_emu/.
+#pragma once
+
+#include "temporal_attn.cuh"
+
+namespace temporal_kernels {
+namespace detail {
+
+constexpr int64_t kSpatialMaxTile = 64;  // tokens per shared-memory tile
+
+// One token sequence (see the file comment).
+struct Seq {
+  int64_t b, h, t;  // t: the frame (spatial); 0 (joint)
+  int64_t L;        // tokens
+  int64_t n_main;   // tokens that are patches; token n_main is the CLS token when there is one
+  int64_t valid;    // tokens that are real (joint: frame_lens[b] * N); the rest are padding
+  int64_t div;      // token i lies in frame t + i / div, at patch i % div
+};
+
+__device__ __forceinline__ int64_t n_seqs(const SpatialParams& p) {
+  return p.mode == SeqMode::kSpatial ? p.B * p.T * p.H : p.B * p.H;
+}
+
+__device__ __forceinline__ Seq seq_of(const SpatialParams& p, int64_t g) {
+  Seq s;
+  s.h = g % p.H;
+  if (p.mode == SeqMode::kSpatial) {
+    s.t = (g / p.H) % p.T;
+    s.b = g / (p.H * p.T);
+    s.n_main = p.N;
+    s.L = p.N + (p.has_cls ? 1 : 0);
+    s.valid = s.L;
+    s.div = s.L + 1;  // every token in frame t
+  } else {
+    s.t = 0;
+    s.b = g / p.H;
+    s.n_main = p.T * p.N;
+    s.L = s.n_main;
+    int64_t frames = p.T;
+    if (p.frame_lens != nullptr) frames = min(max(p.frame_lens[s.b], int64_t(0)), p.T);
+    s.valid = frames * p.N;
+    s.div = max(p.N, int64_t(1));
+  }
+  return s;
+}
+
+// Element offset of patch token i (< n_main) of sequence s in a tensor with (b, t, n, h) strides.
+__device__ __forceinline__ int64_t tok_off(const int64_t* st, const Seq& s, int64_t i) {
+  const int64_t o = i / s.div;
+  return s.b * st[kB] + s.h * st[kH] + (s.t + o) * st[kT] + (i - o * s.div) * st[kN];
+}
+
+// Row i of a token tensor: a patch row, or (i == n_main) the sequence's CLS row `cls`.
+template <typename T>
+__device__ __forceinline__ T* tok_ptr(T* x, const int64_t* st, T* cls, const Seq& s, int64_t i) {
+  return i == s.n_main ? cls : x + tok_off(st, s, i);
+}
+
+// One past the last key query row i sees.
+__device__ __forceinline__ int64_t key_end(const SpatialParams& p, const Seq& s, int64_t i) {
+  if (p.mode == SeqMode::kJoint && p.causal) return min(s.valid, (i / s.div + 1) * s.div);
+  return s.valid;
+}
+
+// First query row that sees key j.
+__device__ __forceinline__ int64_t query_begin(const SpatialParams& p, const Seq& s, int64_t j) {
+  if (p.mode == SeqMode::kJoint && p.causal) return (j / s.div) * s.div;
+  return 0;
+}
+
+// Per-sequence pointers and strides of the statistics ([B, H, T, N] in lse order).
+struct StatView {
+  int64_t st[5];
+  int64_t cls;  // offset of the CLS row's statistic in the [B, H, T] buffers
+};
+
+__device__ __forceinline__ StatView stat_view(const SpatialParams& p, const Seq& s) {
+  StatView v;
+  v.st[kB] = p.H * p.T * p.N;
+  v.st[kT] = p.N;
+  v.st[kN] = 1;
+  v.st[kH] = p.T * p.N;
+  v.st[kD] = 0;
+  v.cls = (s.b * p.H + s.h) * p.T + s.t;
+  return v;
+}
+
+__device__ __forceinline__ int64_t cls_in_off(const int64_t (&st)[3], const Seq& s) {
+  return s.b * st[0] + s.h * st[1];
+}
+
+__device__ __forceinline__ int64_t cls_frame_off(const int64_t (&st)[4], const Seq& s) {
+  return s.b * st[0] + s.t * st[1] + s.h * st[2];
+}
+
+__device__ __forceinline__ int64_t cls_part_off(const SpatialParams& p, const Seq& s) {
+  return ((s.b * p.T + s.t) * p.H + s.h) * p.D;
+}
+
+__device__ __forceinline__ int chunk_valid(int64_t D, int c) {
+  return static_cast<int>(max(int64_t(0), min(int64_t(kChunk), D - int64_t(c) * kChunk)));
+}
+
+// Stages rows [j0, j0 + rows) of two token tensors into [KT, S*8] tiles (all threads of the block).
+template <typename T>
+__device__ __forceinline__ void stage_rows(T* x_tile, const T* x, const int64_t* xs, const T* xc, T* y_tile,
+                                           const T* y, const int64_t* ys, const T* yc, const Seq& s, int64_t j0,
+                                           int64_t rows, const Shape& sh, int64_t D, bool vec) {
+  const int row_elems = sh.S * kChunk;
+  for (int64_t idx = threadIdx.x; idx < rows * sh.S; idx += kThreads) {
+    const int64_t jr = idx / sh.S;
+    const int c = static_cast<int>(idx % sh.S);
+    const int nv = chunk_valid(D, c);
+    const int64_t j = j0 + jr;
+    stage_chunk(x_tile + jr * row_elems + c * kChunk, tok_ptr(x, xs, xc, s, j) + c * kChunk, nv, vec);
+    stage_chunk(y_tile + jr * row_elems + c * kChunk, tok_ptr(y, ys, yc, s, j) + c * kChunk, nv, vec);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) spatial_fwd_kernel(const SpatialParams p, const Shape sh, int64_t nblk) {
+  using A = typename Acc<T>::type;
+  const Lane ln = lane_of(sh, p.D);
+  const int row_elems = sh.S * kChunk;
+  T* k_tile = reinterpret_cast<T*>(dynamic_smem());  // [KT, S*8]
+  T* v_tile = k_tile + sh.KT * row_elems;             // [KT, S*8]
+
+  const T* q = static_cast<const T*>(p.q);
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
+  T* out = static_cast<T*>(p.out);
+  A* lse = static_cast<A*>(p.lse);
+  A* lse_cls = static_cast<A*>(p.lse_cls);
+  const A qk_scale = static_cast<A>(p.scale * kLog2e);
+  const int64_t total = n_seqs(p) * nblk;
+
+  // The loop bounds depend on the block only, so every thread reaches every barrier.
+  for (int64_t w = blockIdx.x; w < total; w += gridDim.x) {
+    const Seq s = seq_of(p, w / nblk);
+    const int64_t i0 = (w % nblk) * sh.R;
+    const int64_t i = i0 + ln.r;
+    const bool row = i < s.L;
+    const bool live = i < s.valid;
+    const int64_t kv_end = live ? key_end(p, s, i) : 0;
+    const int64_t last = min(i0 + sh.R, s.valid) - 1;
+    const int64_t blk_end = last >= i0 ? key_end(p, s, last) : 0;  // key_end grows with i
+    const T* qc = p.has_cls ? static_cast<const T*>(p.q_cls) + cls_in_off(p.q_cls_stride, s) : nullptr;
+    const T* kc = p.has_cls ? static_cast<const T*>(p.k_cls) + cls_in_off(p.k_cls_stride, s) : nullptr;
+    const T* vc = p.has_cls ? static_cast<const T*>(p.v_cls) + cls_in_off(p.v_cls_stride, s) : nullptr;
+
+    A qv[kChunk];
+    if (live) {
+      load_chunk(tok_ptr(q, p.q_stride, qc, s, i) + ln.d0, ln.n_valid, p.vec16, qv);
+#pragma unroll
+      for (int e = 0; e < kChunk; ++e) qv[e] *= qk_scale;
+    }
+    A m = -inf<A>();
+    A l = A(0);
+    A acc[kChunk];
+#pragma unroll
+    for (int e = 0; e < kChunk; ++e) acc[e] = A(0);
+
+    for (int64_t j0 = 0; j0 < blk_end; j0 += sh.KT) {
+      const int64_t kt = min(int64_t(sh.KT), blk_end - j0);
+      __syncthreads();  // the previous tile is no longer read
+      stage_rows(k_tile, k, p.k_stride, kc, v_tile, v, p.v_stride, vc, s, j0, kt, sh, p.D, p.vec16);
+      __syncthreads();
+      const int64_t j_end = min(kv_end, j0 + kt);
+      for (int64_t j = j0; j < j_end; ++j) {
+        A kv[kChunk];
+        smem_chunk(k_tile + (j - j0) * row_elems + ln.d0, kv);
+        const A sc = row_sum(dot_chunk(qv, kv), sh.S, ln.mask);
+        if (sc > m) {  // uniform over the row's lanes: they hold the same score
+          const A corr = exp2_(m - sc);
+          l *= corr;
+#pragma unroll
+          for (int e = 0; e < kChunk; ++e) acc[e] *= corr;
+          m = sc;
+        }
+        const A pr = exp2_(sc - m);
+        l += pr;
+        A vv[kChunk];
+        smem_chunk(v_tile + (j - j0) * row_elems + ln.d0, vv);
+#pragma unroll
+        for (int e = 0; e < kChunk; ++e) acc[e] += pr * vv[e];
+      }
+    }
+
+    if (row) {
+      const bool ok = live && l > A(0);
+      const A inv = ok ? A(1) / l : A(0);
+#pragma unroll
+      for (int e = 0; e < kChunk; ++e) acc[e] *= inv;
+      const StatView sv = stat_view(p, s);
+      const A lse_val = ok ? (m + log2_(l)) * static_cast<A>(kLn2) : inf<A>();
+      if (i < s.n_main) {
+        if (ln.n_valid > 0) store_chunk(out + tok_off(p.out_stride, s, i) + ln.d0, ln.n_valid, p.vec16, acc);
+        if (ln.s == 0) lse[tok_off(sv.st, s, i)] = lse_val;
+      } else {
+        T* oc = static_cast<T*>(p.cls_out) + cls_frame_off(p.cls_out_stride, s);
+        if (ln.n_valid > 0) store_chunk(oc + ln.d0, ln.n_valid, p.vec16, acc);
+        if (ln.s == 0) lse_cls[sv.cls] = lse_val;
+      }
+    }
+  }
+}
+
+// delta = rowsum(dO * O) for every row of lse order (B*H*T*N), then (with CLS) every CLS row
+// ([B, H, T]); one thread per row.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) spatial_delta_kernel(const SpatialParams p) {
+  using A = typename Acc<T>::type;
+  const T* o = static_cast<const T*>(p.out);
+  const T* dout = static_cast<const T*>(p.dout);
+  A* delta = static_cast<A*>(p.delta);
+  A* delta_cls = static_cast<A*>(p.delta_cls);
+  const int64_t rows = p.B * p.H * p.T * p.N;
+  const int64_t total = rows + (p.has_cls ? p.B * p.H * p.T : 0);
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; r < total;
+       r += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const T* o_row;
+    const T* do_row;
+    if (r < rows) {
+      const int64_t n = r % p.N, t = (r / p.N) % p.T, h = (r / (p.N * p.T)) % p.H, b = r / (p.N * p.T * p.H);
+      o_row = o + b * p.out_stride[kB] + t * p.out_stride[kT] + n * p.out_stride[kN] + h * p.out_stride[kH];
+      do_row = dout + b * p.dout_stride[kB] + t * p.dout_stride[kT] + n * p.dout_stride[kN] + h * p.dout_stride[kH];
+    } else {
+      const int64_t rc = r - rows;  // [B, H, T] order
+      const int64_t t = rc % p.T, h = (rc / p.T) % p.H, b = rc / (p.T * p.H);
+      o_row = static_cast<const T*>(p.cls_out) + b * p.cls_out_stride[0] + t * p.cls_out_stride[1] +
+              h * p.cls_out_stride[2];
+      do_row = static_cast<const T*>(p.dcls_out) + b * p.dcls_out_stride[0] + t * p.dcls_out_stride[1] +
+               h * p.dcls_out_stride[2];
+    }
+    A acc = A(0);
+    for (int64_t d = 0; d < p.D; ++d) acc += to_acc(do_row[d]) * to_acc(o_row[d]);
+    if (r < rows) {
+      delta[r] = acc;
+    } else {
+      delta_cls[r - rows] = acc;
+    }
+  }
+}
+
+// dK, dV of one block of key rows: dV = sum_i P_ij dO_i, dK = scale * sum_i dS_ij q_i.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) spatial_bwd_dkdv_kernel(const SpatialParams p, const Shape sh,
+                                                                    int64_t nblk) {
+  using A = typename Acc<T>::type;
+  const Lane ln = lane_of(sh, p.D);
+  const int row_elems = sh.S * kChunk;
+  T* q_tile = reinterpret_cast<T*>(dynamic_smem());  // [KT, S*8]
+  T* do_tile = q_tile + sh.KT * row_elems;            // [KT, S*8]
+  A* lse2_tile = reinterpret_cast<A*>(do_tile + sh.KT * row_elems);  // [KT], base 2
+  A* delta_tile = lse2_tile + sh.KT;                                    // [KT]
+
+  const T* q = static_cast<const T*>(p.q);
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
+  const T* dout = static_cast<const T*>(p.dout);
+  T* dk = static_cast<T*>(p.dk);
+  T* dv = static_cast<T*>(p.dv);
+  const A* lse = static_cast<const A*>(p.lse);
+  const A* lse_cls = static_cast<const A*>(p.lse_cls);
+  const A* delta = static_cast<const A*>(p.delta);
+  const A* delta_cls = static_cast<const A*>(p.delta_cls);
+  const A scale = static_cast<A>(p.scale);
+  const A qk_scale = static_cast<A>(p.scale * kLog2e);
+  const A log2e = static_cast<A>(kLog2e);
+  const int64_t total = n_seqs(p) * nblk;
+
+  for (int64_t w = blockIdx.x; w < total; w += gridDim.x) {
+    const Seq s = seq_of(p, w / nblk);
+    const StatView sv = stat_view(p, s);
+    const int64_t j0 = (w % nblk) * sh.R;
+    const int64_t j = j0 + ln.r;
+    const bool row = j < s.L;
+    const bool live = j < s.valid;  // padded tokens are never keys
+    // Queries [blk_begin, blk_end) can see some key of the block (query_begin grows with j).
+    const int64_t blk_begin = query_begin(p, s, j0);
+    const int64_t blk_end = j0 < s.valid ? s.valid : blk_begin;
+    const T* qc = p.has_cls ? static_cast<const T*>(p.q_cls) + cls_in_off(p.q_cls_stride, s) : nullptr;
+    const T* kc = p.has_cls ? static_cast<const T*>(p.k_cls) + cls_in_off(p.k_cls_stride, s) : nullptr;
+    const T* vc = p.has_cls ? static_cast<const T*>(p.v_cls) + cls_in_off(p.v_cls_stride, s) : nullptr;
+    const T* doc = p.has_cls ? static_cast<const T*>(p.dcls_out) + cls_frame_off(p.dcls_out_stride, s) : nullptr;
+
+    A k_row[kChunk], v_row[kChunk];
+    if (live) {
+      load_chunk(tok_ptr(k, p.k_stride, kc, s, j) + ln.d0, ln.n_valid, p.vec16, k_row);
+      load_chunk(tok_ptr(v, p.v_stride, vc, s, j) + ln.d0, ln.n_valid, p.vec16, v_row);
+#pragma unroll
+      for (int e = 0; e < kChunk; ++e) k_row[e] *= qk_scale;
+    }
+    A dk_acc[kChunk], dv_acc[kChunk];
+#pragma unroll
+    for (int e = 0; e < kChunk; ++e) dk_acc[e] = dv_acc[e] = A(0);
+
+    for (int64_t i0 = blk_begin; i0 < blk_end; i0 += sh.KT) {
+      const int64_t kt = min(int64_t(sh.KT), blk_end - i0);
+      __syncthreads();
+      stage_rows(q_tile, q, p.q_stride, qc, do_tile, dout, p.dout_stride, doc, s, i0, kt, sh, p.D, p.vec16);
+      for (int64_t r = threadIdx.x; r < kt; r += kThreads) {
+        const int64_t i = i0 + r;
+        lse2_tile[r] = (i == s.n_main ? lse_cls[sv.cls] : lse[tok_off(sv.st, s, i)]) * log2e;
+        delta_tile[r] = i == s.n_main ? delta_cls[sv.cls] : delta[tok_off(sv.st, s, i)];
+      }
+      __syncthreads();
+      const int64_t t_begin = live ? max(query_begin(p, s, j), i0) : i0;
+      const int64_t t_end = live ? i0 + kt : i0;
+      for (int64_t i = t_begin; i < t_end; ++i) {
+        A qv[kChunk], dov[kChunk];
+        smem_chunk(q_tile + (i - i0) * row_elems + ln.d0, qv);
+        smem_chunk(do_tile + (i - i0) * row_elems + ln.d0, dov);
+        const A sc = row_sum(dot_chunk(qv, k_row), sh.S, ln.mask);
+        const A dp = row_sum(dot_chunk(dov, v_row), sh.S, ln.mask);
+        const A pr = exp2_(sc - lse2_tile[i - i0]);
+        const A ds = pr * (dp - delta_tile[i - i0]);
+#pragma unroll
+        for (int e = 0; e < kChunk; ++e) {
+          dv_acc[e] += pr * dov[e];
+          dk_acc[e] += ds * qv[e];
+        }
+      }
+    }
+
+    if (row && ln.n_valid > 0) {
+#pragma unroll
+      for (int e = 0; e < kChunk; ++e) dk_acc[e] *= scale;
+      if (j < s.n_main) {
+        store_chunk(dk + tok_off(p.dk_stride, s, j) + ln.d0, ln.n_valid, p.vec16, dk_acc);
+        store_chunk(dv + tok_off(p.dv_stride, s, j) + ln.d0, ln.n_valid, p.vec16, dv_acc);
+      } else {
+        const int64_t off = cls_part_off(p, s) + ln.d0;
+        store_chunk(static_cast<A*>(p.dk_cls_part) + off, ln.n_valid, false, dk_acc);
+        store_chunk(static_cast<A*>(p.dv_cls_part) + off, ln.n_valid, false, dv_acc);
+      }
+    }
+  }
+}
+
+// dQ of one block of query rows: dQ = scale * sum_j dS_ij k_j.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) spatial_bwd_dq_kernel(const SpatialParams p, const Shape sh,
+                                                                  int64_t nblk) {
+  using A = typename Acc<T>::type;
+  const Lane ln = lane_of(sh, p.D);
+  const int row_elems = sh.S * kChunk;
+  T* k_tile = reinterpret_cast<T*>(dynamic_smem());  // [KT, S*8]
+  T* v_tile = k_tile + sh.KT * row_elems;             // [KT, S*8]
+
+  const T* q = static_cast<const T*>(p.q);
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
+  const T* dout = static_cast<const T*>(p.dout);
+  T* dq = static_cast<T*>(p.dq);
+  const A* lse = static_cast<const A*>(p.lse);
+  const A* lse_cls = static_cast<const A*>(p.lse_cls);
+  const A* delta = static_cast<const A*>(p.delta);
+  const A* delta_cls = static_cast<const A*>(p.delta_cls);
+  const A scale = static_cast<A>(p.scale);
+  const A qk_scale = static_cast<A>(p.scale * kLog2e);
+  const A log2e = static_cast<A>(kLog2e);
+  const int64_t total = n_seqs(p) * nblk;
+
+  for (int64_t w = blockIdx.x; w < total; w += gridDim.x) {
+    const Seq s = seq_of(p, w / nblk);
+    const StatView sv = stat_view(p, s);
+    const int64_t i0 = (w % nblk) * sh.R;
+    const int64_t i = i0 + ln.r;
+    const bool row = i < s.L;
+    const bool live = i < s.valid;  // padded rows: dQ = 0, their dout is never read
+    const int64_t kv_end = live ? key_end(p, s, i) : 0;
+    const int64_t last = min(i0 + sh.R, s.valid) - 1;
+    const int64_t blk_end = last >= i0 ? key_end(p, s, last) : 0;
+    const T* qc = p.has_cls ? static_cast<const T*>(p.q_cls) + cls_in_off(p.q_cls_stride, s) : nullptr;
+    const T* kc = p.has_cls ? static_cast<const T*>(p.k_cls) + cls_in_off(p.k_cls_stride, s) : nullptr;
+    const T* vc = p.has_cls ? static_cast<const T*>(p.v_cls) + cls_in_off(p.v_cls_stride, s) : nullptr;
+    const T* doc = p.has_cls ? static_cast<const T*>(p.dcls_out) + cls_frame_off(p.dcls_out_stride, s) : nullptr;
+
+    A qv[kChunk], dov[kChunk];
+    A lse2 = A(0), dlt = A(0);
+    if (live) {
+      load_chunk(tok_ptr(q, p.q_stride, qc, s, i) + ln.d0, ln.n_valid, p.vec16, qv);
+      load_chunk(tok_ptr(dout, p.dout_stride, doc, s, i) + ln.d0, ln.n_valid, p.vec16, dov);
+#pragma unroll
+      for (int e = 0; e < kChunk; ++e) qv[e] *= qk_scale;
+      lse2 = (i == s.n_main ? lse_cls[sv.cls] : lse[tok_off(sv.st, s, i)]) * log2e;
+      dlt = i == s.n_main ? delta_cls[sv.cls] : delta[tok_off(sv.st, s, i)];
+    }
+    A acc[kChunk];
+#pragma unroll
+    for (int e = 0; e < kChunk; ++e) acc[e] = A(0);
+
+    for (int64_t j0 = 0; j0 < blk_end; j0 += sh.KT) {
+      const int64_t kt = min(int64_t(sh.KT), blk_end - j0);
+      __syncthreads();
+      stage_rows(k_tile, k, p.k_stride, kc, v_tile, v, p.v_stride, vc, s, j0, kt, sh, p.D, p.vec16);
+      __syncthreads();
+      const int64_t j_end = min(kv_end, j0 + kt);
+      for (int64_t j = j0; j < j_end; ++j) {
+        A kv[kChunk], vv[kChunk];
+        smem_chunk(k_tile + (j - j0) * row_elems + ln.d0, kv);
+        smem_chunk(v_tile + (j - j0) * row_elems + ln.d0, vv);
+        const A sc = row_sum(dot_chunk(qv, kv), sh.S, ln.mask);
+        const A dp = row_sum(dot_chunk(dov, vv), sh.S, ln.mask);
+        const A ds = exp2_(sc - lse2) * (dp - dlt);
+#pragma unroll
+        for (int e = 0; e < kChunk; ++e) acc[e] += ds * kv[e];
+      }
+    }
+
+    if (row && ln.n_valid > 0) {
+#pragma unroll
+      for (int e = 0; e < kChunk; ++e) acc[e] *= scale;
+      if (i < s.n_main) {
+        store_chunk(dq + tok_off(p.dq_stride, s, i) + ln.d0, ln.n_valid, p.vec16, acc);
+      } else {
+        store_chunk(static_cast<A*>(p.dq_cls_part) + cls_part_off(p, s) + ln.d0, ln.n_valid, false, acc);
+      }
+    }
+  }
+}
+
+// d*_cls[b, h, d] = sum_t d*_cls_part[b, t, h, d], t in increasing order; one thread per element.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) spatial_cls_sum_kernel(const SpatialParams p) {
+  using A = typename Acc<T>::type;
+  const A* parts[3] = {static_cast<const A*>(p.dq_cls_part), static_cast<const A*>(p.dk_cls_part),
+                       static_cast<const A*>(p.dv_cls_part)};
+  T* outs[3] = {static_cast<T*>(p.dq_cls), static_cast<T*>(p.dk_cls), static_cast<T*>(p.dv_cls)};
+  const int64_t* strides[3] = {p.dq_cls_stride, p.dk_cls_stride, p.dv_cls_stride};
+  const int64_t total = p.B * p.H * p.D;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t d = e % p.D, h = (e / p.D) % p.H, b = e / (p.D * p.H);
+    for (int x = 0; x < 3; ++x) {
+      A acc = A(0);
+      for (int64_t t = 0; t < p.T; ++t) acc += parts[x][((b * p.T + t) * p.H + h) * p.D + d];
+      outs[x][b * strides[x][0] + h * strides[x][1] + d * strides[x][2]] = from_acc<T>(acc);
+    }
+  }
+}
+
+// Launch shape of the row-block kernels.
+struct SpatialLaunch {
+  Shape sh;       // S lanes x R rows, one team per block; KT tokens per tile
+  size_t smem;    // dynamic shared memory bytes per block
+  int64_t nblk;   // row blocks per sequence
+  int64_t grid;   // blocks (1-D; the kernels loop over work items)
+};
+
+inline int64_t seq_count(const SpatialParams& p) {
+  return p.mode == SeqMode::kSpatial ? p.B * p.T * p.H : p.B * p.H;
+}
+
+inline int64_t seq_len(const SpatialParams& p) {
+  return p.mode == SeqMode::kSpatial ? p.N + (p.has_cls ? 1 : 0) : p.T * p.N;
+}
+
+// bytes_per_token: shared memory one staged token costs the block.
+inline SpatialLaunch spatial_launch(const SpatialParams& p, int64_t elem_bytes, int64_t stat_bytes) {
+  SpatialLaunch l;
+  l.sh.S = next_pow2((p.D + kChunk - 1) / kChunk);
+  l.sh.R = kThreads / l.sh.S;
+  l.sh.team = kThreads;
+  l.sh.gpb = 1;
+  const int64_t row_bytes = int64_t(l.sh.S) * kChunk * elem_bytes;
+  const int64_t bytes_per_token = 2 * row_bytes + stat_bytes;
+  const int64_t L = seq_len(p);
+  l.sh.KT = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>({kSpatialMaxTile, std::max<int64_t>(L, 1), kSmemBudget / bytes_per_token})));
+  l.sh.team_bytes = (l.sh.KT * bytes_per_token + 15) / 16 * 16;
+  l.smem = static_cast<size_t>(l.sh.team_bytes);
+  l.nblk = (L + l.sh.R - 1) / l.sh.R;
+  l.grid = std::min<int64_t>(seq_count(p) * l.nblk, int64_t(1) << 30);
+  return l;
+}
+
+// Forward and dQ: K and V tiles. dK/dV: Q and dO tiles plus two statistics per token.
+template <typename T>
+SpatialLaunch spatial_fwd_launch(const SpatialParams& p) {
+  return spatial_launch(p, sizeof(T), 0);
+}
+
+template <typename T>
+SpatialLaunch spatial_dkdv_launch(const SpatialParams& p) {
+  return spatial_launch(p, sizeof(T), 2 * static_cast<int64_t>(sizeof(typename Acc<T>::type)));
+}
+
+// Grids of the one-thread-per-element passes.
+inline int64_t delta_grid(const SpatialParams& p) {
+  const int64_t rows = p.B * p.H * p.T * p.N + (p.has_cls ? p.B * p.H * p.T : 0);
+  return std::min<int64_t>((rows + kThreads - 1) / kThreads, int64_t(1) << 30);
+}
+
+inline int64_t cls_sum_grid(const SpatialParams& p) {
+  const int64_t n = p.B * p.H * p.D;
+  return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 30);
+}
+
+}  // namespace detail
+}  // namespace temporal_kernels
