@@ -14,116 +14,25 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <numeric>
 #include <optional>
 #include <tuple>
-#include <vector>
 
+#include "op_utils.h"
 #include "params.h"
 
 namespace temporal_kernels {
 namespace {
 
-constexpr int64_t kMaxHeadDim = 256;
-
-DType dtype_of(const at::Tensor& x) {
-  switch (x.scalar_type()) {
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    case at::kFloat: return DType::kFloat32;
-    case at::kDouble: return DType::kFloat64;
-    default:
-      TORCH_CHECK(false, "temporal_kernels: expected float16, bfloat16, float32 or float64, got ", x.scalar_type());
-  }
-}
-
-at::ScalarType stat_dtype(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-// A dense tensor shaped like `like` whose axes lie in memory in `like`'s axis order, exactly as
-// temporal_kernels/_layout.py's axis_order() sorts them: expanded (stride-0) axes outermost, then
-// by decreasing stride, ties keeping the logical order (the fakes in ops.py use _layout).
-at::Tensor empty_in_axis_order(const at::Tensor& like) {
-  const int64_t nd = like.dim();
-  std::vector<int64_t> order(nd);
-  std::iota(order.begin(), order.end(), 0);
-  const auto strides = like.strides();
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    const bool a_real = strides[a] != 0, b_real = strides[b] != 0;
-    return a_real != b_real ? !a_real : strides[a] > strides[b];
-  });
-  std::vector<int64_t> physical(nd), inverse(nd);
-  for (int64_t pos = 0; pos < nd; ++pos) {
-    physical[pos] = like.size(order[pos]);
-    inverse[order[pos]] = pos;
-  }
-  return at::empty(physical, like.options()).permute(inverse);
-}
-
-at::Tensor lse_like(const at::Tensor& q) {
-  return at::empty({q.size(0), q.size(3), q.size(1), q.size(2)}, q.options().dtype(stat_dtype(q)));
-}
-
-// The kernels need a unit head-dim stride; any other is copied once (SPEC §1).
-at::Tensor unit_last(const at::Tensor& x) {
-  return (x.size(-1) <= 1 || x.stride(-1) == 1) ? x : x.contiguous();
-}
-
-void set_strides(int64_t (&dst)[5], const at::Tensor& x) {
-  for (int i = 0; i < 5; ++i) dst[i] = x.stride(i);
-}
-
-bool aligned16(const at::Tensor& x) {
-  if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 != 0) return false;
-  const int64_t elem = x.element_size();
-  for (int i = 0; i < 4; ++i) {
-    if (x.size(i) > 1 && (x.stride(i) * elem) % 16 != 0) return false;
-  }
-  return true;
-}
-
-void check_video(const char* name, const at::Tensor& x, const at::Tensor& q) {
-  TORCH_CHECK(x.is_cuda(), name, ": expected a CUDA tensor, got device ", x.device());
-  TORCH_CHECK(x.dim() == 5, name, ": expected a rank-5 tensor [B, T, N, H, D], got shape ", x.sizes());
-  TORCH_CHECK(x.sizes() == q.sizes(), name, ": expected shape ", q.sizes(), " (from q), got ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == q.scalar_type(), name, ": expected dtype ", q.scalar_type(), " (from q), got ",
-              x.scalar_type());
-  TORCH_CHECK(x.device() == q.device(), name, ": expected device ", q.device(), " (from q), got ", x.device());
-}
+using namespace op_utils;
 
 // Common part of every launch: shapes, masks, checks. frame_lens becomes int64 on the device.
 AttnParams base_params(const at::Tensor& q, const std::optional<at::Tensor>& frame_lens, bool causal, double scale,
                        at::Tensor& frame_lens_i64) {
-  check_video("q", q, q);
-  dtype_of(q);
-  TORCH_CHECK(q.size(4) <= kMaxHeadDim, "q: the cuda backend supports head dims D <= ", kMaxHeadDim, ", got D=",
-              q.size(4));
   AttnParams p;
-  p.B = q.size(0);
-  p.T = q.size(1);
-  p.N = q.size(2);
-  p.H = q.size(3);
-  p.D = q.size(4);
+  set_shape(p, q);
   TORCH_CHECK(p.T < (int64_t(1) << 30), "q: the cuda backend supports T < 2^30 frames, got T=", p.T);
-  p.scale = scale;
-  p.causal = causal;
-  if (frame_lens.has_value()) {
-    const at::Tensor& fl = *frame_lens;
-    TORCH_CHECK(fl.device() == q.device(), "frame_lens: expected device ", q.device(), " (the device of q), got ",
-                fl.device());
-    TORCH_CHECK(fl.dim() == 1 && fl.size(0) == p.B, "frame_lens: expected shape [", p.B, "], got ", fl.sizes());
-    TORCH_CHECK(at::isIntegralType(fl.scalar_type(), /*includeBool=*/false),
-                "frame_lens: expected an integer dtype, got ", fl.scalar_type());
-    frame_lens_i64 = fl.to(at::kLong).contiguous();
-    p.frame_lens = frame_lens_i64.data_ptr<int64_t>();
-  }
+  set_mask(p, q, frame_lens, causal, scale, frame_lens_i64);
   return p;
-}
-
-void* current_stream(const at::Tensor& q) {
-  return static_cast<void*>(c10::cuda::getCurrentCUDAStream(q.device().index()).stream());
 }
 
 // Forward on (q, k, v) views; `out` and `lse` preallocated (written in full).
@@ -139,16 +48,7 @@ void run_fwd(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v
     return;
   }
   const at::Tensor q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
-  p.q = q.data_ptr();
-  p.k = k.data_ptr();
-  p.v = v.data_ptr();
-  p.out = out.data_ptr();
-  p.lse = lse.data_ptr();
-  set_strides(p.q_stride, q);
-  set_strides(p.k_stride, k);
-  set_strides(p.v_stride, v);
-  set_strides(p.out_stride, out);
-  p.vec16 = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
+  set_fwd_tensors(p, q, k, v, out, lse);
   temporal_attn_fwd(p, dtype_of(q), current_stream(q));
 }
 
@@ -171,31 +71,8 @@ void run_bwd(const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor
   const at::Tensor q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
   const at::Tensor out = unit_last(out_in), dout = unit_last(dout_in);
   const at::Tensor delta = at::empty_like(lse);
-  p.q = q.data_ptr();
-  p.k = k.data_ptr();
-  p.v = v.data_ptr();
-  p.out = out.data_ptr();
-  p.dout = dout.data_ptr();
-  p.lse = lse.data_ptr();
-  p.delta = delta.data_ptr();
-  p.dq = dq.data_ptr();
-  p.dk = dk.data_ptr();
-  p.dv = dv.data_ptr();
-  set_strides(p.q_stride, q);
-  set_strides(p.k_stride, k);
-  set_strides(p.v_stride, v);
-  set_strides(p.out_stride, out);
-  set_strides(p.dout_stride, dout);
-  set_strides(p.dq_stride, dq);
-  set_strides(p.dk_stride, dk);
-  set_strides(p.dv_stride, dv);
-  p.vec16 = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out) && aligned16(dout) && aligned16(dq) &&
-            aligned16(dk) && aligned16(dv);
+  set_bwd_tensors(p, q, k, v, out, dout, lse, delta, dq, dk, dv);
   temporal_attn_bwd(p, dtype_of(q), current_stream(q));
-}
-
-void check_packed(const at::Tensor& qkv) {
-  TORCH_CHECK(qkv.dim() == 6 && qkv.size(3) == 3, "qkv: expected shape [B, T, N, 3, H, D], got ", qkv.sizes());
 }
 
 std::tuple<at::Tensor, at::Tensor> cuda_temporal_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

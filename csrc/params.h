@@ -3,7 +3,7 @@
 //
 // Strides are per axis in the order (b, t, n, h, d) for every tensor, in elements, so a kernel
 // reads any layout of SPEC §1 directly (packed frame-major or patch-major views, separate
-// tensors). The head-dim stride is 1 (ops.cpp copies once otherwise), but it is kept for the
+// tensors). The head-dim stride is 1 (op_utils.h copies once otherwise), but it is kept for the
 // convention. lse (and the backward's delta scratch) are contiguous [B, H, T, N].
 //
 // This header is plain C++ plus <cstdint>: it is included by ops.cpp (host compiler) and by the

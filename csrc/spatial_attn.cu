@@ -16,12 +16,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <numeric>
 #include <optional>
 #include <tuple>
 #include <vector>
 
+#include "op_utils.h"
 #include "spatial_attn.cuh"
 
 namespace temporal_kernels {
@@ -69,22 +68,12 @@ void launch_bwd(const SpatialParams& p, cudaStream_t stream) {
 
 void spatial_attn_fwd(const SpatialParams& p, DType dtype, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case DType::kFloat16: launch_fwd<__half>(p, s); break;
-    case DType::kBFloat16: launch_fwd<__nv_bfloat16>(p, s); break;
-    case DType::kFloat32: launch_fwd<float>(p, s); break;
-    case DType::kFloat64: launch_fwd<double>(p, s); break;
-  }
+  detail::dispatch_dtype(dtype, [&](auto tag) { launch_fwd<typename decltype(tag)::type>(p, s); });
 }
 
 void spatial_attn_bwd(const SpatialParams& p, DType dtype, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case DType::kFloat16: launch_bwd<__half>(p, s); break;
-    case DType::kBFloat16: launch_bwd<__nv_bfloat16>(p, s); break;
-    case DType::kFloat32: launch_bwd<float>(p, s); break;
-    case DType::kFloat64: launch_bwd<double>(p, s); break;
-  }
+  detail::dispatch_dtype(dtype, [&](auto tag) { launch_bwd<typename decltype(tag)::type>(p, s); });
 }
 
 namespace {
@@ -92,51 +81,7 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // op implementations
 
-constexpr int64_t kMaxHeadDim = 256;
-
-DType dtype_of(const at::Tensor& x) {
-  switch (x.scalar_type()) {
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    case at::kFloat: return DType::kFloat32;
-    case at::kDouble: return DType::kFloat64;
-    default:
-      TORCH_CHECK(false, "temporal_kernels: expected float16, bfloat16, float32 or float64, got ", x.scalar_type());
-  }
-}
-
-at::ScalarType stat_dtype(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-// Axes of `like` from outermost to innermost in memory, as temporal_kernels/_layout.py's
-// axis_order() sorts them: expanded (stride-0) axes outermost, then by decreasing stride, ties
-// keeping the logical order.
-std::vector<int64_t> axis_order(const at::Tensor& like) {
-  std::vector<int64_t> order(like.dim());
-  std::iota(order.begin(), order.end(), 0);
-  const auto strides = like.strides();
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    const bool a_real = strides[a] != 0, b_real = strides[b] != 0;
-    return a_real != b_real ? !a_real : strides[a] > strides[b];
-  });
-  return order;
-}
-
-// A dense tensor of logical shape `sizes` whose axes lie in memory in `order`.
-at::Tensor empty_in_order(at::IntArrayRef sizes, const std::vector<int64_t>& order, const at::TensorOptions& opts) {
-  const int64_t nd = static_cast<int64_t>(order.size());
-  std::vector<int64_t> physical(nd), inverse(nd);
-  for (int64_t pos = 0; pos < nd; ++pos) {
-    physical[pos] = sizes[order[pos]];
-    inverse[order[pos]] = pos;
-  }
-  return at::empty(physical, opts).permute(inverse);
-}
-
-at::Tensor empty_in_axis_order(const at::Tensor& like) {
-  return empty_in_order(like.sizes(), axis_order(like), like.options());
-}
+using namespace op_utils;
 
 // _layout.empty_like_cls_out: [B, T, H, D], its axes in the order of q's (b, t, h, d).
 at::Tensor empty_like_cls_out(const at::Tensor& q) {
@@ -145,38 +90,6 @@ at::Tensor empty_like_cls_out(const at::Tensor& q) {
     if (a != kN) order4.push_back(a < kN ? a : a - 1);
   }
   return empty_in_order({q.size(0), q.size(1), q.size(3), q.size(4)}, order4, q.options());
-}
-
-at::Tensor lse_like(const at::Tensor& q) {
-  return at::empty({q.size(0), q.size(3), q.size(1), q.size(2)}, q.options().dtype(stat_dtype(q)));
-}
-
-// The kernels need a unit head-dim stride; any other is copied once (SPEC §1).
-at::Tensor unit_last(const at::Tensor& x) {
-  return (x.size(-1) <= 1 || x.stride(-1) == 1) ? x : x.contiguous();
-}
-
-template <int K>
-void set_strides(int64_t (&dst)[K], const at::Tensor& x) {
-  for (int i = 0; i < K; ++i) dst[i] = x.stride(i);
-}
-
-bool aligned16(const at::Tensor& x) {
-  if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 != 0) return false;
-  const int64_t elem = x.element_size();
-  for (int i = 0; i + 1 < x.dim(); ++i) {
-    if (x.size(i) > 1 && (x.stride(i) * elem) % 16 != 0) return false;
-  }
-  return true;
-}
-
-void check_video(const char* name, const at::Tensor& x, const at::Tensor& q) {
-  TORCH_CHECK(x.is_cuda(), name, ": expected a CUDA tensor, got device ", x.device());
-  TORCH_CHECK(x.dim() == 5, name, ": expected a rank-5 tensor [B, T, N, H, D], got shape ", x.sizes());
-  TORCH_CHECK(x.sizes() == q.sizes(), name, ": expected shape ", q.sizes(), " (from q), got ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == q.scalar_type(), name, ": expected dtype ", q.scalar_type(), " (from q), got ",
-              x.scalar_type());
-  TORCH_CHECK(x.device() == q.device(), name, ": expected device ", q.device(), " (from q), got ", x.device());
 }
 
 void check_like(const char* name, const at::Tensor& x, at::IntArrayRef sizes, const at::Tensor& q) {
@@ -193,45 +106,18 @@ void check_stat(const char* name, const at::Tensor& x, at::IntArrayRef sizes, co
               ", got ", x.sizes(), " ", x.scalar_type(), " on ", x.device());
 }
 
-void check_packed(const at::Tensor& qkv) {
-  TORCH_CHECK(qkv.dim() == 6 && qkv.size(3) == 3, "qkv: expected shape [B, T, N, 3, H, D], got ", qkv.sizes());
-}
-
 void check_cls_packed(const std::optional<at::Tensor>& cls_qkv) {
   TORCH_CHECK(!cls_qkv.has_value() || (cls_qkv->dim() == 4 && cls_qkv->size(1) == 3),
               "cls_qkv: expected shape [B, 3, H, D], got ", cls_qkv.has_value() ? cls_qkv->sizes() : at::IntArrayRef());
 }
 
-void* current_stream(const at::Tensor& q) {
-  return static_cast<void*>(c10::cuda::getCurrentCUDAStream(q.device().index()).stream());
-}
-
 // Shapes, mode and masks of one launch. frame_lens becomes int64 on the device.
 SpatialParams base_params(SeqMode mode, const at::Tensor& q, const std::optional<at::Tensor>& frame_lens, bool causal,
                           double scale, at::Tensor& frame_lens_i64) {
-  check_video("q", q, q);
-  dtype_of(q);
-  TORCH_CHECK(q.size(4) <= kMaxHeadDim, "q: the cuda backend supports head dims D <= ", kMaxHeadDim, ", got D=",
-              q.size(4));
   SpatialParams p;
   p.mode = mode;
-  p.B = q.size(0);
-  p.T = q.size(1);
-  p.N = q.size(2);
-  p.H = q.size(3);
-  p.D = q.size(4);
-  p.scale = scale;
-  p.causal = causal;
-  if (frame_lens.has_value()) {
-    const at::Tensor& fl = *frame_lens;
-    TORCH_CHECK(fl.device() == q.device(), "frame_lens: expected device ", q.device(), " (the device of q), got ",
-                fl.device());
-    TORCH_CHECK(fl.dim() == 1 && fl.size(0) == p.B, "frame_lens: expected shape [", p.B, "], got ", fl.sizes());
-    TORCH_CHECK(at::isIntegralType(fl.scalar_type(), /*includeBool=*/false),
-                "frame_lens: expected an integer dtype, got ", fl.scalar_type());
-    frame_lens_i64 = fl.to(at::kLong).contiguous();
-    p.frame_lens = frame_lens_i64.data_ptr<int64_t>();
-  }
+  set_shape(p, q);
+  set_mask(p, q, frame_lens, causal, scale, frame_lens_i64);
   return p;
 }
 
@@ -251,6 +137,15 @@ std::optional<Cls> cls_of(const std::optional<at::Tensor>& q_cls, const std::opt
   return Cls{unit_last(*q_cls), unit_last(*k_cls), unit_last(*v_cls)};
 }
 
+// Pointers, strides and vec16 of the CLS inputs and of cls_out (forward: written; backward: read).
+void set_cls_tensors(SpatialParams& p, const Cls& cls, const at::Tensor& cls_out) {
+  bind(p.q_cls, p.q_cls_stride, cls.q);
+  bind(p.k_cls, p.k_cls_stride, cls.k);
+  bind(p.v_cls, p.v_cls_stride, cls.v);
+  bind(p.cls_out, p.cls_out_stride, cls_out);
+  p.vec16 = p.vec16 && aligned16(cls.q) && aligned16(cls.k) && aligned16(cls.v) && aligned16(cls_out);
+}
+
 // Forward into preallocated out, lse (and cls_out, lse_cls); every element written.
 void run_fwd(SpatialParams& p, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
              const std::optional<Cls>& cls, const at::Tensor& out, const at::Tensor& cls_out, const at::Tensor& lse,
@@ -258,28 +153,11 @@ void run_fwd(SpatialParams& p, const at::Tensor& q_in, const at::Tensor& k_in, c
   check_video("k", k_in, q_in);
   check_video("v", v_in, q_in);
   const at::Tensor q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
-  p.q = q.data_ptr();
-  p.k = k.data_ptr();
-  p.v = v.data_ptr();
-  p.out = out.data_ptr();
-  p.lse = lse.data_ptr();
-  set_strides(p.q_stride, q);
-  set_strides(p.k_stride, k);
-  set_strides(p.v_stride, v);
-  set_strides(p.out_stride, out);
-  p.vec16 = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
+  set_fwd_tensors(p, q, k, v, out, lse);
   p.has_cls = cls.has_value();
   if (p.has_cls) {
-    p.q_cls = cls->q.data_ptr();
-    p.k_cls = cls->k.data_ptr();
-    p.v_cls = cls->v.data_ptr();
-    set_strides(p.q_cls_stride, cls->q);
-    set_strides(p.k_cls_stride, cls->k);
-    set_strides(p.v_cls_stride, cls->v);
-    p.cls_out = cls_out.data_ptr();
-    set_strides(p.cls_out_stride, cls_out);
+    set_cls_tensors(p, *cls, cls_out);
     p.lse_cls = lse_cls.data_ptr();
-    p.vec16 = p.vec16 && aligned16(cls->q) && aligned16(cls->k) && aligned16(cls->v) && aligned16(cls_out);
   }
   spatial_attn_fwd(p, dtype_of(q), current_stream(q));
 }
@@ -298,26 +176,7 @@ void run_bwd(SpatialParams& p, const at::Tensor& dout_in, const std::optional<at
   const at::Tensor q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
   const at::Tensor out = unit_last(out_in), dout = unit_last(dout_in);
   const at::Tensor delta = at::empty_like(lse);
-  p.q = q.data_ptr();
-  p.k = k.data_ptr();
-  p.v = v.data_ptr();
-  p.out = out.data_ptr();
-  p.dout = dout.data_ptr();
-  p.lse = lse.data_ptr();
-  p.delta = delta.data_ptr();
-  p.dq = dq.data_ptr();
-  p.dk = dk.data_ptr();
-  p.dv = dv.data_ptr();
-  set_strides(p.q_stride, q);
-  set_strides(p.k_stride, k);
-  set_strides(p.v_stride, v);
-  set_strides(p.out_stride, out);
-  set_strides(p.dout_stride, dout);
-  set_strides(p.dq_stride, dq);
-  set_strides(p.dk_stride, dk);
-  set_strides(p.dv_stride, dv);
-  p.vec16 = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out) && aligned16(dout) && aligned16(dq) &&
-            aligned16(dk) && aligned16(dv);
+  set_bwd_tensors(p, q, k, v, out, dout, lse, delta, dq, dk, dv);
   p.has_cls = cls.has_value();
   // Kept alive until the launches are queued (the caching allocator orders their reuse).
   at::Tensor cls_out, dcls_out, delta_cls, parts;
@@ -335,29 +194,17 @@ void run_bwd(SpatialParams& p, const at::Tensor& dout_in, const std::optional<at
     }
     delta_cls = at::empty_like(*lse_cls);
     parts = at::empty({3, p.B, p.T, p.H, p.D}, q.options().dtype(stat_dtype(q)));
-    p.q_cls = cls->q.data_ptr();
-    p.k_cls = cls->k.data_ptr();
-    p.v_cls = cls->v.data_ptr();
-    set_strides(p.q_cls_stride, cls->q);
-    set_strides(p.k_cls_stride, cls->k);
-    set_strides(p.v_cls_stride, cls->v);
-    p.cls_out = cls_out.data_ptr();
-    p.dcls_out = dcls_out.data_ptr();
-    set_strides(p.cls_out_stride, cls_out);
-    set_strides(p.dcls_out_stride, dcls_out);
+    set_cls_tensors(p, *cls, cls_out);
+    bind(p.dcls_out, p.dcls_out_stride, dcls_out);
     p.lse_cls = lse_cls->data_ptr();
     p.delta_cls = delta_cls.data_ptr();
     p.dq_cls_part = parts[0].data_ptr();
     p.dk_cls_part = parts[1].data_ptr();
     p.dv_cls_part = parts[2].data_ptr();
-    p.dq_cls = dcls[0].data_ptr();
-    p.dk_cls = dcls[1].data_ptr();
-    p.dv_cls = dcls[2].data_ptr();
-    set_strides(p.dq_cls_stride, dcls[0]);
-    set_strides(p.dk_cls_stride, dcls[1]);
-    set_strides(p.dv_cls_stride, dcls[2]);
-    p.vec16 = p.vec16 && aligned16(cls->q) && aligned16(cls->k) && aligned16(cls->v) && aligned16(cls_out) &&
-              aligned16(dcls_out);
+    bind(p.dq_cls, p.dq_cls_stride, dcls[0]);
+    bind(p.dk_cls, p.dk_cls_stride, dcls[1]);
+    bind(p.dv_cls, p.dv_cls_stride, dcls[2]);
+    p.vec16 = p.vec16 && aligned16(dcls_out);
   }
   spatial_attn_bwd(p, dtype_of(q), current_stream(q));
 }

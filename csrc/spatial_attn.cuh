@@ -125,8 +125,56 @@ __device__ __forceinline__ int64_t cls_part_off(const SpatialParams& p, const Se
   return ((s.b * p.T + s.t) * p.H + s.h) * p.D;
 }
 
-__device__ __forceinline__ int chunk_valid(int64_t D, int c) {
-  return static_cast<int>(max(int64_t(0), min(int64_t(kChunk), D - int64_t(c) * kChunk)));
+// The sequence's CLS rows (nullptr without CLS): inputs [B, H, D], dout of cls_out [B, T, H, D]
+// (backward only).
+template <typename T>
+struct ClsRows {
+  const T* q;
+  const T* k;
+  const T* v;
+  const T* dout;
+};
+
+template <typename T>
+__device__ __forceinline__ ClsRows<T> cls_rows(const SpatialParams& p, const Seq& s) {
+  ClsRows<T> c{nullptr, nullptr, nullptr, nullptr};
+  if (p.has_cls) {
+    c.q = static_cast<const T*>(p.q_cls) + cls_in_off(p.q_cls_stride, s);
+    c.k = static_cast<const T*>(p.k_cls) + cls_in_off(p.k_cls_stride, s);
+    c.v = static_cast<const T*>(p.v_cls) + cls_in_off(p.v_cls_stride, s);
+    if (p.dcls_out != nullptr) c.dout = static_cast<const T*>(p.dcls_out) + cls_frame_off(p.dcls_out_stride, s);
+  }
+  return c;
+}
+
+// Typed inputs and scales of the backward kernels.
+template <typename T>
+struct BwdInputs {
+  using A = typename Acc<T>::type;
+  const T* q;
+  const T* k;
+  const T* v;
+  const T* dout;
+  const A* lse;
+  const A* lse_cls;
+  const A* delta;
+  const A* delta_cls;
+  A scale, qk_scale, log2e;
+};
+
+template <typename T>
+__device__ __forceinline__ BwdInputs<T> bwd_inputs(const SpatialParams& p) {
+  using A = typename Acc<T>::type;
+  return {static_cast<const T*>(p.q),         static_cast<const T*>(p.k),         static_cast<const T*>(p.v),
+          static_cast<const T*>(p.dout),      static_cast<const A*>(p.lse),       static_cast<const A*>(p.lse_cls),
+          static_cast<const A*>(p.delta),     static_cast<const A*>(p.delta_cls), static_cast<A>(p.scale),
+          static_cast<A>(p.scale * kLog2e),   static_cast<A>(kLog2e)};
+}
+
+// Row i's statistic (lse or delta): a patch row of x, or the CLS row of x_cls.
+template <typename A>
+__device__ __forceinline__ A stat_at(const A* x, const A* x_cls, const StatView& sv, const Seq& s, int64_t i) {
+  return i == s.n_main ? x_cls[sv.cls] : x[tok_off(sv.st, s, i)];
 }
 
 // Stages rows [j0, j0 + rows) of two token tensors into [KT, S*8] tiles (all threads of the block).
@@ -172,45 +220,27 @@ __global__ void __launch_bounds__(kThreads) spatial_fwd_kernel(const SpatialPara
     const int64_t kv_end = live ? key_end(p, s, i) : 0;
     const int64_t last = min(i0 + sh.R, s.valid) - 1;
     const int64_t blk_end = last >= i0 ? key_end(p, s, last) : 0;  // key_end grows with i
-    const T* qc = p.has_cls ? static_cast<const T*>(p.q_cls) + cls_in_off(p.q_cls_stride, s) : nullptr;
-    const T* kc = p.has_cls ? static_cast<const T*>(p.k_cls) + cls_in_off(p.k_cls_stride, s) : nullptr;
-    const T* vc = p.has_cls ? static_cast<const T*>(p.v_cls) + cls_in_off(p.v_cls_stride, s) : nullptr;
+    const ClsRows<T> cls = cls_rows<T>(p, s);
 
     A qv[kChunk];
     if (live) {
-      load_chunk(tok_ptr(q, p.q_stride, qc, s, i) + ln.d0, ln.n_valid, p.vec16, qv);
-#pragma unroll
-      for (int e = 0; e < kChunk; ++e) qv[e] *= qk_scale;
+      load_chunk(tok_ptr(q, p.q_stride, cls.q, s, i) + ln.d0, ln.n_valid, p.vec16, qv);
+      scale_chunk(qv, qk_scale);
     }
     A m = -inf<A>();
     A l = A(0);
     A acc[kChunk];
-#pragma unroll
-    for (int e = 0; e < kChunk; ++e) acc[e] = A(0);
+    zero_chunk(acc);
 
     for (int64_t j0 = 0; j0 < blk_end; j0 += sh.KT) {
       const int64_t kt = min(int64_t(sh.KT), blk_end - j0);
       __syncthreads();  // the previous tile is no longer read
-      stage_rows(k_tile, k, p.k_stride, kc, v_tile, v, p.v_stride, vc, s, j0, kt, sh, p.D, p.vec16);
+      stage_rows(k_tile, k, p.k_stride, cls.k, v_tile, v, p.v_stride, cls.v, s, j0, kt, sh, p.D, p.vec16);
       __syncthreads();
       const int64_t j_end = min(kv_end, j0 + kt);
       for (int64_t j = j0; j < j_end; ++j) {
-        A kv[kChunk];
-        smem_chunk(k_tile + (j - j0) * row_elems + ln.d0, kv);
-        const A sc = row_sum(dot_chunk(qv, kv), sh.S, ln.mask);
-        if (sc > m) {  // uniform over the row's lanes: they hold the same score
-          const A corr = exp2_(m - sc);
-          l *= corr;
-#pragma unroll
-          for (int e = 0; e < kChunk; ++e) acc[e] *= corr;
-          m = sc;
-        }
-        const A pr = exp2_(sc - m);
-        l += pr;
-        A vv[kChunk];
-        smem_chunk(v_tile + (j - j0) * row_elems + ln.d0, vv);
-#pragma unroll
-        for (int e = 0; e < kChunk; ++e) acc[e] += pr * vv[e];
+        softmax_step(qv, k_tile + (j - j0) * row_elems + ln.d0, v_tile + (j - j0) * row_elems + ln.d0, sh, ln, m, l,
+                     acc);
       }
     }
 
@@ -282,19 +312,9 @@ __global__ void __launch_bounds__(kThreads) spatial_bwd_dkdv_kernel(const Spatia
   A* lse2_tile = reinterpret_cast<A*>(do_tile + sh.KT * row_elems);  // [KT], base 2
   A* delta_tile = lse2_tile + sh.KT;                                    // [KT]
 
-  const T* q = static_cast<const T*>(p.q);
-  const T* k = static_cast<const T*>(p.k);
-  const T* v = static_cast<const T*>(p.v);
-  const T* dout = static_cast<const T*>(p.dout);
+  const BwdInputs<T> in = bwd_inputs<T>(p);
   T* dk = static_cast<T*>(p.dk);
   T* dv = static_cast<T*>(p.dv);
-  const A* lse = static_cast<const A*>(p.lse);
-  const A* lse_cls = static_cast<const A*>(p.lse_cls);
-  const A* delta = static_cast<const A*>(p.delta);
-  const A* delta_cls = static_cast<const A*>(p.delta_cls);
-  const A scale = static_cast<A>(p.scale);
-  const A qk_scale = static_cast<A>(p.scale * kLog2e);
-  const A log2e = static_cast<A>(kLog2e);
   const int64_t total = n_seqs(p) * nblk;
 
   for (int64_t w = blockIdx.x; w < total; w += gridDim.x) {
@@ -307,53 +327,42 @@ __global__ void __launch_bounds__(kThreads) spatial_bwd_dkdv_kernel(const Spatia
     // Queries [blk_begin, blk_end) can see some key of the block (query_begin grows with j).
     const int64_t blk_begin = query_begin(p, s, j0);
     const int64_t blk_end = j0 < s.valid ? s.valid : blk_begin;
-    const T* qc = p.has_cls ? static_cast<const T*>(p.q_cls) + cls_in_off(p.q_cls_stride, s) : nullptr;
-    const T* kc = p.has_cls ? static_cast<const T*>(p.k_cls) + cls_in_off(p.k_cls_stride, s) : nullptr;
-    const T* vc = p.has_cls ? static_cast<const T*>(p.v_cls) + cls_in_off(p.v_cls_stride, s) : nullptr;
-    const T* doc = p.has_cls ? static_cast<const T*>(p.dcls_out) + cls_frame_off(p.dcls_out_stride, s) : nullptr;
+    const ClsRows<T> cls = cls_rows<T>(p, s);
 
     A k_row[kChunk], v_row[kChunk];
     if (live) {
-      load_chunk(tok_ptr(k, p.k_stride, kc, s, j) + ln.d0, ln.n_valid, p.vec16, k_row);
-      load_chunk(tok_ptr(v, p.v_stride, vc, s, j) + ln.d0, ln.n_valid, p.vec16, v_row);
-#pragma unroll
-      for (int e = 0; e < kChunk; ++e) k_row[e] *= qk_scale;
+      load_chunk(tok_ptr(in.k, p.k_stride, cls.k, s, j) + ln.d0, ln.n_valid, p.vec16, k_row);
+      load_chunk(tok_ptr(in.v, p.v_stride, cls.v, s, j) + ln.d0, ln.n_valid, p.vec16, v_row);
+      scale_chunk(k_row, in.qk_scale);
     }
     A dk_acc[kChunk], dv_acc[kChunk];
-#pragma unroll
-    for (int e = 0; e < kChunk; ++e) dk_acc[e] = dv_acc[e] = A(0);
+    zero_chunk(dk_acc);
+    zero_chunk(dv_acc);
 
     for (int64_t i0 = blk_begin; i0 < blk_end; i0 += sh.KT) {
       const int64_t kt = min(int64_t(sh.KT), blk_end - i0);
       __syncthreads();
-      stage_rows(q_tile, q, p.q_stride, qc, do_tile, dout, p.dout_stride, doc, s, i0, kt, sh, p.D, p.vec16);
+      stage_rows(q_tile, in.q, p.q_stride, cls.q, do_tile, in.dout, p.dout_stride, cls.dout, s, i0, kt, sh, p.D,
+                 p.vec16);
       for (int64_t r = threadIdx.x; r < kt; r += kThreads) {
         const int64_t i = i0 + r;
-        lse2_tile[r] = (i == s.n_main ? lse_cls[sv.cls] : lse[tok_off(sv.st, s, i)]) * log2e;
-        delta_tile[r] = i == s.n_main ? delta_cls[sv.cls] : delta[tok_off(sv.st, s, i)];
+        lse2_tile[r] = stat_at(in.lse, in.lse_cls, sv, s, i) * in.log2e;
+        delta_tile[r] = stat_at(in.delta, in.delta_cls, sv, s, i);
       }
       __syncthreads();
       const int64_t t_begin = live ? max(query_begin(p, s, j), i0) : i0;
       const int64_t t_end = live ? i0 + kt : i0;
       for (int64_t i = t_begin; i < t_end; ++i) {
-        A qv[kChunk], dov[kChunk];
-        smem_chunk(q_tile + (i - i0) * row_elems + ln.d0, qv);
-        smem_chunk(do_tile + (i - i0) * row_elems + ln.d0, dov);
-        const A sc = row_sum(dot_chunk(qv, k_row), sh.S, ln.mask);
-        const A dp = row_sum(dot_chunk(dov, v_row), sh.S, ln.mask);
-        const A pr = exp2_(sc - lse2_tile[i - i0]);
-        const A ds = pr * (dp - delta_tile[i - i0]);
-#pragma unroll
-        for (int e = 0; e < kChunk; ++e) {
-          dv_acc[e] += pr * dov[e];
-          dk_acc[e] += ds * qv[e];
-        }
+        // k_row holds the scale: the score needs no multiply.
+        dkdv_step<false>(k_row, v_row, in.qk_scale, q_tile + (i - i0) * row_elems + ln.d0,
+                         do_tile + (i - i0) * row_elems + ln.d0, lse2_tile[i - i0], delta_tile[i - i0], sh, ln, dk_acc,
+                         dv_acc);
       }
     }
 
     if (row && ln.n_valid > 0) {
 #pragma unroll
-      for (int e = 0; e < kChunk; ++e) dk_acc[e] *= scale;
+      for (int e = 0; e < kChunk; ++e) dk_acc[e] *= in.scale;
       if (j < s.n_main) {
         store_chunk(dk + tok_off(p.dk_stride, s, j) + ln.d0, ln.n_valid, p.vec16, dk_acc);
         store_chunk(dv + tok_off(p.dv_stride, s, j) + ln.d0, ln.n_valid, p.vec16, dv_acc);
@@ -376,18 +385,8 @@ __global__ void __launch_bounds__(kThreads) spatial_bwd_dq_kernel(const SpatialP
   T* k_tile = reinterpret_cast<T*>(dynamic_smem());  // [KT, S*8]
   T* v_tile = k_tile + sh.KT * row_elems;             // [KT, S*8]
 
-  const T* q = static_cast<const T*>(p.q);
-  const T* k = static_cast<const T*>(p.k);
-  const T* v = static_cast<const T*>(p.v);
-  const T* dout = static_cast<const T*>(p.dout);
+  const BwdInputs<T> in = bwd_inputs<T>(p);
   T* dq = static_cast<T*>(p.dq);
-  const A* lse = static_cast<const A*>(p.lse);
-  const A* lse_cls = static_cast<const A*>(p.lse_cls);
-  const A* delta = static_cast<const A*>(p.delta);
-  const A* delta_cls = static_cast<const A*>(p.delta_cls);
-  const A scale = static_cast<A>(p.scale);
-  const A qk_scale = static_cast<A>(p.scale * kLog2e);
-  const A log2e = static_cast<A>(kLog2e);
   const int64_t total = n_seqs(p) * nblk;
 
   for (int64_t w = blockIdx.x; w < total; w += gridDim.x) {
@@ -400,46 +399,35 @@ __global__ void __launch_bounds__(kThreads) spatial_bwd_dq_kernel(const SpatialP
     const int64_t kv_end = live ? key_end(p, s, i) : 0;
     const int64_t last = min(i0 + sh.R, s.valid) - 1;
     const int64_t blk_end = last >= i0 ? key_end(p, s, last) : 0;
-    const T* qc = p.has_cls ? static_cast<const T*>(p.q_cls) + cls_in_off(p.q_cls_stride, s) : nullptr;
-    const T* kc = p.has_cls ? static_cast<const T*>(p.k_cls) + cls_in_off(p.k_cls_stride, s) : nullptr;
-    const T* vc = p.has_cls ? static_cast<const T*>(p.v_cls) + cls_in_off(p.v_cls_stride, s) : nullptr;
-    const T* doc = p.has_cls ? static_cast<const T*>(p.dcls_out) + cls_frame_off(p.dcls_out_stride, s) : nullptr;
+    const ClsRows<T> cls = cls_rows<T>(p, s);
 
     A qv[kChunk], dov[kChunk];
     A lse2 = A(0), dlt = A(0);
     if (live) {
-      load_chunk(tok_ptr(q, p.q_stride, qc, s, i) + ln.d0, ln.n_valid, p.vec16, qv);
-      load_chunk(tok_ptr(dout, p.dout_stride, doc, s, i) + ln.d0, ln.n_valid, p.vec16, dov);
-#pragma unroll
-      for (int e = 0; e < kChunk; ++e) qv[e] *= qk_scale;
-      lse2 = (i == s.n_main ? lse_cls[sv.cls] : lse[tok_off(sv.st, s, i)]) * log2e;
-      dlt = i == s.n_main ? delta_cls[sv.cls] : delta[tok_off(sv.st, s, i)];
+      load_chunk(tok_ptr(in.q, p.q_stride, cls.q, s, i) + ln.d0, ln.n_valid, p.vec16, qv);
+      load_chunk(tok_ptr(in.dout, p.dout_stride, cls.dout, s, i) + ln.d0, ln.n_valid, p.vec16, dov);
+      scale_chunk(qv, in.qk_scale);
+      lse2 = stat_at(in.lse, in.lse_cls, sv, s, i) * in.log2e;
+      dlt = stat_at(in.delta, in.delta_cls, sv, s, i);
     }
     A acc[kChunk];
-#pragma unroll
-    for (int e = 0; e < kChunk; ++e) acc[e] = A(0);
+    zero_chunk(acc);
 
     for (int64_t j0 = 0; j0 < blk_end; j0 += sh.KT) {
       const int64_t kt = min(int64_t(sh.KT), blk_end - j0);
       __syncthreads();
-      stage_rows(k_tile, k, p.k_stride, kc, v_tile, v, p.v_stride, vc, s, j0, kt, sh, p.D, p.vec16);
+      stage_rows(k_tile, in.k, p.k_stride, cls.k, v_tile, in.v, p.v_stride, cls.v, s, j0, kt, sh, p.D, p.vec16);
       __syncthreads();
       const int64_t j_end = min(kv_end, j0 + kt);
       for (int64_t j = j0; j < j_end; ++j) {
-        A kv[kChunk], vv[kChunk];
-        smem_chunk(k_tile + (j - j0) * row_elems + ln.d0, kv);
-        smem_chunk(v_tile + (j - j0) * row_elems + ln.d0, vv);
-        const A sc = row_sum(dot_chunk(qv, kv), sh.S, ln.mask);
-        const A dp = row_sum(dot_chunk(dov, vv), sh.S, ln.mask);
-        const A ds = exp2_(sc - lse2) * (dp - dlt);
-#pragma unroll
-        for (int e = 0; e < kChunk; ++e) acc[e] += ds * kv[e];
+        dq_step(qv, dov, lse2, dlt, k_tile + (j - j0) * row_elems + ln.d0, v_tile + (j - j0) * row_elems + ln.d0, sh,
+                ln, acc);
       }
     }
 
     if (row && ln.n_valid > 0) {
 #pragma unroll
-      for (int e = 0; e < kChunk; ++e) acc[e] *= scale;
+      for (int e = 0; e < kChunk; ++e) acc[e] *= in.scale;
       if (i < s.n_main) {
         store_chunk(dq + tok_off(p.dq_stride, s, i) + ln.d0, ln.n_valid, p.vec16, acc);
       } else {

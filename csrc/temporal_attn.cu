@@ -30,23 +30,13 @@ void launch_bwd(const AttnParams& p, cudaStream_t stream) {
 void temporal_attn_fwd(const AttnParams& p, DType dtype, void* stream) {
   if (p.B * p.N * p.H * p.T == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case DType::kFloat16: launch_fwd<__half>(p, s); break;
-    case DType::kBFloat16: launch_fwd<__nv_bfloat16>(p, s); break;
-    case DType::kFloat32: launch_fwd<float>(p, s); break;
-    case DType::kFloat64: launch_fwd<double>(p, s); break;
-  }
+  detail::dispatch_dtype(dtype, [&](auto tag) { launch_fwd<typename decltype(tag)::type>(p, s); });
 }
 
 void temporal_attn_bwd(const AttnParams& p, DType dtype, void* stream) {
   if (p.B * p.N * p.H * p.T == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case DType::kFloat16: launch_bwd<__half>(p, s); break;
-    case DType::kBFloat16: launch_bwd<__nv_bfloat16>(p, s); break;
-    case DType::kFloat32: launch_bwd<float>(p, s); break;
-    case DType::kFloat64: launch_bwd<double>(p, s); break;
-  }
+  detail::dispatch_dtype(dtype, [&](auto tag) { launch_bwd<typename decltype(tag)::type>(p, s); });
 }
 
 }  // namespace temporal_kernels

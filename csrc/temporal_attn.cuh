@@ -78,6 +78,22 @@ __device__ __forceinline__ float from_acc<float>(float x) { return x; }
 template <typename T>
 __device__ __forceinline__ T from_acc(double x) { return static_cast<T>(x); }
 
+// Host: calls f(DTypeTag<T>()) with the element type T of dtype (the launchers' dtype dispatch).
+template <typename T>
+struct DTypeTag {
+  using type = T;
+};
+
+template <typename F>
+void dispatch_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat16: f(DTypeTag<__half>()); break;
+    case DType::kBFloat16: f(DTypeTag<__nv_bfloat16>()); break;
+    case DType::kFloat32: f(DTypeTag<float>()); break;
+    case DType::kFloat64: f(DTypeTag<double>()); break;
+  }
+}
+
 template <typename A>
 __device__ __forceinline__ A inf() {
   return static_cast<A>(INFINITY);
@@ -163,6 +179,18 @@ __device__ __forceinline__ void smem_chunk(const T* src, A (&x)[kChunk]) {
 }
 
 template <typename A>
+__device__ __forceinline__ void zero_chunk(A (&x)[kChunk]) {
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) x[i] = A(0);
+}
+
+template <typename A>
+__device__ __forceinline__ void scale_chunk(A (&x)[kChunk], A scale) {
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) x[i] *= scale;
+}
+
+template <typename A>
 __device__ __forceinline__ A dot_chunk(const A (&a)[kChunk], const A (&b)[kChunk]) {
   A s = A(0);
 #pragma unroll
@@ -175,6 +203,11 @@ template <typename A>
 __device__ __forceinline__ A row_sum(A x, int S, unsigned mask) {
   for (int off = S >> 1; off > 0; off >>= 1) x += __shfl_xor_sync(mask, x, off);
   return x;
+}
+
+// Elements of chunk c that lie inside the head dim D.
+__device__ __forceinline__ int chunk_valid(int64_t D, int c) {
+  return static_cast<int>(max(int64_t(0), min(int64_t(kChunk), D - int64_t(c) * kChunk)));
 }
 
 // Team shape of one launch (see the file comment); chosen on the host by team_shape().
@@ -201,10 +234,74 @@ __device__ __forceinline__ Lane lane_of(const Shape& sh, int64_t D) {
   l.r = in_team / sh.S;
   l.s = in_team % sh.S;
   l.d0 = l.s * kChunk;
-  l.n_valid = static_cast<int>(max(int64_t(0), min(int64_t(kChunk), D - l.d0)));
+  l.n_valid = chunk_valid(D, l.s);
   const int lane = tid & 31;
   l.mask = sh.S == 32 ? 0xffffffffu : (((1u << sh.S) - 1u) << (lane & ~(sh.S - 1)));
   return l;
+}
+
+// Inner steps of the kernels (temporal and spatial_attn.cuh's), one key (or query) row at a time,
+// its rows staged in shared memory at this lane's chunk. Scores are in base 2; the S lanes of a
+// row reduce their dot products with row_sum, so every lane holds the same score.
+
+// Forward: folds key row (k_row, v_row) into the online softmax of query row qv (pre-scaled):
+// running max m, running sum l, unnormalized output acc.
+template <typename T, typename A>
+__device__ __forceinline__ void softmax_step(const A (&qv)[kChunk], const T* k_row, const T* v_row, const Shape& sh,
+                                             const Lane& ln, A& m, A& l, A (&acc)[kChunk]) {
+  A kc[kChunk];
+  smem_chunk(k_row, kc);
+  const A sc = row_sum(dot_chunk(qv, kc), sh.S, ln.mask);
+  if (sc > m) {  // uniform over the row's lanes: they hold the same score
+    const A corr = exp2_(m - sc);
+    l *= corr;
+#pragma unroll
+    for (int i = 0; i < kChunk; ++i) acc[i] *= corr;
+    m = sc;
+  }
+  const A pr = exp2_(sc - m);
+  l += pr;
+  A vc[kChunk];
+  smem_chunk(v_row, vc);
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) acc[i] += pr * vc[i];
+}
+
+// dQ: adds dS * k of key row (k_row, v_row) to acc for query row qv (pre-scaled), dov, with the
+// row's lse2 (base 2) and delta.
+template <typename T, typename A>
+__device__ __forceinline__ void dq_step(const A (&qv)[kChunk], const A (&dov)[kChunk], A lse2, A dlt, const T* k_row,
+                                        const T* v_row, const Shape& sh, const Lane& ln, A (&acc)[kChunk]) {
+  A kc[kChunk], vc[kChunk];
+  smem_chunk(k_row, kc);
+  smem_chunk(v_row, vc);
+  const A sc = row_sum(dot_chunk(qv, kc), sh.S, ln.mask);
+  const A dp = row_sum(dot_chunk(dov, vc), sh.S, ln.mask);
+  const A ds = exp2_(sc - lse2) * (dp - dlt);
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) acc[i] += ds * kc[i];
+}
+
+// dK, dV: adds P * dO and dS * q of query row (q_row, do_row), with its lse2 (base 2) and delta,
+// to the accumulators of key row (k_row, v_row). kScoreScaled: the score is k_row . q times
+// qk_scale (k_row not pre-scaled); else k_row . q.
+template <bool kScoreScaled, typename T, typename A>
+__device__ __forceinline__ void dkdv_step(const A (&k_row)[kChunk], const A (&v_row)[kChunk], A qk_scale,
+                                          const T* q_row, const T* do_row, A lse2, A dlt, const Shape& sh,
+                                          const Lane& ln, A (&dk_acc)[kChunk], A (&dv_acc)[kChunk]) {
+  A qc[kChunk], doc[kChunk];
+  smem_chunk(q_row, qc);
+  smem_chunk(do_row, doc);
+  A sc = row_sum(dot_chunk(qc, k_row), sh.S, ln.mask);
+  if constexpr (kScoreScaled) sc = sc * qk_scale;
+  const A dp = row_sum(dot_chunk(doc, v_row), sh.S, ln.mask);
+  const A pr = exp2_(sc - lse2);
+  const A ds = pr * (dp - dlt);
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) {
+    dv_acc[i] += pr * doc[i];
+    dk_acc[i] += ds * qc[i];
+  }
 }
 
 // Valid frames of batch b, clamped to [0, T] (the public API validates the values; a direct op
@@ -214,9 +311,43 @@ __device__ __forceinline__ int frames_of(const AttnParams& p, int64_t b) {
   return static_cast<int>(min(max(p.frame_lens[b], int64_t(0)), p.T));
 }
 
+// The (b, n, h) group g of a team; an inactive team (g past the last group) reads group 0 and
+// sees no frame.
+struct Group {
+  bool active;
+  int64_t b, n, h;
+  int len;  // valid frames
+};
+
+__device__ __forceinline__ Group group_of(const AttnParams& p, int64_t g) {
+  Group r;
+  r.active = g < p.B * p.N * p.H;
+  r.h = r.active ? g % p.H : 0;
+  r.n = r.active ? (g / p.H) % p.N : 0;
+  r.b = r.active ? g / (p.H * p.N) : 0;
+  r.len = !r.active ? 0 : frames_of(p, r.b);
+  return r;
+}
+
 // Element offset of the (b, n, h) group in a tensor with (b, t, n, h, d) strides.
 __device__ __forceinline__ int64_t group_offset(const int64_t (&st)[5], int64_t b, int64_t n, int64_t h) {
   return b * st[kB] + n * st[kN] + h * st[kH];
+}
+
+// Stages frames [j0, j0 + rows) of two (b, n, h) groups x, y (strides xs, ys) into [KT, S*8]
+// tiles (all threads of the team).
+template <typename T>
+__device__ __forceinline__ void stage_frames(T* x_tile, const T* x, const int64_t (&xs)[5], T* y_tile, const T* y,
+                                             const int64_t (&ys)[5], int j0, int rows, const Shape& sh,
+                                             const Lane& ln, int64_t D, bool vec) {
+  const int row_elems = sh.S * kChunk;
+  for (int i = ln.r * sh.S + ln.s; i < rows * sh.S; i += sh.team) {
+    const int jr = i / sh.S, c = i % sh.S;
+    const int nv = chunk_valid(D, c);
+    const int j = j0 + jr;
+    stage_chunk(x_tile + jr * row_elems + c * kChunk, x + j * xs[kT] + c * kChunk, nv, vec);
+    stage_chunk(y_tile + jr * row_elems + c * kChunk, y + j * ys[kT] + c * kChunk, nv, vec);
+  }
 }
 
 template <typename T>
@@ -241,16 +372,14 @@ __global__ void __launch_bounds__(kThreads) temporal_fwd_kernel(const AttnParams
   // The loop bounds depend on the block only, so every thread reaches every barrier.
   for (int64_t base = static_cast<int64_t>(blockIdx.x) * sh.gpb; base < G;
        base += static_cast<int64_t>(gridDim.x) * sh.gpb) {
-    const int64_t g = base + ln.team;
-    const bool active = g < G;
-    const int64_t h = active ? g % p.H : 0;
-    const int64_t n = active ? (g / p.H) % p.N : 0;
-    const int64_t b = active ? g / (p.H * p.N) : 0;
-    const int len = !active ? 0 : frames_of(p, b);
-    const T* q_g = q + group_offset(p.q_stride, b, n, h) + ln.d0;
-    const T* k_g = k + group_offset(p.k_stride, b, n, h) + ln.d0;
-    const T* v_g = v + group_offset(p.v_stride, b, n, h) + ln.d0;
-    T* out_g = out + group_offset(p.out_stride, b, n, h) + ln.d0;
+    const Group grp = group_of(p, base + ln.team);
+    const bool active = grp.active;
+    const int64_t b = grp.b, n = grp.n, h = grp.h;
+    const int len = grp.len;
+    const T* q_g = q + group_offset(p.q_stride, b, n, h);
+    const T* k_g = k + group_offset(p.k_stride, b, n, h);
+    const T* v_g = v + group_offset(p.v_stride, b, n, h);
+    T* out_g = out + group_offset(p.out_stride, b, n, h);
     A* lse_g = lse + (b * p.H + h) * T_ * p.N + n;  // row t at lse_g[t * N]
 
     for (int t0 = 0; t0 < T_; t0 += sh.R) {
@@ -261,50 +390,26 @@ __global__ void __launch_bounds__(kThreads) temporal_fwd_kernel(const AttnParams
 
       A qv[kChunk];
       if (live) {
-        load_chunk(q_g + t * p.q_stride[kT], ln.n_valid, p.vec16, qv);
-#pragma unroll
-        for (int i = 0; i < kChunk; ++i) qv[i] *= qk_scale;
+        load_chunk(q_g + t * p.q_stride[kT] + ln.d0, ln.n_valid, p.vec16, qv);
+        scale_chunk(qv, qk_scale);
       }
       A m = -inf<A>();
       A l = A(0);
       A acc[kChunk];
-#pragma unroll
-      for (int i = 0; i < kChunk; ++i) acc[i] = A(0);
+      zero_chunk(acc);
 
       for (int j0 = 0; j0 < T_; j0 += sh.KT) {
         const int kt = min(sh.KT, T_ - j0);
         if (!single_tile || t0 == 0) {
           __syncthreads();  // the previous tile is no longer read
           const int rows = max(0, min(kt, len - j0));
-          for (int i = ln.r * sh.S + ln.s; i < rows * sh.S; i += sh.team) {
-            const int jr = i / sh.S, c = i % sh.S;
-            const int nv = static_cast<int>(max(int64_t(0), min(int64_t(kChunk), p.D - c * kChunk)));
-            const int j = j0 + jr;
-            const T* k_src = k_g - ln.d0 + j * p.k_stride[kT] + c * kChunk;  // k_g: this lane's chunk
-            const T* v_src = v_g - ln.d0 + j * p.v_stride[kT] + c * kChunk;
-            stage_chunk(k_tile + jr * row_elems + c * kChunk, k_src, nv, p.vec16);
-            stage_chunk(v_tile + jr * row_elems + c * kChunk, v_src, nv, p.vec16);
-          }
+          stage_frames(k_tile, k_g, p.k_stride, v_tile, v_g, p.v_stride, j0, rows, sh, ln, p.D, p.vec16);
           __syncthreads();
         }
         const int j_end = min(kv_end, j0 + kt);
         for (int j = j0; j < j_end; ++j) {
-          A kc[kChunk];
-          smem_chunk(k_tile + (j - j0) * row_elems + ln.d0, kc);
-          const A sc = row_sum(dot_chunk(qv, kc), sh.S, ln.mask);
-          if (sc > m) {  // uniform over the row's lanes: they hold the same score
-            const A corr = exp2_(m - sc);
-            l *= corr;
-#pragma unroll
-            for (int i = 0; i < kChunk; ++i) acc[i] *= corr;
-            m = sc;
-          }
-          const A pr = exp2_(sc - m);
-          l += pr;
-          A vc[kChunk];
-          smem_chunk(v_tile + (j - j0) * row_elems + ln.d0, vc);
-#pragma unroll
-          for (int i = 0; i < kChunk; ++i) acc[i] += pr * vc[i];
+          softmax_step(qv, k_tile + (j - j0) * row_elems + ln.d0, v_tile + (j - j0) * row_elems + ln.d0, sh, ln, m, l,
+                       acc);
         }
       }
 
@@ -312,7 +417,7 @@ __global__ void __launch_bounds__(kThreads) temporal_fwd_kernel(const AttnParams
         const A inv = l > A(0) ? A(1) / l : A(0);
 #pragma unroll
         for (int i = 0; i < kChunk; ++i) acc[i] *= inv;
-        if (ln.n_valid > 0) store_chunk(out_g + t * p.out_stride[kT], ln.n_valid, p.vec16, acc);
+        if (ln.n_valid > 0) store_chunk(out_g + t * p.out_stride[kT] + ln.d0, ln.n_valid, p.vec16, acc);
         if (ln.s == 0) {
           lse_g[t * p.N] = live ? (m + log2_(l)) * static_cast<A>(kLn2) : -inf<A>();
         }
@@ -354,12 +459,10 @@ __global__ void __launch_bounds__(kThreads) temporal_bwd_kernel(const AttnParams
 
   for (int64_t base = static_cast<int64_t>(blockIdx.x) * sh.gpb; base < G;
        base += static_cast<int64_t>(gridDim.x) * sh.gpb) {
-    const int64_t g = base + ln.team;
-    const bool active = g < G;
-    const int64_t h = active ? g % p.H : 0;
-    const int64_t n = active ? (g / p.H) % p.N : 0;
-    const int64_t b = active ? g / (p.H * p.N) : 0;
-    const int len = !active ? 0 : frames_of(p, b);
+    const Group grp = group_of(p, base + ln.team);
+    const bool active = grp.active;
+    const int64_t b = grp.b, n = grp.n, h = grp.h;
+    const int len = grp.len;
     const T* q_g = q + group_offset(p.q_stride, b, n, h);
     const T* k_g = k + group_offset(p.k_stride, b, n, h);
     const T* v_g = v + group_offset(p.v_stride, b, n, h);
@@ -384,40 +487,26 @@ __global__ void __launch_bounds__(kThreads) temporal_bwd_kernel(const AttnParams
         load_chunk(q_g + t * p.q_stride[kT] + ln.d0, ln.n_valid, p.vec16, qv);
         load_chunk(do_g + t * p.dout_stride[kT] + ln.d0, ln.n_valid, p.vec16, dov);
         load_chunk(o_g + t * p.out_stride[kT] + ln.d0, ln.n_valid, p.vec16, ov);
-#pragma unroll
-        for (int i = 0; i < kChunk; ++i) qv[i] *= qk_scale;
+        scale_chunk(qv, qk_scale);
         dlt = row_sum(dot_chunk(dov, ov), sh.S, ln.mask);
         lse2 = lse[stat0 + t * p.N] * log2e;
         if (ln.s == 0) delta[stat0 + t * p.N] = dlt;
       }
       A acc[kChunk];
-#pragma unroll
-      for (int i = 0; i < kChunk; ++i) acc[i] = A(0);
+      zero_chunk(acc);
 
       for (int j0 = 0; j0 < T_; j0 += sh.KT) {
         const int kt = min(sh.KT, T_ - j0);
         if (!single_tile || t0 == 0) {
           __syncthreads();
           const int rows = max(0, min(kt, len - j0));
-          for (int i = ln.r * sh.S + ln.s; i < rows * sh.S; i += sh.team) {
-            const int jr = i / sh.S, c = i % sh.S;
-            const int nv = static_cast<int>(max(int64_t(0), min(int64_t(kChunk), p.D - c * kChunk)));
-            const int j = j0 + jr;
-            stage_chunk(x_tile + jr * row_elems + c * kChunk, k_g + j * p.k_stride[kT] + c * kChunk, nv, p.vec16);
-            stage_chunk(y_tile + jr * row_elems + c * kChunk, v_g + j * p.v_stride[kT] + c * kChunk, nv, p.vec16);
-          }
+          stage_frames(x_tile, k_g, p.k_stride, y_tile, v_g, p.v_stride, j0, rows, sh, ln, p.D, p.vec16);
           __syncthreads();
         }
         const int j_end = min(kv_end, j0 + kt);
         for (int j = j0; j < j_end; ++j) {
-          A kc[kChunk], vc[kChunk];
-          smem_chunk(x_tile + (j - j0) * row_elems + ln.d0, kc);
-          smem_chunk(y_tile + (j - j0) * row_elems + ln.d0, vc);
-          const A sc = row_sum(dot_chunk(qv, kc), sh.S, ln.mask);
-          const A dp = row_sum(dot_chunk(dov, vc), sh.S, ln.mask);
-          const A ds = exp2_(sc - lse2) * (dp - dlt);
-#pragma unroll
-          for (int i = 0; i < kChunk; ++i) acc[i] += ds * kc[i];
+          dq_step(qv, dov, lse2, dlt, x_tile + (j - j0) * row_elems + ln.d0, y_tile + (j - j0) * row_elems + ln.d0,
+                  sh, ln, acc);
         }
       }
       if (row && ln.n_valid > 0) {
@@ -441,42 +530,28 @@ __global__ void __launch_bounds__(kThreads) temporal_bwd_kernel(const AttnParams
         load_chunk(v_g + j * p.v_stride[kT] + ln.d0, ln.n_valid, p.vec16, v_row);
       }
       A dk_acc[kChunk], dv_acc[kChunk];
-#pragma unroll
-      for (int i = 0; i < kChunk; ++i) dk_acc[i] = dv_acc[i] = A(0);
+      zero_chunk(dk_acc);
+      zero_chunk(dv_acc);
 
       for (int i0 = 0; i0 < T_; i0 += sh.KT) {
         const int kt = min(sh.KT, T_ - i0);
         if (!single_tile || j0 == 0) {
           __syncthreads();
           const int rows = max(0, min(kt, len - i0));
-          for (int i = ln.r * sh.S + ln.s; i < rows * sh.S; i += sh.team) {
-            const int tr = i / sh.S, c = i % sh.S;
-            const int nv = static_cast<int>(max(int64_t(0), min(int64_t(kChunk), p.D - c * kChunk)));
+          stage_frames(x_tile, q_g, p.q_stride, y_tile, do_g, p.dout_stride, i0, rows, sh, ln, p.D, p.vec16);
+          for (int tr = ln.r * sh.S + ln.s; tr < rows; tr += sh.team) {
             const int t = i0 + tr;
-            stage_chunk(x_tile + tr * row_elems + c * kChunk, q_g + t * p.q_stride[kT] + c * kChunk, nv, p.vec16);
-            stage_chunk(y_tile + tr * row_elems + c * kChunk, do_g + t * p.dout_stride[kT] + c * kChunk, nv, p.vec16);
-            if (c == 0) {
-              lse2_tile[tr] = lse[stat0 + t * p.N] * log2e;
-              delta_tile[tr] = delta[stat0 + t * p.N];
-            }
+            lse2_tile[tr] = lse[stat0 + t * p.N] * log2e;
+            delta_tile[tr] = delta[stat0 + t * p.N];
           }
           __syncthreads();
         }
         const int t_begin = live ? max(q_begin, i0) : i0;
         const int t_end = live ? min(len, i0 + kt) : i0;
         for (int t = t_begin; t < t_end; ++t) {
-          A qc[kChunk], doc[kChunk];
-          smem_chunk(x_tile + (t - i0) * row_elems + ln.d0, qc);
-          smem_chunk(y_tile + (t - i0) * row_elems + ln.d0, doc);
-          const A sc = row_sum(dot_chunk(qc, k_row), sh.S, ln.mask) * qk_scale;
-          const A dp = row_sum(dot_chunk(doc, v_row), sh.S, ln.mask);
-          const A pr = exp2_(sc - lse2_tile[t - i0]);
-          const A ds = pr * (dp - delta_tile[t - i0]);
-#pragma unroll
-          for (int i = 0; i < kChunk; ++i) {
-            dv_acc[i] += pr * doc[i];
-            dk_acc[i] += ds * qc[i];
-          }
+          dkdv_step<true>(k_row, v_row, qk_scale, x_tile + (t - i0) * row_elems + ln.d0,
+                          y_tile + (t - i0) * row_elems + ln.d0, lse2_tile[t - i0], delta_tile[t - i0], sh, ln, dk_acc,
+                          dv_acc);
         }
       }
       if (row && ln.n_valid > 0) {
