@@ -27,11 +27,12 @@ no ``atomicAdd`` in csrc/; every output element has exactly one writer):
 | temporal, short T (one pass) | deterministic: one program per group, no atomics         | deterministic |
 | temporal, tiled T (FA2 bwd)  | deterministic: dK/dV and dQ kernels own their rows       | deterministic |
 | temporal_qkvpacked           | deterministic: the same kernels write dqkv's slices      | deterministic |
-| spatial (+CLS)               | deterministic: CLS grads are per-frame partials, summed by torch | not served |
-| joint                        | deterministic                                            | not served    |
+| spatial (+CLS)               | deterministic: CLS grads are per-frame partials, summed by torch | deterministic: CLS partials summed in a fixed order |
+| joint                        | deterministic                                            | deterministic |
 | factorized                   | deterministic                                            | not served    |
 
-So no case is marked xfail; a failure of ``test_backward_is_bitwise_reproducible`` is a bug.
+So no case is marked xfail; a failure of ``test_backward_is_bitwise_reproducible`` is a bug (one
+was seen for the Triton spatial backward at 276626d: see notes/STATUS.md).
 """
 
 from __future__ import annotations
