@@ -294,28 +294,10 @@ def main(argv=None) -> None:
         dkdv, dq = sa._bwd_configs(D, dtype)
         return tuple(dkdv if kernel == "bwd_dkdv" else dq)
 
-    def graph_time_ms(fns) -> float:
-        """Median ms of one call, timed as CUDA-graph replays of ``fns`` run back to back (each on its
-        own inputs, so the working set exceeds L2 as in a real model)."""
-        for fn in fns:
-            fn()
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for fn in fns:
-                fn()
-        times = []
-        for _ in range(25):
-            t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            t0.record()
-            graph.replay()
-            t1.record()
-            torch.cuda.synchronize()
-            times.append(t0.elapsed_time(t1) / len(fns))
-        return sorted(times)[len(times) // 2]
-
     def time_ms(fns) -> float:
         if device == "cuda":
+            from tune_temporal import graph_time_ms  # the same CUDA-graph timing as the temporal sweep
+
             return graph_time_ms(fns)
         t0 = time.perf_counter()
         for fn in fns:

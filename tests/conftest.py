@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import torch
 
 # On a machine without a GPU the Triton kernels run in the Triton interpreter; the variable must
@@ -12,7 +13,6 @@ torch.backends.cudnn.allow_tf32 = False
 
 
 if torch.cuda.is_available():
-    import pytest
 
     @pytest.fixture(autouse=True)
     def _release_cached_gpu_memory():
@@ -34,3 +34,13 @@ def pytest_collection_modifyitems(config, items):
     keep = [item for idx, item in enumerate(items) if idx % n == i - 1]
     config.hook.pytest_deselected(items=[item for idx, item in enumerate(items) if idx % n != i - 1])
     items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def emu(tmp_path_factory):
+    """The csrc kernels built for the host emulation (tests/emu_harness.py), once per session."""
+    from emu_harness import CXX, build_emu
+
+    if CXX is None:
+        pytest.skip("g++ is not installed")
+    return build_emu(tmp_path_factory.mktemp("emu"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 
 import torch
 
@@ -39,6 +40,41 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     denom = ref.norm().item()
     num = (out - ref).norm().item()
     return num / denom if denom > 0 else num
+
+
+# (causal, frame_lens) combinations of the masked ops
+MASKS = [(False, False), (True, False), (False, True), (True, True)]
+
+
+def assert_close(name: str, got: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, zero_expected=False) -> None:
+    """SPEC §3: same shape, finite, relative error within the dtype's bound. A quantity that is 0
+    in exact arithmetic (e.g. dq, dk with one key) is held to the bound in absolute terms."""
+    assert got.shape == ref.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
+    assert torch.isfinite(got).all(), f"{name}: {int((~torch.isfinite(got)).sum())} non-finite values"
+    err = (got.double() - ref.double()).norm().item() if zero_expected else rel_err(got, ref)
+    assert err <= BOUNDS[dtype], f"{name}: error {err:.3e} > {BOUNDS[dtype]:.1e} ({dtype})"
+
+
+def seeded(*key) -> torch.Generator:
+    """A CPU generator seeded from ``key`` (crc32 of its repr: the same in every process, which
+    ``hash()`` of a string is not)."""
+    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
+
+
+def padded_rows(B: int, T: int, frame_lens, device=DEVICE) -> torch.Tensor:
+    """bool ``[B, T]``: the frames that are padding (all False without ``frame_lens``)."""
+    if frame_lens is None:
+        return torch.zeros(B, T, dtype=torch.bool, device=device)
+    return torch.arange(T, device=device)[None, :] >= frame_lens.to(device)[:, None]
+
+
+def poison_allocator(nbytes: int) -> None:
+    """Leaves NaN in the caching allocator's free blocks (its large pool, and its small pool of
+    sub-MiB blocks), so an output element a kernel forgets to write is likely to read as NaN
+    (the ops allocate their outputs with torch.empty)."""
+    blocks = [torch.full((nbytes // 4 + 1024,), float("nan"), device=DEVICE)]
+    blocks += [torch.full((1 << 16,), float("nan"), device=DEVICE) for _ in range(64)]
+    del blocks
 
 
 def packed_qkv(layout: str, B, T, N, H, D, dtype=torch.float32, device=DEVICE, generator=None) -> torch.Tensor:

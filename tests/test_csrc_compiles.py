@@ -87,40 +87,13 @@ def test_csrc_compiles_for_sm90(tmp_path):
 
 import ctypes  # noqa: E402
 
-from helpers import BOUNDS, LAYOUTS, case_id, frame_lens_for, make_qkv, packed_qkv, rel_err  # noqa: E402
+from emu_harness import DTYPE_CODE, aligned16, unit_last  # noqa: E402
+from helpers import BOUNDS, LAYOUTS, case_id, frame_lens_for, make_qkv, packed_qkv, rel_err, seeded  # noqa: E402
 
 from temporal_kernels import reference  # noqa: E402
 from temporal_kernels._layout import empty_like_packed, empty_like_video  # noqa: E402
 
-CXX = shutil.which("g++")
-_DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
-_ALL_DTYPES = list(_DTYPE_CODE)
-
-
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    if CXX is None:
-        pytest.skip("g++ is not installed")
-    so = tmp_path_factory.mktemp("emu") / "emu.so"
-    cmd = [CXX, "-O1", "-std=c++20", "-shared", "-fPIC", f"-I{ROOT / 'csrc'}",
-           str(ROOT / "tests" / "csrc_emu" / "emu.cpp"), "-o", str(so)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
-    lib = ctypes.CDLL(str(so))
-    lib.emu_temporal.restype = None
-    return lib
-
-
-def _aligned16(*xs) -> bool:
-    """ops.cpp's check: base pointers and the strides of axes b, t, n, h on 16 bytes."""
-    return all(
-        x.data_ptr() % 16 == 0 and all(x.stride(i) * x.element_size() % 16 == 0 for i in range(4) if x.shape[i] > 1)
-        for x in xs
-    )
-
-
-def _unit_last(x):
-    return x if x.shape[-1] <= 1 or x.stride(-1) == 1 else x.contiguous()
+_ALL_DTYPES = list(DTYPE_CODE)
 
 
 def _emu_call(lib, backward, tensors, frame_lens, causal, scale, vec16, max_grid):
@@ -133,7 +106,7 @@ def _emu_call(lib, backward, tensors, frame_lens, causal, scale, vec16, max_grid
     lens = None if frame_lens is None else frame_lens.to(torch.int64).contiguous()
     shape_out = (ctypes.c_int64 * 7)()
     lib.emu_temporal(
-        ctypes.c_int(int(backward)), ctypes.c_int(_DTYPE_CODE[q.dtype]), ptrs, strides, sizes,
+        ctypes.c_int(int(backward)), ctypes.c_int(DTYPE_CODE[q.dtype]), ptrs, strides, sizes,
         ctypes.c_double(scale), ctypes.c_int(int(causal)),
         None if lens is None else ctypes.c_void_p(lens.data_ptr()),
         ctypes.c_int(int(vec16)), ctypes.c_int64(max_grid), shape_out,
@@ -147,8 +120,8 @@ def _emu_temporal(lib, q, k, v, dout, frame_lens, causal, scale, *, vec16=None, 
     stat = torch.float64 if q.dtype == torch.float64 else torch.float32
     B, T, N, H, _ = q.shape
     lse = torch.full((B, H, T, N), float("nan"), dtype=stat)
-    q, k, v, dout = _unit_last(q), _unit_last(k), _unit_last(v), _unit_last(dout)
-    fwd_vec = _aligned16(q, k, v, out) if vec16 is None else vec16
+    q, k, v, dout = unit_last(q), unit_last(k), unit_last(v), unit_last(dout)
+    fwd_vec = aligned16(q, k, v, out) if vec16 is None else vec16
     shape = _emu_call(lib, False, [q, k, v, out, lse, None, None, None, None, None], frame_lens, causal, scale,
                       fwd_vec, max_grid)
     if dqkv is not None:
@@ -156,14 +129,14 @@ def _emu_temporal(lib, q, k, v, dout, frame_lens, causal, scale, *, vec16=None, 
     else:
         dq, dk, dv = (empty_like_video(x).fill_(float("nan")) for x in (q, k, v))
     delta = torch.full_like(lse, float("nan"))
-    bwd_vec = _aligned16(q, k, v, out, dout, dq, dk, dv) if vec16 is None else vec16
+    bwd_vec = aligned16(q, k, v, out, dout, dq, dk, dv) if vec16 is None else vec16
     _emu_call(lib, True, [q, k, v, out, lse, dout, dq, dk, dv, delta], frame_lens, causal, scale, bwd_vec, max_grid)
     return out, lse, (dq, dk, dv), shape
 
 
 def _check_emulated(lib, shape, layout, causal, lens, dtype, *, vec16=None, max_grid=0, packed=False, gen=None):
     B, T, N, H, D = shape
-    gen = gen or torch.Generator().manual_seed(hash((shape, layout, causal, lens, str(dtype))) % 2**31)
+    gen = gen or seeded(shape, layout, causal, lens, str(dtype))
     if packed:
         qkv = packed_qkv(layout, B, T, N, H, D, dtype=dtype, device="cpu", generator=gen)
         q, k, v = qkv.unbind(3)

@@ -11,50 +11,18 @@ scratch buffer is NaN-poisoned, as are the dout rows of padded joint frames (nev
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import BOUNDS, LAYOUTS, case_id, frame_lens_for, make_qkv, packed_qkv, rel_err
+from emu_harness import DTYPE_CODE, aligned16, unit_last
+from helpers import assert_close, case_id, frame_lens_for, LAYOUTS, make_qkv, MASKS, packed_qkv, seeded
 
 from temporal_kernels import reference
 from temporal_kernels._layout import empty_like_cls_out, empty_like_packed, empty_like_video
 
-ROOT = Path(__file__).resolve().parents[1]
-CXX = shutil.which("g++")
-_DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 SPATIAL, JOINT = 0, 1
 NAN = float("nan")
-
-
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    if CXX is None:
-        pytest.skip("g++ is not installed")
-    so = tmp_path_factory.mktemp("emu_spatial") / "emu.so"
-    cmd = [CXX, "-O1", "-std=c++20", "-shared", "-fPIC", f"-I{ROOT / 'csrc'}",
-           str(ROOT / "tests" / "csrc_emu" / "emu.cpp"), "-o", str(so)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
-    lib = ctypes.CDLL(str(so))
-    lib.emu_spatial.restype = None
-    return lib
-
-
-def _aligned16(*xs) -> bool:
-    """ops.cpp's check: base pointers and the strides of every axis but the last on 16 bytes."""
-    return all(
-        x.data_ptr() % 16 == 0
-        and all(x.stride(i) * x.element_size() % 16 == 0 for i in range(x.dim() - 1) if x.shape[i] > 1)
-        for x in xs
-    )
-
-
-def _unit_last(x):
-    return x if x is None or x.shape[-1] <= 1 or x.stride(-1) == 1 else x.contiguous()
 
 
 def _ptr(x):
@@ -80,7 +48,7 @@ def _call(lib, backward, mode, main, cls_bufs, frame_lens, causal, scale, vec16,
     lens = None if frame_lens is None else frame_lens.to(torch.int64).contiguous()
     shape_out = (ctypes.c_int64 * 6)()
     lib.emu_spatial(
-        ctypes.c_int(int(backward)), ctypes.c_int(_DTYPE_CODE[q.dtype]), ctypes.c_int(mode), ptrs, strides,
+        ctypes.c_int(int(backward)), ctypes.c_int(DTYPE_CODE[q.dtype]), ctypes.c_int(mode), ptrs, strides,
         (ctypes.c_int64 * 5)(*q.shape), ctypes.c_double(scale), ctypes.c_int(int(causal)),
         None if lens is None else ctypes.c_void_p(lens.data_ptr()), ctypes.c_int(int(c[0] is not None)),
         cls_ptrs, cls_strides, ctypes.c_int(int(vec16)), ctypes.c_int64(max_grid), shape_out,
@@ -95,15 +63,15 @@ def emu_attention(lib, mode, q, k, v, dout, *, cls=None, dcls_out=None, frame_le
     Returns ``(out, cls_out, lse, lse_cls, grads, launches)`` with grads ``(dq, dk, dv[, dq_cls, dk_cls, dv_cls])``."""
     B, T, N, H, D = q.shape
     stat = torch.float64 if q.dtype == torch.float64 else torch.float32
-    q, k, v, dout, dcls_out = (_unit_last(x) for x in (q, k, v, dout, dcls_out))
-    cls = tuple(_unit_last(c) for c in cls) if cls is not None else None
+    q, k, v, dout, dcls_out = (unit_last(x) for x in (q, k, v, dout, dcls_out))
+    cls = tuple(unit_last(c) for c in cls) if cls is not None else None
     out = empty_like_video(q).fill_(NAN)
     lse = torch.full((B, H, T, N), NAN, dtype=stat)
     cls_out = empty_like_cls_out(q).fill_(NAN) if cls else None
     lse_cls = torch.full((B, H, T), NAN, dtype=stat) if cls else None
     cls_in = cls or (None,) * 3
     no_cls_bwd = (None,) * 8
-    fwd_vec = _aligned16(q, k, v, out, *(cls or ()), *((cls_out,) if cls else ())) if vec16 is None else vec16
+    fwd_vec = aligned16(q, k, v, out, *(cls or ()), *((cls_out,) if cls else ())) if vec16 is None else vec16
     launches = [_call(lib, False, mode, [q, k, v, out, lse, None, None, None, None, None],
                       [*cls_in, cls_out, lse_cls, *no_cls_bwd], frame_lens, causal, scale, fwd_vec, max_grid)]
 
@@ -127,20 +95,10 @@ def emu_attention(lib, mode, q, k, v, dout, *, cls=None, dcls_out=None, frame_le
         cls_bwd = [None] * 13
     bwd_vec = vec16
     if vec16 is None:
-        bwd_vec = _aligned16(q, k, v, out, dout, dq, dk, dv, *((*cls, cls_out, dcls_out) if cls else ()))
+        bwd_vec = aligned16(q, k, v, out, dout, dq, dk, dv, *((*cls, cls_out, dcls_out) if cls else ()))
     launches.append(_call(lib, True, mode, [q, k, v, out, lse, dout, dq, dk, dv, delta], cls_bwd, frame_lens,
                           causal, scale, bwd_vec, max_grid))
     return out, cls_out, lse, lse_cls, (dq, dk, dv) + tuple(dcls), launches
-
-
-def _assert_close(name, got, ref, dtype):
-    assert got.shape == ref.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
-    err = rel_err(got, ref)
-    assert err <= BOUNDS[dtype], f"{name}: {err:.3e} > {BOUNDS[dtype]:.0e}"
-
-
-def _gen(*key) -> torch.Generator:
-    return torch.Generator().manual_seed(abs(hash(repr(key))) % 2**31)
 
 
 def _inputs(layout, shape, dtype, gen, packed):
@@ -157,7 +115,7 @@ def _inputs(layout, shape, dtype, gen, packed):
 
 def check_spatial(lib, shape, layout, dtype, with_cls, *, packed=False, scale=None, vec16=None, max_grid=0):
     B, T, N, H, D = shape
-    gen = _gen("spatial", shape, layout, str(dtype), with_cls, packed, scale, vec16, max_grid)
+    gen = seeded("spatial", shape, layout, str(dtype), with_cls, packed, scale, vec16, max_grid)
     qkv, (q, k, v) = _inputs(layout, shape, dtype, gen, packed)
     cls = cls_qkv = None
     if with_cls:
@@ -177,12 +135,12 @@ def check_spatial(lib, shape, layout, dtype, with_cls, *, packed=False, scale=No
     refs = ref if with_cls else (ref,)
     douts = (dout, dcls_out) if with_cls else (dout,)
     ref_grads = torch.autograd.grad(refs, leaves, [d.double() for d in douts])
-    _assert_close("out", out, refs[0], dtype)
+    assert_close("out", out, refs[0], dtype)
     if with_cls:
-        _assert_close("cls_out", cls_out, refs[1], dtype)
+        assert_close("cls_out", cls_out, refs[1], dtype)
     names = ("dq", "dk", "dv", "dq_cls", "dk_cls", "dv_cls")
     for name, g, r in zip(names, grads, ref_grads):
-        _assert_close(name, g, r, dtype)
+        assert_close(name, g, r, dtype)
     if packed:
         # the backward wrote the q/k/v slices of one dqkv (and dcls_qkv) in place
         assert grads[0].untyped_storage().data_ptr() == grads[2].untyped_storage().data_ptr()
@@ -194,8 +152,8 @@ def check_spatial(lib, shape, layout, dtype, with_cls, *, packed=False, scale=No
         logits = torch.cat([logits, torch.einsum("btnhd,bhd->bhtn", q64, kc)[..., None] * scale], dim=-1)
         self_logit = (qc * kc).sum(-1)[:, :, None, None].expand(B, H, T, 1)
         cls_logits = torch.cat([torch.einsum("bhd,btnhd->bhtn", qc, k64), self_logit], dim=-1) * scale
-        _assert_close("lse_cls", lse_cls, torch.logsumexp(cls_logits, -1), dtype)
-    _assert_close("lse", lse, torch.logsumexp(logits, -1), dtype)
+        assert_close("lse_cls", lse_cls, torch.logsumexp(cls_logits, -1), dtype)
+    assert_close("lse", lse, torch.logsumexp(logits, -1), dtype)
     return launches
 
 
@@ -250,7 +208,7 @@ def test_spatial_scalar_path_and_grid_stride(emu):
 
 def check_joint(lib, shape, layout, dtype, causal, lens, *, packed=False, max_grid=0):
     B, T, N, H, D = shape
-    gen = _gen("joint", shape, layout, str(dtype), causal, lens, packed, max_grid)
+    gen = seeded("joint", shape, layout, str(dtype), causal, lens, packed, max_grid)
     qkv, (q, k, v) = _inputs(layout, shape, dtype, gen, packed)
     frame_lens = frame_lens_for(B, T, device="cpu", generator=gen) if lens else None
     scale = D ** -0.5
@@ -267,9 +225,9 @@ def check_joint(lib, shape, layout, dtype, causal, lens, *, packed=False, max_gr
     leaves = [x.double().requires_grad_() for x in (q, k, v)]
     ref = reference.joint_attention(*leaves, causal=causal, frame_lens=frame_lens, scale=scale)
     ref_grads = torch.autograd.grad(ref, leaves, torch.nan_to_num(dout.double(), nan=0.0))
-    _assert_close("out", out, ref, dtype)
+    assert_close("out", out, ref, dtype)
     for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
-        _assert_close(name, g, r, dtype)
+        assert_close(name, g, r, dtype)
     for name, x in (("out", out), ("dq", grads[0]), ("dk", grads[1]), ("dv", grads[2])):
         assert (x[padded] == 0).all(), f"{name}: padded frames must be exactly 0"
 
@@ -283,15 +241,12 @@ def check_joint(lib, shape, layout, dtype, causal, lens, *, packed=False, max_gr
     visible &= ~padded[:, None, :]
     tok = tok.masked_fill(~visible[:, None, :, None, :, None], float("-inf")).flatten(-2)
     ref_lse = torch.logsumexp(tok, -1)
-    _assert_close("lse", lse[~lse_padded], ref_lse[~lse_padded], dtype)
+    assert_close("lse", lse[~lse_padded], ref_lse[~lse_padded], dtype)
     return launches
 
 
-_MASKS = [(False, False), (True, False), (False, True), (True, True)]
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=lambda d: case_id(dtype=d))
-@pytest.mark.parametrize("mask", _MASKS, ids=lambda m: case_id(causal=m[0], lens=m[1]) or "nomask")
+@pytest.mark.parametrize("mask", MASKS, ids=lambda m: case_id(causal=m[0], lens=m[1]) or "nomask")
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_joint(emu, layout, mask, dtype):
     causal, lens = mask

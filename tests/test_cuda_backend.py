@@ -9,15 +9,13 @@ second opinion, and torch.compile(fullgraph=True).
 
 from __future__ import annotations
 
-import zlib
-
 import pytest
 import torch
 
 import temporal_kernels as tk
 from temporal_kernels import _extension, reference
 
-from helpers import BOUNDS, DEVICE, LAYOUTS, case_id, frame_lens_for, leaves, make_qkv, packed_qkv, rel_err, temporal_lse_reference
+from helpers import assert_close, BOUNDS, case_id, DEVICE, frame_lens_for, LAYOUTS, leaves, make_qkv, MASKS, packed_qkv, padded_rows, poison_allocator, rel_err, seeded, temporal_lse_reference
 
 pytestmark = pytest.mark.skipif(
     "cuda" not in tk.available_backends(),
@@ -25,7 +23,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
-MASKS = [(False, False), (True, False), (False, True), (True, True)]  # (causal, frame_lens)
 
 # (B, T, N, H, D): odd sizes (B = 3 so frame_lens_for covers lengths T, 0 and 1), head dims that
 # are not multiples of 8 (partial chunks, scalar loads), T = 1.
@@ -47,10 +44,6 @@ SPEC_SHAPES = [
 ] + [(2, 8, 196, 8, d) for d in (40, 72, 80, 128, 160)]
 
 
-def _seed(*key) -> torch.Generator:
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
-
-
 def _reference(q, k, v, causal, frame_lens, scale, dout):
     """float64 output and gradients of the reference on the same values."""
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
@@ -59,47 +52,22 @@ def _reference(q, k, v, causal, frame_lens, scale, dout):
     return out.detach(), grads
 
 
-def _assert_close(name, got, ref, dtype, zero_expected=False):
-    """SPEC §3 bound; a quantity that is 0 in exact arithmetic (dq, dk with T = 1) is held to the
-    bound in absolute terms."""
-    if zero_expected:
-        err = (got.double() - ref).norm().item() if torch.isfinite(got).all() else float("inf")
-    else:
-        err = rel_err(got, ref)
-    assert err <= BOUNDS[dtype], f"{name}: error {err:.3e} > {BOUNDS[dtype]:.0e}"
-
-
-def _padded_rows(B, T, frame_lens):
-    if frame_lens is None:
-        return torch.zeros(B, T, dtype=torch.bool, device=DEVICE)
-    return torch.arange(T, device=DEVICE)[None, :] >= frame_lens.to(DEVICE)[:, None]
-
-
-def _poison_allocator(nbytes: int) -> None:
-    """Leaves NaN in the caching allocator's free blocks (its large pool, and its small pool of
-    sub-MiB blocks), so an output element the kernels forget to write is likely to read as NaN
-    (the ops allocate their outputs with torch.empty)."""
-    blocks = [torch.full((nbytes // 4 + 1024,), float("nan"), device=DEVICE)]
-    blocks += [torch.full((1 << 16,), float("nan"), device=DEVICE) for _ in range(64)]
-    del blocks
-
-
 def _check_temporal(shape, layout, causal, lens, dtype, gen):
     B, T, N, H, D = shape
     q, k, v = make_qkv(layout, B, T, N, H, D, dtype=dtype, requires_grad=True, generator=gen)
     frame_lens = frame_lens_for(B, T, generator=gen) if lens else None
     inputs_before = [x.detach().clone() for x in (q, k, v)]
-    _poison_allocator(8 * q.numel() * q.element_size())
+    poison_allocator(8 * q.numel() * q.element_size())
     out = tk.temporal_attention(q, k, v, causal=causal, frame_lens=frame_lens, backend="cuda")
     assert out.shape == q.shape and out.dtype == dtype
     dout = torch.randn(out.shape, dtype=torch.float64, generator=gen).to(DEVICE, dtype)
     grads = torch.autograd.grad(out, (q, k, v), dout)
 
     ref_out, ref_grads = _reference(q, k, v, causal, frame_lens, D ** -0.5, dout)
-    _assert_close("out", out, ref_out, dtype)
+    assert_close("out", out, ref_out, dtype)
     for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
-        _assert_close(name, g, r, dtype, zero_expected=(T == 1 and name != "dv"))
-    padded = _padded_rows(B, T, frame_lens)
+        assert_close(name, g, r, dtype, zero_expected=(T == 1 and name != "dv"))
+    padded = padded_rows(B, T, frame_lens)
     for name, x in (("out", out),) + tuple(zip(("dq", "dk", "dv"), grads)):
         assert (x[padded] == 0).all(), f"{name}: padded frames must be exactly 0"
     for before, x in zip(inputs_before, (q, k, v)):
@@ -117,14 +85,14 @@ def _check_temporal(shape, layout, causal, lens, dtype, gen):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: case_id(B=s[0], T=s[1], N=s[2], H=s[3], D=s[4]))
 def test_temporal(shape, layout, mask, dtype):
     causal, lens = mask
-    _check_temporal(shape, layout, causal, lens, dtype, _seed(shape, layout, mask, dtype))
+    _check_temporal(shape, layout, causal, lens, dtype, seeded(shape, layout, mask, dtype))
 
 
 @pytest.mark.parametrize("mask", MASKS, ids=lambda m: case_id(causal=m[0], lens=m[1]) or "nomask")
 @pytest.mark.parametrize("shape", SPEC_SHAPES, ids=lambda s: case_id(B=s[0], T=s[1], N=s[2], H=s[3], D=s[4]))
 def test_temporal_spec_shapes_bf16(shape, mask):
     causal, lens = mask
-    _check_temporal(shape, "packed_nt", causal, lens, torch.bfloat16, _seed(shape, mask))
+    _check_temporal(shape, "packed_nt", causal, lens, torch.bfloat16, seeded(shape, mask))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: case_id(dtype=d))
@@ -136,7 +104,7 @@ def test_temporal_spec_shapes_bf16(shape, mask):
 def test_temporal_multi_tile(shape, dtype):
     """Shapes whose frames do not fit one shared-memory tile (several K/V and Q/dO tiles)."""
     for causal, lens in ((False, False), (True, True)):
-        _check_temporal(shape, "packed_tn", causal, lens, dtype, _seed(shape, dtype, causal))
+        _check_temporal(shape, "packed_tn", causal, lens, dtype, seeded(shape, dtype, causal))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: case_id(dtype=d))
@@ -145,18 +113,18 @@ def test_temporal_multi_tile(shape, dtype):
 def test_temporal_qkvpacked(layout, mask, dtype):
     causal, lens = mask
     B, T, N, H, D = 3, 9, 37, 3, 40
-    gen = _seed(layout, mask, dtype)
+    gen = seeded(layout, mask, dtype)
     qkv = packed_qkv(layout, B, T, N, H, D, dtype=dtype, generator=gen).detach().requires_grad_()
     frame_lens = frame_lens_for(B, T, generator=gen) if lens else None
-    _poison_allocator(8 * qkv.numel() * qkv.element_size())
+    poison_allocator(8 * qkv.numel() * qkv.element_size())
     out = tk.temporal_attention_qkvpacked(qkv, causal=causal, frame_lens=frame_lens, backend="cuda")
     dout = torch.randn(out.shape, dtype=torch.float64, generator=gen).to(DEVICE, dtype)
     (dqkv,) = torch.autograd.grad(out, (qkv,), dout)
     assert dqkv.shape == qkv.shape and dqkv.dtype == dtype
 
     ref_out, ref_grads = _reference(*qkv.unbind(3), causal, frame_lens, D ** -0.5, dout)
-    _assert_close("out", out, ref_out, dtype)
-    _assert_close("dqkv", dqkv, torch.stack(ref_grads, dim=3), dtype)
+    assert_close("out", out, ref_out, dtype)
+    assert_close("dqkv", dqkv, torch.stack(ref_grads, dim=3), dtype)
     if layout == "packed_nt":
         # Patch-major in, patch-major out: reshaping back to the token sequence is a view.
         assert out.permute(0, 2, 1, 3, 4).is_contiguous()
@@ -167,7 +135,7 @@ def test_temporal_qkvpacked(layout, mask, dtype):
 def test_temporal_unaligned_inputs(dtype):
     """Base pointers off 16-byte alignment: the kernels fall back to scalar loads and stores."""
     B, T, N, H, D = 3, 9, 5, 2, 64
-    gen = _seed("unaligned", dtype)
+    gen = seeded("unaligned", dtype)
     flat = torch.randn(3 * B * T * N * H * D + 1, dtype=torch.float64, generator=gen).to(DEVICE, dtype)
     q, k, v = (x.detach().requires_grad_() for x in flat[1:].view(B, T, N, 3, H, D).unbind(3))
     assert q.data_ptr() % 16 != 0
@@ -176,9 +144,9 @@ def test_temporal_unaligned_inputs(dtype):
     dout = torch.randn(out.shape, dtype=torch.float64, generator=gen).to(DEVICE, dtype)
     grads = torch.autograd.grad(out, (q, k, v), dout)
     ref_out, ref_grads = _reference(q, k, v, True, frame_lens, D ** -0.5, dout)
-    _assert_close("out", out, ref_out, dtype)
+    assert_close("out", out, ref_out, dtype)
     for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
-        _assert_close(name, g, r, dtype)
+        assert_close(name, g, r, dtype)
 
 
 @pytest.mark.parametrize(
@@ -193,7 +161,7 @@ def test_temporal_unaligned_inputs(dtype):
 def test_temporal_scale_and_large_logits(scale):
     """A non-default scale and logits in the hundreds: stable softmax, no inf/NaN."""
     B, T, N, H, D = 2, 11, 3, 2, 16
-    gen = _seed("scale", scale)
+    gen = seeded("scale", scale)
     for dtype in (torch.float32, torch.float64):
         q, k, v = make_qkv("separate", B, T, N, H, D, dtype=dtype, generator=gen)
         q = (q * 8).requires_grad_()
@@ -202,9 +170,9 @@ def test_temporal_scale_and_large_logits(scale):
         dout = torch.randn(out.shape, dtype=torch.float64, generator=gen).to(DEVICE, dtype)
         grads = torch.autograd.grad(out, (q, k, v), dout)
         ref_out, ref_grads = _reference(q, k, v, True, None, scale, dout)
-        _assert_close("out", out, ref_out, dtype)
+        assert_close("out", out, ref_out, dtype)
         for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
-            _assert_close(name, g, r, dtype)
+            assert_close(name, g, r, dtype)
 
 
 @pytest.mark.xdist_group("large_reference")  # GiBs of memory: one at a time on the GPU
@@ -214,13 +182,11 @@ def test_many_groups(T, dtype):
     """B * N * H = 65,544 groups > 65,535 (a known crash of grid-per-group kernels)."""
     B, N, H, D = (2, 2731, 12, 32) if T <= 64 else (1, 5462, 12, 32)
     assert B * N * H > 65535
-    _check_temporal((B, T, N, H, D), "packed_tn", True, True, dtype, _seed("many", T, dtype))
+    _check_temporal((B, T, N, H, D), "packed_tn", True, True, dtype, seeded("many", T, dtype))
 
 
 # ---------------------------------------------------------------------------------------------
 # the ops called directly: lse, padded rows, dout on padded frames never read
-
-
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: case_id(dtype=d))
@@ -228,42 +194,42 @@ def test_many_groups(T, dtype):
 @pytest.mark.parametrize("layout", ("packed_tn", "packed_nt"))
 def test_ops_lse_and_padding(layout, causal, dtype):
     B, T, N, H, D = 3, 13, 37, 3, 40
-    gen = _seed("ops", layout, causal, dtype)
+    gen = seeded("ops", layout, causal, dtype)
     qkv = packed_qkv(layout, B, T, N, H, D, dtype=dtype, generator=gen)
     q, k, v = qkv.unbind(3)
     scale = D ** -0.5
     frame_lens = frame_lens_for(B, T, generator=gen).to(torch.int32)
-    padded = _padded_rows(B, T, frame_lens)
+    padded = padded_rows(B, T, frame_lens)
     ops = torch.ops.temporal_kernels
 
-    _poison_allocator(8 * qkv.numel() * qkv.element_size())
+    poison_allocator(8 * qkv.numel() * qkv.element_size())
     out, lse = ops.cuda_temporal_fwd(q, k, v, frame_lens, causal, scale)
     assert lse.shape == (B, H, T, N) and lse.is_contiguous()
     assert lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     dout = torch.randn(q.shape, dtype=torch.float64, generator=gen).to(DEVICE, dtype)
     ref_out, ref_grads = _reference(q, k, v, causal, frame_lens, scale, dout)
-    _assert_close("out", out, ref_out, dtype)
+    assert_close("out", out, ref_out, dtype)
     assert (out[padded] == 0).all()
     ref_lse = temporal_lse_reference(q, k, causal, frame_lens, scale)
     lse_padded = padded[:, None, :, None].expand_as(lse)
     assert torch.isneginf(lse[lse_padded]).all(), "lse of rows without keys is -inf"
-    _assert_close("lse", lse[~lse_padded], ref_lse[~lse_padded], dtype)
+    assert_close("lse", lse[~lse_padded], ref_lse[~lse_padded], dtype)
 
     dout_poisoned = dout.clone()
     dout_poisoned[padded] = float("nan")
-    _poison_allocator(8 * qkv.numel() * qkv.element_size())
+    poison_allocator(8 * qkv.numel() * qkv.element_size())
     dqkv = ops.cuda_temporal_qkvpacked_bwd(dout_poisoned, qkv, out, lse, frame_lens, causal, scale)
-    _assert_close("dqkv", dqkv, torch.stack(ref_grads, dim=3), dtype)
+    assert_close("dqkv", dqkv, torch.stack(ref_grads, dim=3), dtype)
     assert (dqkv[padded] == 0).all()
     dq, dk, dv = ops.cuda_temporal_bwd(dout_poisoned, q, k, v, out, lse, frame_lens, causal, scale)
     for name, g, r in zip(("dq", "dk", "dv"), (dq, dk, dv), ref_grads):
-        _assert_close(name, g, r, dtype)
+        assert_close(name, g, r, dtype)
 
 
 def test_ops_all_rows_padded():
     """frame_lens all 0 (int64): out and grads exactly 0, lse -inf, nothing NaN."""
     B, T, N, H, D = 2, 5, 3, 2, 8
-    q, k, v = make_qkv("separate", B, T, N, H, D, generator=_seed("zero"))
+    q, k, v = make_qkv("separate", B, T, N, H, D, generator=seeded("zero"))
     frame_lens = torch.zeros(B, dtype=torch.int64, device=DEVICE)
     ops = torch.ops.temporal_kernels
     out, lse = ops.cuda_temporal_fwd(q, k, v, frame_lens, True, 0.5)
@@ -275,14 +241,14 @@ def test_ops_all_rows_padded():
 def test_noncontiguous_dout():
     """dout with odd strides (an expanded or transposed gradient) is read in place."""
     B, T, N, H, D = 2, 6, 5, 2, 16
-    gen = _seed("dout")
+    gen = seeded("dout")
     q, k, v = make_qkv("packed_nt", B, T, N, H, D, requires_grad=True, generator=gen)
     out = tk.temporal_attention(q, k, v, backend="cuda")
     dout = torch.randn(B, N, T, H, D, dtype=torch.float64, generator=gen).to(DEVICE, out.dtype).transpose(1, 2)
     grads = torch.autograd.grad(out, (q, k, v), dout)
     ref_out, ref_grads = _reference(q, k, v, False, None, D ** -0.5, dout)
     for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
-        _assert_close(name, g, r, torch.float32)
+        assert_close(name, g, r, torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +258,7 @@ def test_noncontiguous_dout():
 @pytest.mark.parametrize("mask", MASKS, ids=lambda m: case_id(causal=m[0], lens=m[1]) or "nomask")
 def test_gradcheck(mask):
     causal, lens = mask
-    gen = _seed("gradcheck", mask)
+    gen = seeded("gradcheck", mask)
     B, T, N, H, D = 3, 5, 2, 2, 12
     # Full (not fast-mode) gradcheck on leaves; the packed form below reads strided q/k/v views.
     q, k, v = leaves(*make_qkv("packed_nt", B, T, N, H, D, dtype=torch.float64, generator=gen))
@@ -310,7 +276,7 @@ def test_gradcheck(mask):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: case_id(dtype=d))
 @pytest.mark.parametrize("lens", [False, True], ids=["", "lens"])
 def test_opcheck(lens, dtype):
-    gen = _seed("opcheck", lens, dtype)
+    gen = seeded("opcheck", lens, dtype)
     qkv = packed_qkv("packed_nt", 2, 5, 3, 2, 16, dtype=dtype, generator=gen)
     frame_lens = torch.tensor([5, 3], device=DEVICE) if lens else None
     q, k, v = (x.detach().requires_grad_() for x in qkv.unbind(3))
@@ -334,7 +300,7 @@ def test_opcheck(lens, dtype):
 def test_compile_fullgraph(packed):
     torch._dynamo.reset()
     B, T, N, H, D = 2, 8, 33, 4, 64
-    gen = _seed("compile", packed)
+    gen = seeded("compile", packed)
     qkv = packed_qkv("packed_nt", B, T, N, H, D, dtype=torch.bfloat16, generator=gen).detach().requires_grad_()
     frame_lens = torch.tensor([8, 5], device=DEVICE)
 
@@ -357,14 +323,14 @@ def test_compile_fullgraph(packed):
                          ids=lambda s: case_id(B=s[0], T=s[1], N=s[2], H=s[3], D=s[4]))
 def test_matches_triton(shape, dtype):
     B, T, N, H, D = shape
-    gen = _seed("triton", shape, dtype)
+    gen = seeded("triton", shape, dtype)
     frame_lens = frame_lens_for(B, T, generator=gen)
     results = {}
     for backend in ("cuda", "triton"):
-        qkv = packed_qkv("packed_nt", B, T, N, H, D, dtype=dtype, generator=_seed("triton-in", shape, dtype))
+        qkv = packed_qkv("packed_nt", B, T, N, H, D, dtype=dtype, generator=seeded("triton-in", shape, dtype))
         qkv = qkv.detach().requires_grad_()
         out = tk.temporal_attention_qkvpacked(qkv, causal=True, frame_lens=frame_lens, backend=backend)
-        dout = torch.randn(out.shape, dtype=torch.float64, generator=_seed("dout", shape)).to(DEVICE, dtype)
+        dout = torch.randn(out.shape, dtype=torch.float64, generator=seeded("dout", shape)).to(DEVICE, dtype)
         (dqkv,) = torch.autograd.grad(out, (qkv,), dout)
         results[backend] = (out, dqkv)
         assert out.stride() == results["cuda"][0].stride() and dqkv.stride() == results["cuda"][1].stride()

@@ -51,7 +51,7 @@ import temporal_kernels as tk
 import temporal_kernels.ops  # noqa: F401  (registers the custom ops)
 from temporal_kernels import _backends
 
-from helpers import BOUNDS, DEVICE, case_id, frame_lens_for, packed_qkv, rel_err
+from helpers import assert_close, case_id, DEVICE, frame_lens_for, packed_qkv, seeded
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),
@@ -77,10 +77,6 @@ def _kernel_backends(op: str) -> list[str]:
         name for name in tk.available_backends()
         if name != "reference" and PUBLIC[op] in _backends._ops_of(name)
     ]
-
-
-def _gen(*key) -> torch.Generator:
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,17 +182,10 @@ def _names(case: Case) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return outs, ("dq", "dk", "dv") + (("dq_cls", "dk_cls", "dv_cls") if case.op == "spatial_cls" else ())
 
 
-def _assert_close(name, got, ref, dtype):
-    assert got.shape == ref.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
-    assert torch.isfinite(got).all(), f"{name}: {int((~torch.isfinite(got)).sum())} non-finite values"
-    err = rel_err(got, ref)
-    assert err <= BOUNDS[dtype], f"{name}: rel err {err:.3e} > {BOUNDS[dtype]:.1e} ({dtype})"
-
-
 def _assert_matches(case: Case, outs, grads, ref_outs, ref_grads):
     out_names, grad_names = _names(case)
     for name, got, ref in zip(out_names + grad_names, outs + grads, ref_outs + ref_grads):
-        _assert_close(name, got, ref, case.dtype)
+        assert_close(name, got, ref, case.dtype)
 
 
 def _padded(B: int, T: int, frame_lens) -> torch.Tensor:
@@ -216,7 +205,7 @@ def _assert_padded_zero(case: Case, kw, outs, grads):
 
 def _check_case(case: Case, backend: str, key: str):
     """Forward and every gradient of ``case`` on ``backend`` against the float64 reference."""
-    gen = _gen(key, case.id)
+    gen = seeded(key, case.id)
     srcs, kw, douts = _sources(case, gen), _kwargs(case, gen), _douts(case, gen)
     inputs = _as_inputs(case, srcs)
     outs, grads = _run(case, backend, inputs, douts, kw)
@@ -417,7 +406,7 @@ def test_side_stream(case, backend):
     """Inputs written on a busy non-default stream just before the op, forward and backward on it:
     after ``side.synchronize()`` the results equal the default stream's bitwise (no frame_lens:
     its validation reads values back, which would wait for the side stream)."""
-    gen = _gen("stream", case.id)
+    gen = seeded("stream", case.id)
     srcs, kw, douts_src = _sources(case, gen), _kwargs(case, gen), _douts(case, gen)
     inputs = _as_inputs(case, srcs)
     outs0, grads0 = _run(case, backend, inputs, douts_src, kw)
@@ -444,7 +433,7 @@ def _check_second_device(index: int, backend: str) -> None:
     case = STREAM_CASES[index]
     torch.cuda.set_device(0)
     dev = torch.device("cuda", 1)
-    gen = _gen("device", case.id)
+    gen = seeded("device", case.id)
     srcs, kw, douts = _sources(case, gen, dev), _kwargs(case, gen, dev), _douts(case, gen, dev)
     if case.op in ("temporal", "temporal_packed", "joint"):
         kw["frame_lens"] = frame_lens_for(case.shape[0], case.shape[1], device=dev, generator=gen)
@@ -558,7 +547,7 @@ def test_nonfinite_input_stays_in_its_group(fault, backend):
     case = fault.case
     B, T, N, H, D = case.shape
     b0, t0, n0, h0, d0 = B - 1, T // 2, N // 3, fault.head % H, D // 3
-    gen = _gen("fault", fault.id)
+    gen = seeded("fault", fault.id)
     srcs, kw, douts = _sources(case, gen), _kwargs(case, gen), _douts(case, gen)
     srcs[0][b0, t0, n0, "qkv".index(fault.which), h0, d0] = fault.value
     inputs = _as_inputs(case, srcs)
@@ -574,18 +563,18 @@ def test_nonfinite_input_stays_in_its_group(fault, backend):
                 f"(kernel {int(test(got).sum())}, reference {int(test(ref).sum())})"
             )
         finite = torch.isfinite(ref)
-        _assert_close(f"{name} (finite part)", got[finite], ref[finite], case.dtype)
+        assert_close(f"{name} (finite part)", got[finite], ref[finite], case.dtype)
     assert not torch.isfinite(ref_outs[0]).all(), "the poisoned element must reach the output"
 
     group, group_cls = _group_masks(case, b0, t0, n0, h0)
     for name, got, ref in zip(grad_names, grads, ref_grads):
         outside = ~(group_cls if got.dim() == 3 else group)
         assert torch.isfinite(ref[outside]).all(), f"{name}: the reference is non-finite outside the group"
-        _assert_close(f"{name} (other groups)", got[outside], ref[outside], case.dtype)
+        assert_close(f"{name} (other groups)", got[outside], ref[outside], case.dtype)
     assert any(torch.isnan(g[group]).any() for g in grads[:3]), "the poisoned element must reach the gradients"
     if fault.which == "v":
         # dv = P^T dout does not read v: finite and right everywhere
-        _assert_close("dv", grads[2], ref_grads[2], case.dtype)
+        assert_close("dv", grads[2], ref_grads[2], case.dtype)
 
 
 PADDED_CASES = [
@@ -602,7 +591,7 @@ def test_nan_in_padded_frames_is_never_read(case, backend, which):
     frames are never keys and their outputs are constants, so every output and gradient equals
     the reference on clean inputs, padded ones exactly 0."""
     B, T = case.shape[:2]
-    gen = _gen("padded", case.id, which)
+    gen = seeded("padded", case.id, which)
     srcs, kw, douts = _sources(case, gen), _kwargs(case, gen), _douts(case, gen)
     padded = _padded(B, T, kw["frame_lens"])
     assert padded.any() and not padded.all()
@@ -632,7 +621,7 @@ MASKED_CASES = [
 def test_fully_masked_rows_are_zero(case, backend):
     """frame_lens = 0 for a batch element (or all): its rows see no key; outputs and gradients
     exactly 0, never NaN; the rest right."""
-    gen = _gen("masked", case.id)
+    gen = seeded("masked", case.id)
     srcs, kw, douts = _sources(case, gen), _kwargs(case, gen), _douts(case, gen)
     inputs = _as_inputs(case, srcs)
     outs, grads = _run(case, backend, inputs, douts, kw)
@@ -659,7 +648,7 @@ def test_empty_inputs(op, backend, dim):
     B, T, N, H, D = shape
     case = Case(op, tuple(shape), dtype=torch.float32, causal=op != "spatial_cls",
                 temporal_heads=H // 2, lens=(T,) * B if op in ("temporal", "temporal_packed", "joint") else False)
-    gen = _gen("empty", op, dim)
+    gen = seeded("empty", op, dim)
     srcs, kw, douts = _sources(case, gen), _kwargs(case, gen), _douts(case, gen)
     inputs = _as_inputs(case, srcs)
     outs, grads = _run(case, backend, inputs, douts, kw)
@@ -694,7 +683,7 @@ DET_CASES = [
 @pytest.mark.parametrize("case, backend", _params(DET_CASES))
 def test_backward_is_bitwise_reproducible(case, backend):
     """Two runs on the same inputs: outputs and every gradient bitwise equal (and right)."""
-    gen = _gen("det", case.id)
+    gen = seeded("det", case.id)
     srcs, kw, douts = _sources(case, gen), _kwargs(case, gen), _douts(case, gen)
     first = _run(case, backend, _as_inputs(case, srcs), douts, kw)
     second = _run(case, backend, _as_inputs(case, srcs), douts, kw)

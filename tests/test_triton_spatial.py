@@ -12,7 +12,7 @@ import torch
 
 import temporal_kernels as tk
 import temporal_kernels.ops  # noqa: F401  (registers the custom ops)
-from helpers import BOUNDS, DEVICE, case_id, interpreter, kernel_dtypes, make_qkv, packed_qkv, rel_err
+from helpers import assert_close, BOUNDS, case_id, DEVICE, interpreter, kernel_dtypes, make_qkv, packed_qkv, rel_err
 
 pytestmark = pytest.mark.skipif(
     DEVICE != "cuda" and not interpreter(), reason="needs a GPU or TRITON_INTERPRET=1"
@@ -23,12 +23,6 @@ gpu_only = pytest.mark.skipif(DEVICE != "cuda", reason="GPU-only (shapes/dtypes 
 def _ref_leaves(*xs):
     """float64 leaf copies of the kernel inputs, for the reference."""
     return tuple(x.detach().double().requires_grad_() for x in xs)
-
-
-def _assert_close(name, got, ref, dtype):
-    assert got.shape == ref.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
-    err = rel_err(got, ref)
-    assert err <= BOUNDS[dtype], f"{name}: rel err {err:.3g} > {BOUNDS[dtype]:.1g} ({dtype})"
 
 
 def _grad_outputs(outs, gen):
@@ -55,7 +49,7 @@ def check_spatial(layout, B, T, N, H, D, dtype, with_cls, seed=0):
     want = tk.spatial_attention(*refs[:3], cls=refs[3:] or None, backend="reference")
     got, want = (got, want) if with_cls else ((got,), (want,))
     for name, g, w in zip(("out", "cls_out"), got, want):
-        _assert_close(name, g, w, dtype)
+        assert_close(name, g, w, dtype)
     # SPEC §1: the output follows q's axis memory order (a patch-major input gives a patch-major output)
     assert (got[0].stride(1) < got[0].stride(2)) == (q.stride(1) < q.stride(2))
 
@@ -63,7 +57,7 @@ def check_spatial(layout, B, T, N, H, D, dtype, with_cls, seed=0):
     grads = torch.autograd.grad(_loss(got, [d.to(dtype) for d in douts]), inputs)
     grads_ref = torch.autograd.grad(_loss(want, douts), refs)
     for name, g, w in zip(("dq", "dk", "dv", "dq_cls", "dk_cls", "dv_cls"), grads, grads_ref):
-        _assert_close(name, g, w, dtype)
+        assert_close(name, g, w, dtype)
 
 
 def check_spatial_packed(layout, B, T, N, H, D, dtype, with_cls, seed=0):
@@ -79,13 +73,13 @@ def check_spatial_packed(layout, B, T, N, H, D, dtype, with_cls, seed=0):
     want = tk.spatial_attention_qkvpacked(refs[0], cls_qkv=refs[1] if with_cls else None, backend="reference")
     got, want = (got, want) if with_cls else ((got,), (want,))
     for name, g, w in zip(("out", "cls_out"), got, want):
-        _assert_close(name, g, w, dtype)
+        assert_close(name, g, w, dtype)
 
     douts = _grad_outputs(want, gen)
     grads = torch.autograd.grad(_loss(got, [d.to(dtype) for d in douts]), inputs)
     grads_ref = torch.autograd.grad(_loss(want, douts), refs)
     for name, g, w in zip(("dqkv", "dcls_qkv"), grads, grads_ref):
-        _assert_close(name, g, w, dtype)
+        assert_close(name, g, w, dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,16 +133,16 @@ def test_spatial_launcher_writes_every_element(with_cls):
     refs = _ref_leaves(q, k, v, *(cls or ()))
     want = tk.spatial_attention(*refs[:3], cls=refs[3:] or None, scale=scale, backend="reference")
     want = want if with_cls else (want,)
-    _assert_close("out", out, want[0], torch.float64)
+    assert_close("out", out, want[0], torch.float64)
     if with_cls:
-        _assert_close("cls_out", cls_out, want[1], torch.float64)
+        assert_close("cls_out", cls_out, want[1], torch.float64)
         assert torch.isfinite(lse_cls).all()
     assert torch.isfinite(lse).all()
     # lse is the log-sum-exp of the scaled logits of each row
     logits = torch.einsum("btnhd,btmhd->bhtnm", q, k) * scale
     if with_cls:
         logits = torch.cat([logits, torch.einsum("btnhd,bhd->bhtn", q, cls[1])[..., None] * scale], dim=-1)
-    _assert_close("lse", lse, torch.logsumexp(logits, -1), torch.float64)
+    assert_close("lse", lse, torch.logsumexp(logits, -1), torch.float64)
 
     douts = _grad_outputs(want, gen)
     dq, dk, dv = (torch.full_like(x, nan) for x in (q, k, v))
@@ -157,7 +151,7 @@ def test_spatial_launcher_writes_every_element(with_cls):
                      dq, dk, dv, dcls)
     grads_ref = torch.autograd.grad(_loss(want, douts), refs)
     for name, g, w in zip(("dq", "dk", "dv", "dq_cls", "dk_cls", "dv_cls"), (dq, dk, dv) + (dcls or ()), grads_ref):
-        _assert_close(name, g, w, torch.float64)
+        assert_close(name, g, w, torch.float64)
 
 
 def test_spatial_cls_gradient_without_cls_out_use():
@@ -172,7 +166,7 @@ def test_spatial_cls_gradient_without_cls_out_use():
     grads = torch.autograd.grad(out.sum(), (q, k, v) + cls)
     grads_ref = torch.autograd.grad(want.sum(), refs, allow_unused=True)
     for name, g, w in zip(("dq", "dk", "dv", "dq_cls", "dk_cls", "dv_cls"), grads, grads_ref):
-        _assert_close(name, g, torch.zeros_like(g) if w is None else w, torch.float64)
+        assert_close(name, g, torch.zeros_like(g) if w is None else w, torch.float64)
 
 
 # The Triton interpreter runs kernels even on fake tensors (it copies their storage), so on CPU

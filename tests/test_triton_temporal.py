@@ -9,7 +9,6 @@ small T by lowering ``SHORT_T_MAX``). GPU: every dtype, the SPEC §5 shapes, B*N
 from __future__ import annotations
 
 import math
-import zlib
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ import temporal_kernels.ops  # noqa: F401  (registers the torch.ops.temporal_ker
 from temporal_kernels import reference
 from temporal_kernels.triton import temporal_attn as ta
 
-from helpers import BOUNDS, DEVICE, LAYOUTS, case_id, frame_lens_for, kernel_dtypes, make_qkv, packed_qkv, rel_err, temporal_lse_reference
+from helpers import assert_close, BOUNDS, case_id, DEVICE, frame_lens_for, kernel_dtypes, LAYOUTS, make_qkv, MASKS, packed_qkv, padded_rows, rel_err, temporal_lse_reference, seeded
 
 gpu = pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA device")
 
@@ -52,30 +51,8 @@ def _reference(q, k, v, causal, frame_lens, scale, dout):
     return out.detach(), grads
 
 
-def _assert_close(name, got, ref, dtype, zero_expected=False):
-    """SPEC §3 bound on the relative error; a quantity that is 0 in exact arithmetic (dq, dk with
-    T = 1, where softmax over one key is constant) is held to the bound relative to 1."""
-    if zero_expected:
-        err = (got.double() - ref).norm().item() if torch.isfinite(got).all() else float("inf")
-    else:
-        err = rel_err(got, ref)
-    assert err <= BOUNDS[dtype], f"{name}: error {err:.3e} > {BOUNDS[dtype]:.0e}"
-
-
-
-
-def _padded_rows(B, T, frame_lens, device):
-    """bool ``[B, T]``: frames that are padding."""
-    if frame_lens is None:
-        return torch.zeros(B, T, dtype=torch.bool, device=device)
-    return torch.arange(T, device=device)[None, :] >= frame_lens.to(device)[:, None]
-
-
 # ---------------------------------------------------------------------------------------------
 # public API, every layout
-
-
-MASKS = [(False, False), (True, False), (False, True), (True, True)]  # (causal, frame_lens)
 
 
 def _mask_id(mask):
@@ -84,7 +61,7 @@ def _mask_id(mask):
 
 def _check_api(shape, layout, causal, lens, dtype):
     B, T, N, H, D = shape
-    gen = torch.Generator().manual_seed(zlib.crc32(repr((shape, layout, causal, lens, dtype)).encode()))
+    gen = seeded(shape, layout, causal, lens, dtype)
     q, k, v = make_qkv(layout, B, T, N, H, D, dtype=dtype, requires_grad=True, generator=gen)
     frame_lens = frame_lens_for(B, T, generator=gen) if lens else None
     out = tk.temporal_attention(q, k, v, causal=causal, frame_lens=frame_lens, backend="triton")
@@ -93,10 +70,10 @@ def _check_api(shape, layout, causal, lens, dtype):
     grads = torch.autograd.grad(out, (q, k, v), dout)
 
     ref_out, ref_grads = _reference(q, k, v, causal, frame_lens, D ** -0.5, dout)
-    _assert_close("out", out, ref_out, dtype)
+    assert_close("out", out, ref_out, dtype)
     for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
-        _assert_close(name, g, r, dtype, zero_expected=(T == 1 and name != "dv"))
-    padded = _padded_rows(B, T, frame_lens, DEVICE)
+        assert_close(name, g, r, dtype, zero_expected=(T == 1 and name != "dv"))
+    padded = padded_rows(B, T, frame_lens, DEVICE)
     for name, x in (("out", out),) + tuple(zip(("dq", "dk", "dv"), grads)):
         assert (x[padded] == 0).all(), f"{name}: padded frames must be exactly 0"
 
@@ -133,8 +110,8 @@ def test_temporal_qkvpacked_api(layout, causal, dtype, path):
     assert dqkv.shape == qkv.shape
 
     ref_out, ref_grads = _reference(*qkv.unbind(3), causal, frame_lens, D ** -0.5, dout)
-    _assert_close("out", out, ref_out, dtype)
-    _assert_close("dqkv", dqkv, torch.stack(ref_grads, dim=3), dtype)
+    assert_close("out", out, ref_out, dtype)
+    assert_close("dqkv", dqkv, torch.stack(ref_grads, dim=3), dtype)
     if layout == "packed_nt":
         # Patch-major in, patch-major out: reshaping back to the token sequence is a view.
         assert out.permute(0, 2, 1, 3, 4).is_contiguous()
@@ -152,9 +129,9 @@ def test_temporal_long_t_takes_tiled_path():
         dout = torch.randn(out.shape, dtype=torch.float64, generator=gen).to(DEVICE, out.dtype)
         grads = torch.autograd.grad(out, (q, k, v), dout)
         ref_out, ref_grads = _reference(q, k, v, causal, frame_lens, D ** -0.5, dout)
-        _assert_close("out", out, ref_out, torch.float32)
+        assert_close("out", out, ref_out, torch.float32)
         for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
-            _assert_close(name, g, r, torch.float32)
+            assert_close(name, g, r, torch.float32)
 
 
 @pytest.mark.parametrize("scale", [0.37, 3.0])
@@ -170,9 +147,9 @@ def test_temporal_scale_and_large_logits(scale, path):
     dout = torch.randn(out.shape, dtype=torch.float64, generator=gen).to(DEVICE)
     grads = torch.autograd.grad(out, (q, k, v), dout)
     ref_out, ref_grads = _reference(q, k, v, True, None, scale, dout)
-    _assert_close("out", out, ref_out, torch.float64)
+    assert_close("out", out, ref_out, torch.float64)
     for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
-        _assert_close(name, g, r, torch.float64)
+        assert_close(name, g, r, torch.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +166,7 @@ def test_launchers_write_every_element(layout, causal, dtype, path):
     q, k, v = qkv.unbind(3)
     scale = D ** -0.5
     frame_lens = frame_lens_for(B, T, generator=gen).to(torch.int32)
-    padded = _padded_rows(B, T, frame_lens, DEVICE)
+    padded = padded_rows(B, T, frame_lens, DEVICE)
 
     # A strided output (a slice of a packed buffer) poisoned with NaN: every element is written.
     out = torch.empty_like(qkv, memory_format=torch.preserve_format)[:, :, :, 1].fill_(float("nan"))
@@ -199,19 +176,19 @@ def test_launchers_write_every_element(layout, causal, dtype, path):
 
     dout = torch.randn(q.shape, dtype=torch.float64, generator=gen).to(DEVICE, dtype)
     ref_out, ref_grads = _reference(q, k, v, causal, frame_lens, scale, dout)
-    _assert_close("out", out, ref_out, dtype)
+    assert_close("out", out, ref_out, dtype)
     assert (out[padded] == 0).all()
     ref_lse = temporal_lse_reference(q, k, causal, frame_lens, scale)
     lse_padded = padded[:, None, :, None].expand_as(lse)
     assert torch.isneginf(lse[lse_padded]).all(), "lse of rows without keys is -inf"
-    _assert_close("lse", lse[~lse_padded], ref_lse[~lse_padded], dtype)
+    assert_close("lse", lse[~lse_padded], ref_lse[~lse_padded], dtype)
 
     # dout on padded frames must not be read (their outputs are constants).
     dout_poisoned = dout.clone()
     dout_poisoned[padded] = float("nan")
     dqkv = torch.empty_like(qkv, memory_format=torch.preserve_format).fill_(float("nan"))
     ta.temporal_attn_bwd(dout_poisoned, q, k, v, out, lse, frame_lens, causal, scale, *dqkv.unbind(3))
-    _assert_close("dqkv", dqkv, torch.stack(ref_grads, dim=3), dtype)
+    assert_close("dqkv", dqkv, torch.stack(ref_grads, dim=3), dtype)
     assert (dqkv[padded] == 0).all()
 
 
@@ -296,9 +273,9 @@ def test_many_groups(T, dtype):
     dout = torch.randn(out.shape, dtype=torch.float64, generator=gen).to(DEVICE, dtype)
     grads = torch.autograd.grad(out, (q, k, v), dout)
     ref_out, ref_grads = _reference(q, k, v, True, frame_lens, D ** -0.5, dout)
-    _assert_close("out", out, ref_out, dtype)
+    assert_close("out", out, ref_out, dtype)
     for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
-        _assert_close(name, g, r, dtype)
+        assert_close(name, g, r, dtype)
 
 
 @gpu

@@ -211,12 +211,10 @@ td::Launch run(bool backward, const tk::AttnParams& p, int64_t max_grid) {
   return l;
 }
 
-// ptrs: q, k, v, out, lse, dout, dq, dk, dv, delta. strides: [8][5] for q, k, v, out, dout, dq,
-// dk, dv. sizes: B, T, N, H, D. Returns the launch shape (S, R, team, gpb, KT, smem, grid).
-extern "C" void emu_temporal(int backward, int dtype, void** ptrs, const int64_t* strides, const int64_t* sizes,
-                             double scale, int causal, const int64_t* frame_lens, int vec16, int64_t max_grid,
-                             int64_t* shape_out) {
-  tk::AttnParams p;
+// The fields every op's params share. ptrs: q, k, v, out, lse, dout, dq, dk, dv, delta.
+// strides: [8][5] for q, k, v, out, dout, dq, dk, dv. sizes: B, T, N, H, D.
+void set_attn_params(tk::AttnParams& p, void** ptrs, const int64_t* strides, const int64_t* sizes, double scale,
+                     int causal, const int64_t* frame_lens, int vec16) {
   p.q = ptrs[0];
   p.k = ptrs[1];
   p.v = ptrs[2];
@@ -239,6 +237,14 @@ extern "C" void emu_temporal(int backward, int dtype, void** ptrs, const int64_t
   p.causal = causal != 0;
   p.frame_lens = frame_lens;
   p.vec16 = vec16 != 0;
+}
+
+// ptrs, strides, sizes: as set_attn_params. Returns the launch shape (S, R, team, gpb, KT, smem, grid).
+extern "C" void emu_temporal(int backward, int dtype, void** ptrs, const int64_t* strides, const int64_t* sizes,
+                             double scale, int causal, const int64_t* frame_lens, int vec16, int64_t max_grid,
+                             int64_t* shape_out) {
+  tk::AttnParams p;
+  set_attn_params(p, ptrs, strides, sizes, scale, causal, frame_lens, vec16);
   td::Launch l;
   switch (static_cast<tk::DType>(dtype)) {
     case tk::DType::kFloat16: l = run<__half>(backward, p, max_grid); break;
@@ -289,28 +295,7 @@ extern "C" void emu_spatial(int backward, int dtype, int mode, void** ptrs, cons
                             void** cls_ptrs, const int64_t* cls_strides, int vec16, int64_t max_grid,
                             int64_t* shape_out) {
   tk::SpatialParams p;
-  p.q = ptrs[0];
-  p.k = ptrs[1];
-  p.v = ptrs[2];
-  p.out = ptrs[3];
-  p.lse = ptrs[4];
-  p.dout = ptrs[5];
-  p.dq = ptrs[6];
-  p.dk = ptrs[7];
-  p.dv = ptrs[8];
-  p.delta = ptrs[9];
-  int64_t(*dst[8])[5] = {&p.q_stride, &p.k_stride, &p.v_stride, &p.out_stride,
-                         &p.dout_stride, &p.dq_stride, &p.dk_stride, &p.dv_stride};
-  for (int i = 0; i < 8; ++i) std::memcpy(*dst[i], strides + 5 * i, 5 * sizeof(int64_t));
-  p.B = sizes[0];
-  p.T = sizes[1];
-  p.N = sizes[2];
-  p.H = sizes[3];
-  p.D = sizes[4];
-  p.scale = scale;
-  p.causal = causal != 0;
-  p.frame_lens = frame_lens;
-  p.vec16 = vec16 != 0;
+  set_attn_params(p, ptrs, strides, sizes, scale, causal, frame_lens, vec16);
   p.mode = static_cast<tk::SeqMode>(mode);
   p.has_cls = has_cls != 0;
   p.q_cls = cls_ptrs[0];
