@@ -12,8 +12,8 @@ import torch
 
 import temporal_kernels as tk
 import temporal_kernels.ops  # noqa: F401  (registers the custom ops)
-from helpers import BOUNDS, DEVICE, case_id, frame_lens_for, interpreter, kernel_dtypes, make_qkv, rel_err
-from test_triton_spatial import OPCHECK_UTILS, _assert_close, _grad_outputs, _loss, _ref_leaves
+from helpers import assert_close, BOUNDS, case_id, DEVICE, frame_lens_for, interpreter, kernel_dtypes, make_qkv, rel_err
+from test_triton_spatial import OPCHECK_UTILS, _grad_outputs, _loss, _ref_leaves
 
 pytestmark = pytest.mark.skipif(DEVICE != "cuda" and not interpreter(), reason="needs a GPU or TRITON_INTERPRET=1")
 gpu_only = pytest.mark.skipif(DEVICE != "cuda", reason="GPU-only (shapes/dtypes too slow or unsupported in the interpreter)")
@@ -26,13 +26,13 @@ def _check(fn, layout, B, T, N, H, D, dtype, seed=0, **kwargs):
     refs = _ref_leaves(q, k, v)
     got = fn(q, k, v, backend="triton", **kwargs)
     want = fn(*refs, backend="reference", **kwargs)
-    _assert_close("out", got, want, dtype)
+    assert_close("out", got, want, dtype)
     assert (got.stride(1) < got.stride(2)) == (q.stride(1) < q.stride(2)), "output must follow q's axis order"
     (dout,) = _grad_outputs((want,), gen)
     grads = torch.autograd.grad(_loss((got,), (dout.to(dtype),)), (q, k, v))
     grads_ref = torch.autograd.grad(_loss((want,), (dout,)), refs)
     for name, g, w in zip(("dq", "dk", "dv"), grads, grads_ref):
-        _assert_close(name, g, w, dtype)
+        assert_close(name, g, w, dtype)
     return got, grads
 
 
@@ -112,13 +112,13 @@ def test_joint_launcher_writes_every_element():
     joint_attn_fwd(q, k, v, out, lse, frame_lens, True, 0.35)
     refs = _ref_leaves(q, k, v)
     want = tk.joint_attention(*refs, causal=True, frame_lens=frame_lens, scale=0.35, backend="reference")
-    _assert_close("out", out, want, torch.float64)
+    assert_close("out", out, want, torch.float64)
     assert not torch.isnan(lse).any()
     (dout,) = _grad_outputs((want,), gen)
     dq, dk, dv = (torch.full_like(x, nan) for x in (q, k, v))
     joint_attn_bwd(dout, q, k, v, out, lse, frame_lens, True, 0.35, dq, dk, dv)
     for name, g, w in zip(("dq", "dk", "dv"), (dq, dk, dv), torch.autograd.grad(_loss((want,), (dout,)), refs)):
-        _assert_close(name, g, w, torch.float64)
+        assert_close(name, g, w, torch.float64)
 
 
 def test_factorized_launcher_writes_every_element():
@@ -133,13 +133,13 @@ def test_factorized_launcher_writes_every_element():
     factorized_attn_fwd(q, k, v, out, lse, 2, True, 0.4)
     refs = _ref_leaves(q, k, v)
     want = tk.factorized_attention(*refs, temporal_heads=2, causal=True, scale=0.4, backend="reference")
-    _assert_close("out", out, want, torch.float64)
+    assert_close("out", out, want, torch.float64)
     assert torch.isfinite(lse).all()
     (dout,) = _grad_outputs((want,), gen)
     dq, dk, dv = (torch.full_like(x, nan) for x in (q, k, v))
     factorized_attn_bwd(dout, q, k, v, out, lse, 2, True, 0.4, dq, dk, dv)
     for name, g, w in zip(("dq", "dk", "dv"), (dq, dk, dv), torch.autograd.grad(_loss((want,), (dout,)), refs)):
-        _assert_close(name, g, w, torch.float64)
+        assert_close(name, g, w, torch.float64)
 
 
 def test_joint_and_factorized_opcheck():
@@ -227,10 +227,10 @@ def test_joint_many_programs_gpu():
     sample = torch.tensor([0, 1, 2, 3, B // 2, B - 4, B - 3, B - 2, B - 1], device=DEVICE)
     refs = _ref_leaves(*(x[sample] for x in (q, k, v)))
     want = tk.joint_attention(*refs, causal=True, frame_lens=frame_lens[sample], backend="reference")
-    _assert_close("out", out[sample], want, dtype)
+    assert_close("out", out[sample], want, dtype)
     grads_ref = torch.autograd.grad(want, refs, dout[sample].double())
     for name, g, w in zip(("dq", "dk", "dv"), grads, grads_ref):
-        _assert_close(name, g[sample], w, dtype)
+        assert_close(name, g[sample], w, dtype)
     # the whole batch: finite, and exactly 0 on padded frames
     padded = torch.arange(T, device=DEVICE)[None, :] >= frame_lens[:, None]  # [B, T]
     for name, x in zip(("out", "dq", "dk", "dv"), (out,) + grads):
