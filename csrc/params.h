@@ -24,7 +24,8 @@ struct AttnParams {
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
-  // Forward: written. Backward: read (delta = rowsum(dout * out)).
+  // Forward: written. Backward: read by the spatial/joint kernels (delta = rowsum(dout * out));
+  // the temporal kernel sums delta = rowsum(P * dP) instead and does not read it.
   void* out = nullptr;
   // [B, H, T, N], float32 (float64 for double inputs). Forward: written. Backward: read.
   void* lse = nullptr;
@@ -33,7 +34,7 @@ struct AttnParams {
   void* dq = nullptr;
   void* dk = nullptr;
   void* dv = nullptr;
-  // [B, H, T, N] scratch of the compute dtype: delta = rowsum(dout * out) per query row.
+  // [B, H, T, N] scratch of the compute dtype: delta per query row.
   void* delta = nullptr;
 
   int64_t q_stride[5] = {};

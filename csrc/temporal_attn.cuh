@@ -16,9 +16,14 @@
 // or as keys), so no recomputed probability ever meets a -inf lse.
 //
 // The backward pass is one kernel per launch, without atomics: part A walks the query rows
-// (delta = rowsum(dO * O), dQ), part B the key rows (dK, dV), recomputing P from lse. It reads
-// out for delta (12 passes of memory, SPEC §5) and passes delta to part B through a [B, H, T, N]
-// scratch buffer, published by the block barrier between the parts.
+// (delta, dQ), part B the key rows (dK, dV), recomputing P from lse. delta = rowsum(P * dP) is
+// summed in the accumulation dtype from the same dP values part B uses, not rowsum(dO * O) from
+// the stored output: in 16-bit, O's rounding does not cancel against dP's, and dP - delta is a
+// difference of near-equal terms whenever the values are alike (a T=2, D=1 float16 draw lost a
+// factor of 30 against PyTorch's float16 math that way). dQ is accumulated in the same key loop
+// as scale * (sum_j P dP k_j - delta * sum_j P k_j), so out is never read (11 passes of memory,
+// SPEC §5). delta reaches part B through a [B, H, T, N] scratch buffer, published by the block
+// barrier between the parts.
 //
 // Kernels and launch shapes live in this header, included by temporal_attn.cu; the CPU CI also
 // compiles it with a host emulation of the few CUDA built-ins it uses (tests/csrc_emu/, one fiber
@@ -267,6 +272,28 @@ __device__ __forceinline__ void softmax_step(const A (&qv)[kChunk], const T* k_r
   for (int i = 0; i < kChunk; ++i) acc[i] += pr * vc[i];
 }
 
+// dQ without delta: adds P dP k and P k of key row (k_row, v_row) to acc_pdk and acc_pk, and P dP
+// to dlt, for query row qv (pre-scaled), dov, with the row's lse2 (base 2). dQ / scale is then
+// acc_pdk - dlt * acc_pk.
+template <typename T, typename A>
+__device__ __forceinline__ void dq_delta_step(const A (&qv)[kChunk], const A (&dov)[kChunk], A lse2, const T* k_row,
+                                              const T* v_row, const Shape& sh, const Lane& ln, A (&acc_pdk)[kChunk],
+                                              A (&acc_pk)[kChunk], A& dlt) {
+  A kc[kChunk], vc[kChunk];
+  smem_chunk(k_row, kc);
+  smem_chunk(v_row, vc);
+  const A sc = row_sum(dot_chunk(qv, kc), sh.S, ln.mask);
+  const A dp = row_sum(dot_chunk(dov, vc), sh.S, ln.mask);
+  const A pr = exp2_(sc - lse2);
+  const A pdp = pr * dp;
+  dlt += pdp;
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) {
+    acc_pdk[i] += pdp * kc[i];
+    acc_pk[i] += pr * kc[i];
+  }
+}
+
 // dQ: adds dS * k of key row (k_row, v_row) to acc for query row qv (pre-scaled), dov, with the
 // row's lse2 (base 2) and delta.
 template <typename T, typename A>
@@ -443,7 +470,6 @@ __global__ void __launch_bounds__(kThreads) temporal_bwd_kernel(const AttnParams
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
-  const T* o = static_cast<const T*>(p.out);
   const T* dout = static_cast<const T*>(p.dout);
   T* dq = static_cast<T*>(p.dq);
   T* dk = static_cast<T*>(p.dk);
@@ -466,14 +492,13 @@ __global__ void __launch_bounds__(kThreads) temporal_bwd_kernel(const AttnParams
     const T* q_g = q + group_offset(p.q_stride, b, n, h);
     const T* k_g = k + group_offset(p.k_stride, b, n, h);
     const T* v_g = v + group_offset(p.v_stride, b, n, h);
-    const T* o_g = o + group_offset(p.out_stride, b, n, h);
     const T* do_g = dout + group_offset(p.dout_stride, b, n, h);
     T* dq_g = dq + group_offset(p.dq_stride, b, n, h);
     T* dk_g = dk + group_offset(p.dk_stride, b, n, h);
     T* dv_g = dv + group_offset(p.dv_stride, b, n, h);
     const int64_t stat0 = (b * p.H + h) * T_ * p.N + n;  // row t at [stat0 + t * N]
 
-    // Part A: query rows -> delta, dQ = scale * sum_j dS_tj k_j.
+    // Part A: query rows -> delta = sum_j P_tj dP_tj, dQ = scale * sum_j dS_tj k_j.
     for (int t0 = 0; t0 < T_; t0 += sh.R) {
       const int t = t0 + ln.r;
       const bool row = active && t < T_;
@@ -483,17 +508,14 @@ __global__ void __launch_bounds__(kThreads) temporal_bwd_kernel(const AttnParams
       A qv[kChunk], dov[kChunk];
       A dlt = A(0), lse2 = A(0);
       if (live) {
-        A ov[kChunk];
         load_chunk(q_g + t * p.q_stride[kT] + ln.d0, ln.n_valid, p.vec16, qv);
         load_chunk(do_g + t * p.dout_stride[kT] + ln.d0, ln.n_valid, p.vec16, dov);
-        load_chunk(o_g + t * p.out_stride[kT] + ln.d0, ln.n_valid, p.vec16, ov);
         scale_chunk(qv, qk_scale);
-        dlt = row_sum(dot_chunk(dov, ov), sh.S, ln.mask);
         lse2 = lse[stat0 + t * p.N] * log2e;
-        if (ln.s == 0) delta[stat0 + t * p.N] = dlt;
       }
-      A acc[kChunk];
+      A acc[kChunk], acc_pk[kChunk];
       zero_chunk(acc);
+      zero_chunk(acc_pk);
 
       for (int j0 = 0; j0 < T_; j0 += sh.KT) {
         const int kt = min(sh.KT, T_ - j0);
@@ -505,13 +527,14 @@ __global__ void __launch_bounds__(kThreads) temporal_bwd_kernel(const AttnParams
         }
         const int j_end = min(kv_end, j0 + kt);
         for (int j = j0; j < j_end; ++j) {
-          dq_step(qv, dov, lse2, dlt, x_tile + (j - j0) * row_elems + ln.d0, y_tile + (j - j0) * row_elems + ln.d0,
-                  sh, ln, acc);
+          dq_delta_step(qv, dov, lse2, x_tile + (j - j0) * row_elems + ln.d0, y_tile + (j - j0) * row_elems + ln.d0,
+                        sh, ln, acc, acc_pk, dlt);
         }
       }
+      if (live && ln.s == 0) delta[stat0 + t * p.N] = dlt;
       if (row && ln.n_valid > 0) {
 #pragma unroll
-        for (int i = 0; i < kChunk; ++i) acc[i] *= scale;
+        for (int i = 0; i < kChunk; ++i) acc[i] = scale * (acc[i] - dlt * acc_pk[i]);
         store_chunk(dq_g + t * p.dq_stride[kT] + ln.d0, ln.n_valid, p.vec16, acc);
       }
     }
