@@ -105,7 +105,8 @@ def _temporal_jobs(T, D, dtype):
             continue
         yield ta._temporal_attn_bwd_delta_kernel, dict(HAS_LENS=True, BLOCK_M=block_m, D_PAD=D_PAD), warps, 1
         yield ta._temporal_attn_bwd_dkdv_kernel, tiles, warps, stages
-        yield ta._temporal_attn_bwd_dq_kernel, tiles, warps, stages
+        for delta_only in (True, False):
+            yield ta._temporal_attn_bwd_dq_kernel, dict(tiles, DELTA_ONLY=delta_only), warps, stages
 
 
 def _spatial_jobs(mode, D, dtype):
@@ -116,7 +117,8 @@ def _spatial_jobs(mode, D, dtype):
     yield sa._attn_fwd_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN), warps, stages
     (BM, BN, warps, stages), (BM2, BN2, warps2, stages2) = sa._bwd_configs(D, dtype)
     yield sa._attn_bwd_dkdv_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN), warps, stages
-    yield sa._attn_bwd_dq_kernel, dict(flags, BLOCK_M=BM2, BLOCK_N=BN2), warps2, stages2
+    for delta_only in (True, False):
+        yield sa._attn_bwd_dq_kernel, dict(flags, BLOCK_M=BM2, BLOCK_N=BN2, DELTA_ONLY=delta_only), warps2, stages2
     yield sa._attn_bwd_delta_kernel, dict(BLOCK_R=32, BLOCK_D=sa._block_d(D)), 4, 1
 
 

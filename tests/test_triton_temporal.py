@@ -160,6 +160,21 @@ def test_temporal_scale_and_large_logits(scale, path):
 @pytest.mark.parametrize("causal", [False, True], ids=["", "causal"])
 @pytest.mark.parametrize("layout", ("packed_tn", "packed_nt"))
 def test_launchers_write_every_element(layout, causal, dtype, path):
+    _check_launchers(layout, causal, dtype)
+
+
+@pytest.mark.parametrize("exact_delta", [True, False], ids=["exact_delta", "delta_from_out"])
+def test_tiled_backward_delta_paths(exact_delta, monkeypatch):
+    """Both ways to the tiled backward's delta (``rowsum(P * dP)``, the 16-bit default, and
+    ``rowsum(dO * O)``), forced in every dtype the interpreter runs."""
+    monkeypatch.setattr(ta, "SHORT_T_MAX", 0)
+    bwd = ta.temporal_attn_bwd
+    monkeypatch.setattr(ta, "temporal_attn_bwd", lambda *a: bwd(*a, exact_delta=exact_delta))
+    for dtype in kernel_dtypes():
+        _check_launchers("packed_nt", True, dtype)
+
+
+def _check_launchers(layout, causal, dtype):
     B, T, N, H, D = (3, 13, 37, 3, 40) if DEVICE == "cuda" else (3, 7, 2, 3, 12)
     gen = torch.Generator().manual_seed(5)
     qkv = packed_qkv(layout, B, T, N, H, D, dtype=dtype, generator=gen)

@@ -19,9 +19,10 @@ and a patch through per-tensor strides, read directly from any layout:
 Softmax statistics are fp32 (fp64 for float64 inputs) with a running max and sum; the forward
 saves ``lse`` (natural log-sum-exp of the scaled logits, ``[B, H, T, N]``; ``lse_cls [B, H, T]``).
 A row with no visible key (a padded frame of joint attention) outputs 0 and stores ``lse = +inf``
-so that the backward's ``exp(s - lse)`` is 0 there. The backward is FA2-style: a small kernel
-computes ``delta = rowsum(dout * out)``, one kernel accumulates dK/dV over the query blocks of its
-key block, one accumulates dQ over the key blocks of its query block. The CLS token's gradients
+so that the backward's ``exp(s - lse)`` is 0 there. The backward is FA2-style: a delta pass, one kernel
+accumulating dK/dV over the query blocks of its key block, one accumulating dQ over the key blocks
+of its query block. The delta pass is the dQ kernel's key loop taking ``rowsum(P * dP)`` for
+float16/bfloat16 (see ``attn_bwd``) and a small ``rowsum(dout * out)`` kernel otherwise. The CLS token's gradients
 are written per frame into fp32 (fp64) partial buffers by the same kernels and summed over T
 afterwards (deterministic, no atomics).
 
@@ -371,6 +372,24 @@ def _dq_step(
     return dq
 
 
+@triton.jit
+def _delta_step(
+    delta, q, do, lse, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
+    v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+    MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """``delta += rowsum(P * dP)`` over one key block: ``_dq_step``'s P and dP, without dQ."""
+    offs_n = start + tl.arange(0, BLOCK_N)
+    k = _load_tokens(K, KC, k_base, _tok_off(offs_n, div, k_so, k_si, MODE), kc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
+    v = _load_tokens(V, VC, v_base, _tok_off(offs_n, div, v_so, v_si, MODE), vc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
+    s = _logits(tl.dot(q, tl.trans(k), input_precision=PREC), scale_hi, scale_lo, IS_F64)  # [BLOCK_M, BLOCK_N]
+    vis = _visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL) & row_ok[:, None]
+    p = tl.where(vis, _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64), 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
+    return delta + tl.sum(p * dp, 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # kernels
 
@@ -527,10 +546,13 @@ def _attn_bwd_dq_kernel(
     sqc_b, sqc_h, skc_b, skc_h, svc_b, svc_h, sdoc_b, sdoc_t, sdoc_h,
     B, T, N, H, TH, G, D, scale_hi, scale_lo,
     CAUSAL: tl.constexpr, HAS_LENS: tl.constexpr, HAS_CLS: tl.constexpr, MODE: tl.constexpr,
-    IS_F64: tl.constexpr, PREC: tl.constexpr, INTERPRET: tl.constexpr,
+    IS_F64: tl.constexpr, PREC: tl.constexpr, INTERPRET: tl.constexpr, DELTA_ONLY: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """dQ of one query block (the CLS query's per-frame partial into DQC ``[B, T, H, D]``)."""
+    """dQ of one query block (the CLS query's per-frame partial into DQC ``[B, T, H, D]``).
+
+    DELTA_ONLY: a pass before the dK/dV and dQ kernels that writes ``delta = rowsum(P * dP)`` of
+    the block's rows into DELTA (DELTAC for the CLS row) instead, and reads no delta."""
     pid = tl.program_id(0)
     b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, G, BLOCK_M, MODE, HAS_CLS)
     if HAS_LENS:
@@ -559,31 +581,49 @@ def _attn_bwd_dq_kernel(
                       b64 * sdoc_b + t64 * sdoc_t + h64 * sdoc_h, offs_m, L_valid, N, offs_d, D, HAS_CLS)
     l_off = _tok_off(offs_m, div, l_so, l_si, MODE)
     lse = _load_stat(LSE, LSEC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)  # [BLOCK_M]
-    delta = _load_stat(DELTA, DELTAC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)
     row_ok = offs_m < L_valid
-    delta = tl.where(row_ok, delta, 0.0)  # see _dkdv_step
-    if IS_F64:
-        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float64)
-    else:
-        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     lo, hi = _key_range(blk * BLOCK_M, L, L_valid, div, is_t, BLOCK_M, MODE, CAUSAL)
-    if INTERPRET:
-        start = lo
-        while start < hi:
-            dq = _dq_step(dq, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
-                          kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                          MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
-            start += BLOCK_N
+    if DELTA_ONLY:
+        delta = tl.zeros([BLOCK_M], lse.dtype)
+        if INTERPRET:
+            start = lo
+            while start < hi:
+                delta = _delta_step(delta, q, do, lse, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so,
+                                    k_si, kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi,
+                                    scale_lo, MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
+                start += BLOCK_N
+        else:
+            for start in range(lo, hi, BLOCK_N):
+                delta = _delta_step(delta, q, do, lse, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so,
+                                    k_si, kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi,
+                                    scale_lo, MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
+        tl.store(DELTA + l_base + l_off, delta, mask=offs_m < n_main)
+        if HAS_CLS:
+            tl.store(DELTAC + stat_c_off + offs_m * 0, delta, mask=offs_m == n_main)
     else:
-        for start in range(lo, hi, BLOCK_N):
-            dq = _dq_step(dq, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
-                          kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                          MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
-    dq = _times_scale(dq, scale_hi, scale_lo, IS_F64)
+        delta = _load_stat(DELTA, DELTAC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)
+        delta = tl.where(row_ok, delta, 0.0)  # see _dkdv_step
+        if IS_F64:
+            dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float64)
+        else:
+            dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        if INTERPRET:
+            start = lo
+            while start < hi:
+                dq = _dq_step(dq, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
+                              kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                              MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
+                start += BLOCK_N
+        else:
+            for start in range(lo, hi, BLOCK_N):
+                dq = _dq_step(dq, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
+                              kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                              MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
+        dq = _times_scale(dq, scale_hi, scale_lo, IS_F64)
 
-    c_off = ((b64 * T + t64) * H + h64) * D
-    _store_tokens(DQ, DQC, dq_base, _tok_off(offs_m, div, dq_so, dq_si, MODE), c_off, offs_m, n_main, offs_d, D, dq,
-                  HAS_CLS)
+        c_off = ((b64 * T + t64) * H + h64) * D
+        _store_tokens(DQ, DQC, dq_base, _tok_off(offs_m, div, dq_so, dq_si, MODE), c_off, offs_m, n_main, offs_d, D, dq,
+                      HAS_CLS)
 
 
 @triton.jit
@@ -730,8 +770,15 @@ def attn_fwd(mode, q, k, v, out, lse, scale, *, cls=None, cls_out=None, lse_cls=
 
 
 def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None, cls=None, cls_out=None,
-             lse_cls=None, dcls=None, frame_lens=None, causal=False, temporal_heads=0) -> None:
-    """Backward of any mode into the preallocated ``dq, dk, dv`` (and the three ``dcls`` ``[B, H, D]``)."""
+             lse_cls=None, dcls=None, frame_lens=None, causal=False, temporal_heads=0, exact_delta=None) -> None:
+    """Backward of any mode into the preallocated ``dq, dk, dv`` (and the three ``dcls`` ``[B, H, D]``).
+
+    ``exact_delta`` (default: for float16/bfloat16) takes ``delta = rowsum(P * dP)`` from a pass of
+    the dQ kernel over the keys instead of ``rowsum(dout * out)``: the 16-bit ``out`` is rounded,
+    and that rounding does not cancel in ``dP - delta``, which then loses every digit when the
+    values a row sees are alike (a bfloat16 draw with two keys missed the SPEC bound). It costs
+    two of the backward's seven matrix products again; float32/float64 outputs are exact enough.
+    """
     B, T, N, H, D = q.shape
     if q.numel() == 0:
         if dcls is not None:
@@ -740,17 +787,23 @@ def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None,
         return
     has_cls = cls is not None
     stat = lse.dtype
+    if exact_delta is None:
+        exact_delta = q.dtype in (torch.float16, torch.bfloat16)
     delta = torch.empty_like(lse)
-    R = lse.numel()
-    BLOCK_R = 32
-    torch.library.wrap_triton(_attn_bwd_delta_kernel)[(triton.cdiv(R, BLOCK_R),)](
-        dout, out, delta, *_s4(dout), *_s4(out), T, N, H, D, R,
-        BLOCK_R=BLOCK_R, BLOCK_D=_block_d(D), num_warps=4,
-    )
+    if not exact_delta:
+        R = lse.numel()
+        BLOCK_R = 32
+        torch.library.wrap_triton(_attn_bwd_delta_kernel)[(triton.cdiv(R, BLOCK_R),)](
+            dout, out, delta, *_s4(dout), *_s4(out), T, N, H, D, R,
+            BLOCK_R=BLOCK_R, BLOCK_D=_block_d(D), num_warps=4,
+        )
     if has_cls:
         if dcls_out is None:
             dcls_out = torch.zeros_like(cls_out)
-        delta_cls = (dcls_out.to(stat) * cls_out.to(stat)).sum(-1).permute(0, 2, 1).contiguous()  # [B, H, T]
+        if exact_delta:
+            delta_cls = torch.empty((B, H, T), dtype=stat, device=q.device)
+        else:
+            delta_cls = (dcls_out.to(stat) * cls_out.to(stat)).sum(-1).permute(0, 2, 1).contiguous()  # [B, H, T]
         # three buffers, not views of one: each is a separately written kernel argument
         dqc, dkc, dvc = (torch.empty((B, T, H, D), dtype=stat, device=q.device) for _ in range(3))
         qc, kc, vc = cls
@@ -768,6 +821,14 @@ def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None,
         CAUSAL=bool(causal), HAS_LENS=frame_lens is not None, HAS_CLS=has_cls, MODE=mode,
         IS_F64=q.dtype == torch.float64, PREC=_precision(q.dtype), INTERPRET=_interpreting(), BLOCK_D=_block_d(D),
     )
+    if exact_delta:
+        G = _temporal_group(T, BM2)
+        torch.library.wrap_triton(_attn_bwd_dq_kernel)[(_grid_size(mode, B, T, N, H, temporal_heads, G, has_cls, BM2),)](
+            q, k, v, dout, lse, delta, qc, kc, vc, doc, lsec, delta_cls, _placeholder(dq), _placeholder(dq, stat), lens,
+            *_s4(q), *_s4(k), *_s4(v), *_s4(dout), 0, 0, 0, 0, *_cls_strides(cls), *sdoc,
+            B, T, N, H, temporal_heads, G, D, hi, lo,
+            BLOCK_M=BM2, BLOCK_N=BN2, num_warps=warps2, num_stages=stages2, DELTA_ONLY=True, **common,
+        )
     G = _temporal_group(T, BN)
     torch.library.wrap_triton(_attn_bwd_dkdv_kernel)[(_grid_size(mode, B, T, N, H, temporal_heads, G, has_cls, BN),)](
         q, k, v, dout, lse, delta, qc, kc, vc, doc, lsec, delta_cls, dk, dv, dkc, dvc, lens,
@@ -780,7 +841,7 @@ def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None,
         q, k, v, dout, lse, delta, qc, kc, vc, doc, lsec, delta_cls, dq, dqc, lens,
         *_s4(q), *_s4(k), *_s4(v), *_s4(dout), *_s4(dq), *_cls_strides(cls), *sdoc,
         B, T, N, H, temporal_heads, G, D, hi, lo,
-        BLOCK_M=BM2, BLOCK_N=BN2, num_warps=warps2, num_stages=stages2, **common,
+        BLOCK_M=BM2, BLOCK_N=BN2, num_warps=warps2, num_stages=stages2, DELTA_ONLY=False, **common,
     )
     if has_cls:
         for d, part in zip(dcls, (dqc, dkc, dvc)):

@@ -26,9 +26,10 @@ Two paths, chosen from the padded frame count ``T_PAD`` and head dim ``D_PAD``:
   ``lse`` and takes ``delta = rowsum(P * dP)``, so it never reads ``out`` (11 passes of memory in
   all for forward + backward, the floor).
 - long T: flash-style tiling over frames for one group per program, running max / sum in the
-  accumulation dtype, causal block skipping; an FA2-style backward (a ``delta = rowsum(dO * O)``
-  pass, a dK/dV kernel looping over query blocks and a dQ kernel looping over key blocks; no
-  atomics).
+  accumulation dtype, causal block skipping; an FA2-style backward (a delta pass, a dK/dV kernel
+  looping over query blocks and a dQ kernel looping over key blocks; no atomics). The delta pass
+  is the dQ kernel's key loop taking ``rowsum(P * dP)`` for float16/bfloat16 (the rounding of a
+  16-bit ``out`` does not cancel in ``dP - delta``) and ``rowsum(dO * O)`` otherwise.
 
 Softmax and accumulation run in float32 (float64 for float64 inputs); float32 dots are IEEE
 (``input_precision="ieee"``), never TF32. Head dims are padded to the next power of two (at least
@@ -556,6 +557,27 @@ def _dq_tile(
 
 
 @triton.jit
+def _delta_tile(
+    delta, q, do, lse, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d, length,
+    scale_hi, scale_lo, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, IEEE: tl.constexpr,
+):
+    """``delta += rowsum(P * dP)`` over one key tile: ``_dq_tile``'s P and dP, without dQ."""
+    cols = start_n + offs_n
+    mask_n = cols < length
+    mask_kv = mask_n[:, None] & mask_d[None, :]
+    k = tl.load(ptr_k + cols.to(tl.int64)[:, None] * skt, mask=mask_kv, other=0.0)  # [BLOCK_N, D_PAD]
+    v = tl.load(ptr_v + cols.to(tl.int64)[:, None] * svt, mask=mask_kv, other=0.0)
+    s = _dot(q, tl.trans(k), IEEE)  # [BLOCK_M, BLOCK_N]
+    s = _scale_logits(s, scale_hi, scale_lo, IS_F64)
+    visible = mask_m[:, None] & mask_n[None, :]
+    if CAUSAL:
+        visible = visible & (offs_m[:, None] >= cols[None, :])
+    p = tl.exp(tl.where(visible, s, float("-inf")) - lse[:, None])
+    dp = _dot(do, tl.trans(v), IEEE)
+    return delta + tl.sum(p * dp, 1)
+
+
+@triton.jit
 def _temporal_attn_bwd_dq_kernel(
     DO, Q, K, V, LSE, DELTA, LENS, DQ,
     sdob, sdot, sdon, sdoh,
@@ -566,9 +588,13 @@ def _temporal_attn_bwd_dq_kernel(
     T, N, H, D,
     scale_hi, scale_lo,
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, INTERPRET: tl.constexpr,
+    DELTA_ONLY: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
-    """dQ of one block of query frames, looping over the key frames it sees."""
+    """dQ of one block of query frames, looping over the key frames it sees.
+
+    DELTA_ONLY: a pass before the dK/dV and dQ kernels that writes the block's
+    ``delta = rowsum(P * dP)`` (0 on padded frames) into DELTA instead, and reads no delta."""
     scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
     g, start_m, b, n, h, length = _frame_block(LENS, T, N, H, BLOCK_M, HAS_LENS)
 
@@ -582,33 +608,47 @@ def _temporal_attn_bwd_dq_kernel(
     q = tl.load(Q + b * sqb + n * sqn + h * sqh + rows_m * sqt + offs_d[None, :], mask=mask_q, other=0.0)  # [BLOCK_M, D_PAD]
     do = tl.load(DO + b * sdob + n * sdon + h * sdoh + rows_m * sdot + offs_d[None, :], mask=mask_q, other=0.0)
     lse = tl.load(LSE + (b * H + h) * T * N + n + offs_m.to(tl.int64) * N, mask=mask_m, other=0.0)
-    delta = tl.load(DELTA + g * T + offs_m, mask=mask_m, other=0.0)
     ptr_k = K + b * skb + n * skn + h * skh + offs_d[None, :]
     ptr_v = V + b * svb + n * svn + h * svh + offs_d[None, :]
-
-    if IS_F64:
-        dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float64)
-    else:
-        dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
 
     hi = length
     if CAUSAL:
         hi = tl.minimum(hi, start_m + BLOCK_M)
     hi = tl.where(start_m < length, hi, 0)  # a block of padded query frames sees nothing
-    if INTERPRET:
-        start_n = 0
-        while start_n < hi:
-            dq = _dq_tile(dq, q, do, lse, delta, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d,
-                          length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
-            start_n += BLOCK_N
+    if DELTA_ONLY:
+        delta = tl.zeros([BLOCK_M], dtype=lse.dtype)
+        if INTERPRET:
+            start_n = 0
+            while start_n < hi:
+                delta = _delta_tile(delta, q, do, lse, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m,
+                                    mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
+                start_n += BLOCK_N
+        else:
+            for start_n in range(0, hi, BLOCK_N):
+                delta = _delta_tile(delta, q, do, lse, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m,
+                                    mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
+        tl.store(DELTA + g * T + offs_m, delta, mask=offs_m < T)
     else:
-        for start_n in range(0, hi, BLOCK_N):
-            dq = _dq_tile(dq, q, do, lse, delta, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d,
-                          length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
-    dq = _scale_logits(dq, scale_hi, scale_lo, IS_F64)
+        delta = tl.load(DELTA + g * T + offs_m, mask=mask_m, other=0.0)
+        if IS_F64:
+            dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float64)
+        else:
+            dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+        if INTERPRET:
+            start_n = 0
+            while start_n < hi:
+                dq = _dq_tile(dq, q, do, lse, delta, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d,
+                              length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
+                start_n += BLOCK_N
+        else:
+            for start_n in range(0, hi, BLOCK_N):
+                dq = _dq_tile(dq, q, do, lse, delta, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d,
+                              length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
+        dq = _scale_logits(dq, scale_hi, scale_lo, IS_F64)
 
-    mask_st = (offs_m < T)[:, None] & mask_d[None, :]
-    tl.store(DQ + b * sdqb + n * sdqn + h * sdqh + rows_m * sdqt + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=mask_st)
+        mask_st = (offs_m < T)[:, None] & mask_d[None, :]
+        tl.store(DQ + b * sdqb + n * sdqn + h * sdqh + rows_m * sdqt + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+                 mask=mask_st)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -660,10 +700,12 @@ def temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal: bool, scale: float)
     )
 
 
-def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: float, dq, dk, dv) -> None:
+def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: float, dq, dk, dv,
+                      exact_delta: bool | None = None) -> None:
     """Backward of temporal attention into the preallocated ``dq, dk, dv`` ``[B, T, N, H, D]``
-    (any strides, e.g. the three slices of one packed ``dqkv``). ``out`` is read by the tiled
-    path only (the short path recomputes ``rowsum(dO * O)`` from P)."""
+    (any strides, e.g. the three slices of one packed ``dqkv``). ``delta`` is ``rowsum(P * dP)``
+    on the short path and, with ``exact_delta`` (default: float16/bfloat16), on the tiled path,
+    which otherwise takes ``rowsum(dO * O)`` and is then the only reader of ``out``."""
     B, T, N, H, D = q.shape
     num_groups = B * N * H
     if num_groups == 0 or T == 0:
@@ -690,10 +732,24 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
     block_m, block_n, num_warps = _tiled_config(T, D_PAD, q.dtype, backward=True)
     num_stages = _tiled_stages(q.dtype)
     delta = torch.empty((num_groups, T), dtype=lse.dtype, device=q.device)
-    torch.library.wrap_triton(_temporal_attn_bwd_delta_kernel)[(num_groups * triton.cdiv(T, block_m),)](
-        dout, out, delta, lens, *s_do, *_strides(out), T, N, H, D,
-        HAS_LENS=has_lens, BLOCK_M=block_m, D_PAD=D_PAD, num_warps=num_warps,
-    )
+    if exact_delta is None:
+        exact_delta = q.dtype in (torch.float16, torch.bfloat16)
+    if exact_delta:
+        # delta = rowsum(P * dP), as the short path takes it: the 16-bit out is rounded, and that
+        # rounding does not cancel in dP - delta (see spatial_attn.attn_bwd)
+        torch.library.wrap_triton(_temporal_attn_bwd_dq_kernel)[(num_groups * triton.cdiv(T, block_m),)](
+            dout, q, k, v, lse, delta, lens, torch.empty(1, dtype=dq.dtype, device=dq.device),
+            *s_do, *s_q, *s_k, *s_v, 0, 0, 0, 0,
+            T, N, H, D, scale_hi, scale_lo,
+            HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(), DELTA_ONLY=True,
+            BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=ieee,
+            num_warps=num_warps, num_stages=num_stages,
+        )
+    else:
+        torch.library.wrap_triton(_temporal_attn_bwd_delta_kernel)[(num_groups * triton.cdiv(T, block_m),)](
+            dout, out, delta, lens, *s_do, *_strides(out), T, N, H, D,
+            HAS_LENS=has_lens, BLOCK_M=block_m, D_PAD=D_PAD, num_warps=num_warps,
+        )
     torch.library.wrap_triton(_temporal_attn_bwd_dkdv_kernel)[(num_groups * triton.cdiv(T, block_n),)](
         dout, q, k, v, lse, delta, lens, dk, dv,
         *s_do, *s_q, *s_k, *s_v, *s_dk, *s_dv,
@@ -706,7 +762,7 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
         dout, q, k, v, lse, delta, lens, dq,
         *s_do, *s_q, *s_k, *s_v, *s_dq,
         T, N, H, D, scale_hi, scale_lo,
-        HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(),
+        HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(), DELTA_ONLY=False,
         BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=ieee,
         num_warps=num_warps, num_stages=num_stages,
     )
