@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zlib
 
@@ -40,6 +41,23 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     denom = ref.norm().item()
     num = (out - ref).norm().item()
     return num / denom if denom > 0 else num
+
+
+@contextlib.contextmanager
+def native_dtype_math():
+    """Within the block, the reference computes in its inputs' dtype instead of upcasting 16-bit
+    inputs to float32: PyTorch's own float16/bfloat16 math, which rounds P, dP and dS to the dtype
+    as a 16-bit tensor-core kernel rounds its matmul operands. The yardstick of an ill-conditioned
+    16-bit draw: a gradient that is a small difference of large terms, which that math itself
+    cannot resolve to the SPEC §3 bound."""
+    from temporal_kernels import reference
+
+    upcast = reference._compute_dtype
+    reference._compute_dtype = lambda dtype: dtype
+    try:
+        yield
+    finally:
+        reference._compute_dtype = upcast
 
 
 # (causal, frame_lens) combinations of the masked ops

@@ -134,9 +134,11 @@ def _run_and_check(fn, inputs, outs_ref_fn, dtype, scale, frame_lens=None, gen=N
     ref_inputs = _ref64(inputs)
     refs = outs_ref_fn(*ref_inputs)
     refs = refs if isinstance(refs, tuple) else (refs,)
-    # The same reference math in ``dtype``, to tell an ill-conditioned draw (see the gradients).
+    # The same reference math in ``dtype`` (16-bit included, not upcast), to tell an
+    # ill-conditioned draw (see the gradients).
     same_inputs = [x.detach().clone().requires_grad_() for x in inputs]
-    sames = outs_ref_fn(*same_inputs)
+    with native_dtype_math():
+        sames = outs_ref_fn(*same_inputs)
     sames = sames if isinstance(sames, tuple) else (sames,)
     bound = BOUNDS[dtype]
     for i, (o, r) in enumerate(zip(outs, refs)):

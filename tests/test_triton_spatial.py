@@ -7,12 +7,15 @@ v, the three CLS tensors; the packed forms' dqkv and dcls_qkv) within SPEC §3 b
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 import temporal_kernels as tk
 import temporal_kernels.ops  # noqa: F401  (registers the custom ops)
-from helpers import assert_close, BOUNDS, case_id, DEVICE, interpreter, kernel_dtypes, make_qkv, packed_qkv, rel_err
+from helpers import (assert_close, BOUNDS, case_id, DEVICE, interpreter, kernel_dtypes, make_qkv, native_dtype_math,
+                     packed_qkv, rel_err)
 
 pytestmark = pytest.mark.skipif(
     DEVICE != "cuda" and not interpreter(), reason="needs a GPU or TRITON_INTERPRET=1"
@@ -339,10 +342,11 @@ def test_backward_delta_paths(mode, exact_delta):
 def test_spatial_backward_cancelling_draws_gpu(dtype, with_cls):
     """Two keys per row and D=1 (N=1 with CLS, N=2 without): dP - delta is a difference of
     near-equal terms whenever the two values are alike. delta from the 16-bit output missed the
-    bound on such draws (bfloat16 dq_cls 1.54e-2); every draw the same-dtype reference math
-    resolves must pass."""
+    bound on such draws (bfloat16 dq_cls 1.54e-2); every gradient PyTorch's own 16-bit math
+    resolves must pass (dv, a sum of two P * dO terms, cancels too: P is rounded to 16 bits
+    there, as in PyTorch's own math)."""
     N = 1 if with_cls else 2
-    checked = 0
+    checked = total = 0
     for seed in range(150):
         gen = torch.Generator().manual_seed(seed)
         xs = [torch.randn(1, 1, N, 1, 1, generator=gen, dtype=torch.float64).to(DEVICE, dtype) for _ in range(3)]
@@ -357,15 +361,17 @@ def test_spatial_backward_cancelling_draws_gpu(dtype, with_cls):
         douts = _grad_outputs(outs64, gen)
         per_backend = {}
         for backend, ins in (("triton", [x.clone().requires_grad_() for x in xs]),
-                             ("reference", [x.clone().requires_grad_() for x in xs]),
+                             ("native", [x.clone().requires_grad_() for x in xs]),
                              ("oracle", _ref_leaves(*xs))):
-            outs = run(ins, "reference" if backend == "oracle" else backend)
+            with native_dtype_math() if backend == "native" else contextlib.nullcontext():
+                outs = run(ins, "triton" if backend == "triton" else "reference")
             outs = outs if isinstance(outs, tuple) else (outs,)
             loss = sum((o * d.to(o.dtype)).sum() for o, d in zip(outs, douts))
             per_backend[backend] = torch.autograd.grad(loss, ins)
-        for i, (g, s, r) in enumerate(zip(per_backend["triton"], per_backend["reference"], per_backend["oracle"])):
+        for i, (g, s, r) in enumerate(zip(per_backend["triton"], per_backend["native"], per_backend["oracle"])):
+            total += 1
             if rel_err(s, r) > BOUNDS[dtype]:
-                continue  # unresolvable in this dtype (the fuzz suite's rule)
+                continue  # PyTorch's own 16-bit math misses the bound: ill-conditioned (the fuzz suite's rule)
             checked += 1
             assert rel_err(g, r) <= BOUNDS[dtype], f"seed {seed} grad {i}: {rel_err(g, r):.3e}"
-    assert checked >= 300
+    assert checked >= total // 2, f"only {checked} of {total} gradients resolvable"
