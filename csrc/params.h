@@ -24,8 +24,7 @@ struct AttnParams {
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
-  // Forward: written. Backward: read by the spatial/joint kernels (delta = rowsum(dout * out));
-  // the temporal kernel sums delta = rowsum(P * dP) instead and does not read it.
+  // Forward: written. Backward: not read (the kernels sum delta = rowsum(P * dP) instead).
   void* out = nullptr;
   // [B, H, T, N], float32 (float64 for double inputs). Forward: written. Backward: read.
   void* lse = nullptr;
@@ -34,7 +33,8 @@ struct AttnParams {
   void* dq = nullptr;
   void* dk = nullptr;
   void* dv = nullptr;
-  // [B, H, T, N] scratch of the compute dtype: delta per query row.
+  // [B, H, T, N] scratch of the compute dtype: delta = rowsum(P * dP) per query row, written by
+  // the backward's query-row part (temporal part A, spatial/joint dQ pass) and read by its dK/dV part.
   void* delta = nullptr;
 
   int64_t q_stride[5] = {};
@@ -75,7 +75,7 @@ struct SpatialParams : AttnParams {
   int64_t q_cls_stride[3] = {};
   int64_t k_cls_stride[3] = {};
   int64_t v_cls_stride[3] = {};
-  // [B, T, H, D] per-frame CLS output (forward: written; backward: read) and its gradient,
+  // [B, T, H, D] per-frame CLS output (forward: written; backward: not read) and its gradient,
   // strides (b, t, h, d).
   void* cls_out = nullptr;
   const void* dcls_out = nullptr;

@@ -40,21 +40,17 @@ void launch_fwd(const SpatialParams& p, cudaStream_t stream) {
 
 template <typename T>
 void launch_bwd(const SpatialParams& p, cudaStream_t stream) {
-  const int64_t dgrid = detail::delta_grid(p);
-  if (dgrid > 0) {
-    detail::spatial_delta_kernel<T><<<static_cast<unsigned>(dgrid), detail::kThreads, 0, stream>>>(p);
+  // dQ first: it writes the delta scratch that the dK/dV pass reads (same stream, in order).
+  const detail::SpatialLaunch lq = detail::spatial_fwd_launch<T>(p);
+  if (lq.grid > 0) {
+    detail::spatial_bwd_dq_kernel<T>
+        <<<static_cast<unsigned>(lq.grid), detail::kThreads, lq.smem, stream>>>(p, lq.sh, lq.nblk);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   const detail::SpatialLaunch lkv = detail::spatial_dkdv_launch<T>(p);
   if (lkv.grid > 0) {
     detail::spatial_bwd_dkdv_kernel<T>
         <<<static_cast<unsigned>(lkv.grid), detail::kThreads, lkv.smem, stream>>>(p, lkv.sh, lkv.nblk);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  const detail::SpatialLaunch lq = detail::spatial_fwd_launch<T>(p);
-  if (lq.grid > 0) {
-    detail::spatial_bwd_dq_kernel<T>
-        <<<static_cast<unsigned>(lq.grid), detail::kThreads, lq.smem, stream>>>(p, lq.sh, lq.nblk);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   const int64_t sgrid = detail::cls_sum_grid(p);
@@ -137,7 +133,8 @@ std::optional<Cls> cls_of(const std::optional<at::Tensor>& q_cls, const std::opt
   return Cls{unit_last(*q_cls), unit_last(*k_cls), unit_last(*v_cls)};
 }
 
-// Pointers, strides and vec16 of the CLS inputs and of cls_out (forward: written; backward: read).
+// Pointers, strides and vec16 of the CLS inputs and of cls_out (forward: written; the backward
+// binds it too but does not read it).
 void set_cls_tensors(SpatialParams& p, const Cls& cls, const at::Tensor& cls_out) {
   bind(p.q_cls, p.q_cls_stride, cls.q);
   bind(p.k_cls, p.k_cls_stride, cls.k);

@@ -20,11 +20,15 @@
 // [B, H, T]). A row with no visible key (a padded joint frame) outputs 0 and stores lse = +inf,
 // as the Triton kernels do.
 //
-// The backward pass is FA2-style and atomic-free: a delta pass (delta = rowsum(dO * O), CLS rows
-// included), a dK/dV pass (blocks own key rows, loop over query tiles) and a dQ pass (blocks own
-// query rows, loop over key tiles). The CLS key's and query's gradients are written per frame
-// into [B, T, H, D] partial buffers of the compute dtype and summed over T by a last small pass
-// in a fixed order (deterministic).
+// The backward pass is FA2-style and atomic-free: a dQ pass (blocks own query rows, loop over key
+// tiles), then a dK/dV pass (blocks own key rows, loop over query tiles). The dQ pass also sums
+// delta = rowsum(P * dP) in the accumulation dtype (CLS rows included) and writes it to the
+// delta scratch the dK/dV pass reads, rather than delta = rowsum(dO * O) from the stored output:
+// in 16-bit, O's rounding does not cancel against dP's, and dP - delta is a difference of
+// near-equal terms whenever the values are alike (two-key D=1 draws missed the SPEC bound by
+// two orders of magnitude that way). out and cls_out are not read by the backward. The CLS key's
+// and query's gradients are written per frame into [B, T, H, D] partial buffers of the compute
+// dtype and summed over T by a last small pass in a fixed order (deterministic).
 //
 // The CPU CI runs these kernels through the host emulation of tests/csrc_emu/.
 #pragma once
@@ -173,8 +177,13 @@ __device__ __forceinline__ BwdInputs<T> bwd_inputs(const SpatialParams& p) {
 
 // Row i's statistic (lse or delta): a patch row of x, or the CLS row of x_cls.
 template <typename A>
+__device__ __forceinline__ A* stat_ptr(A* x, A* x_cls, const StatView& sv, const Seq& s, int64_t i) {
+  return i == s.n_main ? x_cls + sv.cls : x + tok_off(sv.st, s, i);
+}
+
+template <typename A>
 __device__ __forceinline__ A stat_at(const A* x, const A* x_cls, const StatView& sv, const Seq& s, int64_t i) {
-  return i == s.n_main ? x_cls[sv.cls] : x[tok_off(sv.st, s, i)];
+  return *stat_ptr(x, x_cls, sv, s, i);
 }
 
 // Stages rows [j0, j0 + rows) of two token tensors into [KT, S*8] tiles (all threads of the block).
@@ -263,44 +272,76 @@ __global__ void __launch_bounds__(kThreads) spatial_fwd_kernel(const SpatialPara
   }
 }
 
-// delta = rowsum(dO * O) for every row of lse order (B*H*T*N), then (with CLS) every CLS row
-// ([B, H, T]); one thread per row.
+// delta and dQ of one block of query rows, in one loop over the keys: delta_i = sum_j P_ij dP_ij
+// (summed in the accumulation dtype, written to delta / delta_cls for the dK/dV pass, which runs
+// after this one), dQ = scale * sum_j dS_ij k_j = scale * (sum_j P_ij dP_ij k_j - delta_i *
+// sum_j P_ij k_j). Every row of the sequence gets its delta: padded rows (joint) get 0.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) spatial_delta_kernel(const SpatialParams p) {
+__global__ void __launch_bounds__(kThreads) spatial_bwd_dq_kernel(const SpatialParams p, const Shape sh,
+                                                                  int64_t nblk) {
   using A = typename Acc<T>::type;
-  const T* o = static_cast<const T*>(p.out);
-  const T* dout = static_cast<const T*>(p.dout);
+  const Lane ln = lane_of(sh, p.D);
+  const int row_elems = sh.S * kChunk;
+  T* k_tile = reinterpret_cast<T*>(dynamic_smem());  // [KT, S*8]
+  T* v_tile = k_tile + sh.KT * row_elems;             // [KT, S*8]
+
+  const BwdInputs<T> in = bwd_inputs<T>(p);
+  T* dq = static_cast<T*>(p.dq);
   A* delta = static_cast<A*>(p.delta);
   A* delta_cls = static_cast<A*>(p.delta_cls);
-  const int64_t rows = p.B * p.H * p.T * p.N;
-  const int64_t total = rows + (p.has_cls ? p.B * p.H * p.T : 0);
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; r < total;
-       r += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const T* o_row;
-    const T* do_row;
-    if (r < rows) {
-      const int64_t n = r % p.N, t = (r / p.N) % p.T, h = (r / (p.N * p.T)) % p.H, b = r / (p.N * p.T * p.H);
-      o_row = o + b * p.out_stride[kB] + t * p.out_stride[kT] + n * p.out_stride[kN] + h * p.out_stride[kH];
-      do_row = dout + b * p.dout_stride[kB] + t * p.dout_stride[kT] + n * p.dout_stride[kN] + h * p.dout_stride[kH];
-    } else {
-      const int64_t rc = r - rows;  // [B, H, T] order
-      const int64_t t = rc % p.T, h = (rc / p.T) % p.H, b = rc / (p.T * p.H);
-      o_row = static_cast<const T*>(p.cls_out) + b * p.cls_out_stride[0] + t * p.cls_out_stride[1] +
-              h * p.cls_out_stride[2];
-      do_row = static_cast<const T*>(p.dcls_out) + b * p.dcls_out_stride[0] + t * p.dcls_out_stride[1] +
-               h * p.dcls_out_stride[2];
+  const int64_t total = n_seqs(p) * nblk;
+
+  for (int64_t w = blockIdx.x; w < total; w += gridDim.x) {
+    const Seq s = seq_of(p, w / nblk);
+    const StatView sv = stat_view(p, s);
+    const int64_t i0 = (w % nblk) * sh.R;
+    const int64_t i = i0 + ln.r;
+    const bool row = i < s.L;
+    const bool live = i < s.valid;  // padded rows: dQ = 0, their dout is never read
+    const int64_t kv_end = live ? key_end(p, s, i) : 0;
+    const int64_t last = min(i0 + sh.R, s.valid) - 1;
+    const int64_t blk_end = last >= i0 ? key_end(p, s, last) : 0;
+    const ClsRows<T> cls = cls_rows<T>(p, s);
+
+    A qv[kChunk], dov[kChunk];
+    A lse2 = A(0), dlt = A(0);
+    if (live) {
+      load_chunk(tok_ptr(in.q, p.q_stride, cls.q, s, i) + ln.d0, ln.n_valid, p.vec16, qv);
+      load_chunk(tok_ptr(in.dout, p.dout_stride, cls.dout, s, i) + ln.d0, ln.n_valid, p.vec16, dov);
+      scale_chunk(qv, in.qk_scale);
+      lse2 = stat_at(in.lse, in.lse_cls, sv, s, i) * in.log2e;
     }
-    A acc = A(0);
-    for (int64_t d = 0; d < p.D; ++d) acc += to_acc(do_row[d]) * to_acc(o_row[d]);
-    if (r < rows) {
-      delta[r] = acc;
-    } else {
-      delta_cls[r - rows] = acc;
+    A acc[kChunk], acc_pk[kChunk];
+    zero_chunk(acc);
+    zero_chunk(acc_pk);
+
+    for (int64_t j0 = 0; j0 < blk_end; j0 += sh.KT) {
+      const int64_t kt = min(int64_t(sh.KT), blk_end - j0);
+      __syncthreads();
+      stage_rows(k_tile, in.k, p.k_stride, cls.k, v_tile, in.v, p.v_stride, cls.v, s, j0, kt, sh, p.D, p.vec16);
+      __syncthreads();
+      const int64_t j_end = min(kv_end, j0 + kt);
+      for (int64_t j = j0; j < j_end; ++j) {
+        dq_delta_step(qv, dov, lse2, k_tile + (j - j0) * row_elems + ln.d0, v_tile + (j - j0) * row_elems + ln.d0,
+                      sh, ln, acc, acc_pk, dlt);
+      }
+    }
+
+    if (row && ln.s == 0) *stat_ptr(delta, delta_cls, sv, s, i) = dlt;
+    if (row && ln.n_valid > 0) {
+#pragma unroll
+      for (int e = 0; e < kChunk; ++e) acc[e] = in.scale * (acc[e] - dlt * acc_pk[e]);
+      if (i < s.n_main) {
+        store_chunk(dq + tok_off(p.dq_stride, s, i) + ln.d0, ln.n_valid, p.vec16, acc);
+      } else {
+        store_chunk(static_cast<A*>(p.dq_cls_part) + cls_part_off(p, s) + ln.d0, ln.n_valid, false, acc);
+      }
     }
   }
 }
 
-// dK, dV of one block of key rows: dV = sum_i P_ij dO_i, dK = scale * sum_i dS_ij q_i.
+// dK, dV of one block of key rows: dV = sum_i P_ij dO_i, dK = scale * sum_i dS_ij q_i, with the
+// delta of every query row (all live) written by spatial_bwd_dq_kernel, launched before it.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) spatial_bwd_dkdv_kernel(const SpatialParams p, const Shape sh,
                                                                     int64_t nblk) {
@@ -375,68 +416,6 @@ __global__ void __launch_bounds__(kThreads) spatial_bwd_dkdv_kernel(const Spatia
   }
 }
 
-// dQ of one block of query rows: dQ = scale * sum_j dS_ij k_j.
-template <typename T>
-__global__ void __launch_bounds__(kThreads) spatial_bwd_dq_kernel(const SpatialParams p, const Shape sh,
-                                                                  int64_t nblk) {
-  using A = typename Acc<T>::type;
-  const Lane ln = lane_of(sh, p.D);
-  const int row_elems = sh.S * kChunk;
-  T* k_tile = reinterpret_cast<T*>(dynamic_smem());  // [KT, S*8]
-  T* v_tile = k_tile + sh.KT * row_elems;             // [KT, S*8]
-
-  const BwdInputs<T> in = bwd_inputs<T>(p);
-  T* dq = static_cast<T*>(p.dq);
-  const int64_t total = n_seqs(p) * nblk;
-
-  for (int64_t w = blockIdx.x; w < total; w += gridDim.x) {
-    const Seq s = seq_of(p, w / nblk);
-    const StatView sv = stat_view(p, s);
-    const int64_t i0 = (w % nblk) * sh.R;
-    const int64_t i = i0 + ln.r;
-    const bool row = i < s.L;
-    const bool live = i < s.valid;  // padded rows: dQ = 0, their dout is never read
-    const int64_t kv_end = live ? key_end(p, s, i) : 0;
-    const int64_t last = min(i0 + sh.R, s.valid) - 1;
-    const int64_t blk_end = last >= i0 ? key_end(p, s, last) : 0;
-    const ClsRows<T> cls = cls_rows<T>(p, s);
-
-    A qv[kChunk], dov[kChunk];
-    A lse2 = A(0), dlt = A(0);
-    if (live) {
-      load_chunk(tok_ptr(in.q, p.q_stride, cls.q, s, i) + ln.d0, ln.n_valid, p.vec16, qv);
-      load_chunk(tok_ptr(in.dout, p.dout_stride, cls.dout, s, i) + ln.d0, ln.n_valid, p.vec16, dov);
-      scale_chunk(qv, in.qk_scale);
-      lse2 = stat_at(in.lse, in.lse_cls, sv, s, i) * in.log2e;
-      dlt = stat_at(in.delta, in.delta_cls, sv, s, i);
-    }
-    A acc[kChunk];
-    zero_chunk(acc);
-
-    for (int64_t j0 = 0; j0 < blk_end; j0 += sh.KT) {
-      const int64_t kt = min(int64_t(sh.KT), blk_end - j0);
-      __syncthreads();
-      stage_rows(k_tile, in.k, p.k_stride, cls.k, v_tile, in.v, p.v_stride, cls.v, s, j0, kt, sh, p.D, p.vec16);
-      __syncthreads();
-      const int64_t j_end = min(kv_end, j0 + kt);
-      for (int64_t j = j0; j < j_end; ++j) {
-        dq_step(qv, dov, lse2, dlt, k_tile + (j - j0) * row_elems + ln.d0, v_tile + (j - j0) * row_elems + ln.d0, sh,
-                ln, acc);
-      }
-    }
-
-    if (row && ln.n_valid > 0) {
-#pragma unroll
-      for (int e = 0; e < kChunk; ++e) acc[e] *= in.scale;
-      if (i < s.n_main) {
-        store_chunk(dq + tok_off(p.dq_stride, s, i) + ln.d0, ln.n_valid, p.vec16, acc);
-      } else {
-        store_chunk(static_cast<A*>(p.dq_cls_part) + cls_part_off(p, s) + ln.d0, ln.n_valid, false, acc);
-      }
-    }
-  }
-}
-
 // d*_cls[b, h, d] = sum_t d*_cls_part[b, t, h, d], t in increasing order; one thread per element.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) spatial_cls_sum_kernel(const SpatialParams p) {
@@ -503,12 +482,7 @@ SpatialLaunch spatial_dkdv_launch(const SpatialParams& p) {
   return spatial_launch(p, sizeof(T), 2 * static_cast<int64_t>(sizeof(typename Acc<T>::type)));
 }
 
-// Grids of the one-thread-per-element passes.
-inline int64_t delta_grid(const SpatialParams& p) {
-  const int64_t rows = p.B * p.H * p.T * p.N + (p.has_cls ? p.B * p.H * p.T : 0);
-  return std::min<int64_t>((rows + kThreads - 1) / kThreads, int64_t(1) << 30);
-}
-
+// Grid of the one-thread-per-element CLS sum.
 inline int64_t cls_sum_grid(const SpatialParams& p) {
   const int64_t n = p.B * p.H * p.D;
   return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 30);

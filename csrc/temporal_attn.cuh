@@ -294,21 +294,6 @@ __device__ __forceinline__ void dq_delta_step(const A (&qv)[kChunk], const A (&d
   }
 }
 
-// dQ: adds dS * k of key row (k_row, v_row) to acc for query row qv (pre-scaled), dov, with the
-// row's lse2 (base 2) and delta.
-template <typename T, typename A>
-__device__ __forceinline__ void dq_step(const A (&qv)[kChunk], const A (&dov)[kChunk], A lse2, A dlt, const T* k_row,
-                                        const T* v_row, const Shape& sh, const Lane& ln, A (&acc)[kChunk]) {
-  A kc[kChunk], vc[kChunk];
-  smem_chunk(k_row, kc);
-  smem_chunk(v_row, vc);
-  const A sc = row_sum(dot_chunk(qv, kc), sh.S, ln.mask);
-  const A dp = row_sum(dot_chunk(dov, vc), sh.S, ln.mask);
-  const A ds = exp2_(sc - lse2) * (dp - dlt);
-#pragma unroll
-  for (int i = 0; i < kChunk; ++i) acc[i] += ds * kc[i];
-}
-
 // dK, dV: adds P * dO and dS * q of query row (q_row, do_row), with its lse2 (base 2) and delta,
 // to the accumulators of key row (k_row, v_row). kScoreScaled: the score is k_row . q times
 // qk_scale (k_row not pre-scaled); else k_row . q.

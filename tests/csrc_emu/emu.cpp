@@ -269,7 +269,7 @@ void run_blocks(int64_t grid, size_t smem_bytes, Body body) {
 
 int64_t capped(int64_t grid, int64_t max_grid) { return max_grid > 0 ? std::min(grid, max_grid) : grid; }
 
-// Forward, or the backward's four passes (delta, dK/dV, dQ, CLS sum) in launch order.
+// Forward, or the backward's three passes (dQ and delta, dK/dV, CLS sum) in launch order.
 template <typename T>
 td::SpatialLaunch run_spatial(bool backward, const tk::SpatialParams& p, int64_t max_grid) {
   const td::SpatialLaunch lf = td::spatial_fwd_launch<T>(p);
@@ -277,10 +277,9 @@ td::SpatialLaunch run_spatial(bool backward, const tk::SpatialParams& p, int64_t
     run_blocks(capped(lf.grid, max_grid), lf.smem, [&] { td::spatial_fwd_kernel<T>(p, lf.sh, lf.nblk); });
     return lf;
   }
-  run_blocks(capped(td::delta_grid(p), max_grid), 0, [&] { td::spatial_delta_kernel<T>(p); });
+  run_blocks(capped(lf.grid, max_grid), lf.smem, [&] { td::spatial_bwd_dq_kernel<T>(p, lf.sh, lf.nblk); });
   const td::SpatialLaunch lkv = td::spatial_dkdv_launch<T>(p);
   run_blocks(capped(lkv.grid, max_grid), lkv.smem, [&] { td::spatial_bwd_dkdv_kernel<T>(p, lkv.sh, lkv.nblk); });
-  run_blocks(capped(lf.grid, max_grid), lf.smem, [&] { td::spatial_bwd_dq_kernel<T>(p, lf.sh, lf.nblk); });
   if (p.has_cls) run_blocks(capped(td::cls_sum_grid(p), max_grid), 0, [&] { td::spatial_cls_sum_kernel<T>(p); });
   return lkv;
 }
