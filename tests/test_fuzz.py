@@ -18,7 +18,7 @@ import torch
 
 import temporal_kernels as tk
 from temporal_kernels._layout import axis_order
-from tests.helpers import BOUNDS, DEVICE, DTYPE_NAMES, rel_err
+from tests.helpers import BOUNDS, DEVICE, DTYPE_NAMES, native_dtype_math, rel_err
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
