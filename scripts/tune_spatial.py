@@ -17,6 +17,9 @@ never read the patched function).
 Per config it prints the time of one op call (median of CUDA-graph replays over several input
 sets, as tune_temporal.py) and TFLOP/s, or ``WRONG`` when the output (forward) or any gradient
 (backward) is off the float64 reference by more than the SPEC §3 bound of the dtype, or
+``RACY`` when two runs differ bitwise or one (b, t, h) slice differs from an unpipelined
+(16, 16, 4, 1) run by more than 1e-3 relative (a 16-bit dK/dV config corrupted a few slices
+while the whole tensor stayed within the bound: scripts/diag_spatial_16bit.py), or
 ``skip: <reason>`` when the config does not compile or run (shared memory, registers). The
 backward time is that of the registered backward op alone (``triton_{spatial,joint}_bwd`` on saved
 forward outputs: the delta kernel, dK/dV, dQ and, with CLS, the CLS gradient sum), so a dK/dV sweep
@@ -57,6 +60,9 @@ KERNELS_FWD = ("fwd",)
 KERNELS_BWD = ("fwd", "bwd_dkdv", "bwd_dq")
 # SPEC §3 relative-error bounds (tests/helpers.BOUNDS)
 BOUNDS = {"bf16": 1.5e-2, "fp16": 2e-3, "fp32": 1e-5}
+# an unpipelined configuration, the yardstick of the per-slice check, and that check's bound
+SAFE_CFG = (16, 16, 4, 1)
+SLICE_BOUND = 1e-3
 # --cpu-smoke: one tiny case per op under the interpreter, the default config and one other
 SMOKE_SHAPE = (1, 2, 20, 2, 8)
 SMOKE_CONFIGS = {"fwd": (32, 16, 4, 1), "bwd_dkdv": (16, 32, 4, 1), "bwd_dq": (32, 16, 4, 1)}
@@ -131,7 +137,7 @@ class Row:
     kernel: str
     cfg: tuple
     default: bool
-    status: str  # ok | WRONG | skip
+    status: str  # ok | WRONG | RACY | skip
     us: float = float("nan")
     tflops: float = float("nan")
     err: float = float("nan")
@@ -250,6 +256,16 @@ def main(argv=None) -> None:
             grads = list(torch.autograd.grad(outs, leaves, grads_out))
         return [o.detach() for o in outs], grads
 
+    def slice_diff(got: list, base: list) -> float:
+        """Worst relative difference of one (b, t, h) slice (one row of a CLS tensor)."""
+        worst = 0.0
+        for a, b in zip(got, base):
+            a, b = a.double(), b.double()
+            dims = (2, 4) if a.dim() == 5 else (a.dim() - 1,)
+            diff = (a - b).norm(dim=dims) / b.norm(dim=dims).clamp_min(1e-30)
+            worst = max(worst, diff.max().item())
+        return worst
+
     def rel_err(got: list, ref: list) -> float:
         worst = 0.0
         for a, b in zip(got, ref):
@@ -346,15 +362,21 @@ def main(argv=None) -> None:
             row = Row(sw.case.name, sw.kernel, cfg, is_default, "ok")
             try:
                 with forced(sw.kernel, cfg) as calls:
-                    err = check()
+                    got = check()
                     if calls[0] == 0:
                         fatal = (f"the launcher never read the patched spatial_attn."
                                  f"{'_fwd_config' if sw.kernel == 'fwd' else '_bwd_configs'}: the sweep "
                                  "would time the default only")
                         return
-                    row.err = err
+                    err = row.err = rel_err(got, ref_for(sw.kernel))
+                    again = check()
+                    same = all(torch.equal(a, b) for a, b in zip(got, again))
+                    drift = slice_diff(got, base[sw.kernel])
                     if not err <= bound:
                         row.status = "WRONG"
+                    elif not same or not drift <= SLICE_BOUND:
+                        row.status = "RACY"
+                        row.reason = f"bitwise equal runs: {same}, worst slice vs {SAFE_CFG}: {drift:.1e}"
                     else:
                         ms = time_ms(fns_for())
                         row.us = ms * 1e3
@@ -372,6 +394,8 @@ def main(argv=None) -> None:
                       flush=True)
             elif row.status == "WRONG":
                 print(f"  {str(cfg):18s} WRONG (err {row.err:.1e} > {bound:g}){tag}", flush=True)
+            elif row.status == "RACY":
+                print(f"  {str(cfg):18s} RACY ({row.reason}){tag}", flush=True)
             else:
                 print(f"  {str(cfg):18s} skip: {row.reason}{tag}", flush=True)
 
@@ -386,6 +410,10 @@ def main(argv=None) -> None:
             inputs = make_inputs(case, sets)
             ref_out, ref_grads = run_reference(case, inputs[0], scale, args.bwd)
             saved = None
+            base = {}  # per kernel: the outputs of SAFE_CFG
+
+            def ref_for(kernel):
+                return ref_out if kernel == "fwd" else ref_grads
             for kernel in kernels:
                 if fatal or budget_left() <= 0:
                     break
@@ -397,7 +425,7 @@ def main(argv=None) -> None:
                     flops = case.fwd_flops()
 
                     def check(case=case):
-                        return rel_err(fwd_outputs(case, run_fwd(case, inputs[0], scale)), ref_out)
+                        return [x.clone() for x in fwd_outputs(case, run_fwd(case, inputs[0], scale))]
 
                     def fns_for(case=case):
                         return [(lambda i=i: run_fwd(case, i, scale)) for i in inputs]
@@ -407,13 +435,15 @@ def main(argv=None) -> None:
                         saved = [run_fwd(case, i, scale) for i in inputs]
 
                     def check(case=case):
-                        return rel_err(bwd_outputs(case, run_bwd(case, inputs[0], saved[0], scale)), ref_grads)
+                        return [x.clone() for x in bwd_outputs(case, run_bwd(case, inputs[0], saved[0], scale))]
 
                     def fns_for(case=case):
                         return [(lambda i=i, s=s: run_bwd(case, i, s, scale)) for i, s in zip(inputs, saved)]
 
+                with forced(kernel, SAFE_CFG):
+                    base[kernel] = check()
                 run_sweep(sw, check, fns_for, flops, deadline)
-            inputs = saved = ref_out = ref_grads = None  # free this case's buffers before the next one
+            inputs = saved = ref_out = ref_grads = base = None  # free this case's buffers before the next one
             if device == "cuda":
                 torch.cuda.empty_cache()
     except KeyboardInterrupt:
@@ -434,7 +464,8 @@ def main(argv=None) -> None:
         d_cfg = str(sw.default_cfg)
         d_time = (f"{dflt.us:9.1f}" if dflt.status == "ok" else f"{dflt.status:>9s}") if dflt else f"{'-':>9s}"
         tried = f"{len(sw.rows)} ({sum(r.status == 'ok' for r in sw.rows)} ok, " \
-                f"{sum(r.status == 'WRONG' for r in sw.rows)} wrong, {sum(r.status == 'skip' for r in sw.rows)} skip)" \
+                f"{sum(r.status == 'WRONG' for r in sw.rows)} wrong, {sum(r.status == 'RACY' for r in sw.rows)} racy, " \
+                f"{sum(r.status == 'skip' for r in sw.rows)} skip)" \
                 + (" cut by budget" if sw.cut else "")
         if not ok:
             print(f"{sw.case.name:34s} {sw.kernel:9s} {'no valid config':18s} {'':9s} {'':8s}   "
