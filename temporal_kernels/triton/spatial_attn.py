@@ -688,12 +688,16 @@ def _bwd_configs(D: int, dtype: torch.dtype) -> tuple[tuple[int, int, int, int],
         if bd <= 64:
             return (16, 32, 8, 2), (64, 32, 8, 2)
         return (16, 16, 8, 1), ((32, 16, 8, 1) if bd <= 128 else (16, 16, 8, 1))
-    # dK/dV unpipelined: at (32, 64, 8, 2) it corrupted 8-column chunks of dK in a few (b, t, h)
-    # slices on the H100 (nondeterministic; scripts/diag_spatial_16bit.py, tune_spatial.py RACY)
+    # Unpipelined (num_stages=1): the dK/dV kernel at (32, 64, 8, 2) and (32, 64, 8, 3) corrupted
+    # 8-column chunks of dK in a few (b, t, h) slices on the H100, nondeterministically
+    # (scripts/diag_spatial_16bit.py; tune_spatial.py marks such configs RACY). The D <= 64 pair
+    # is the fastest unpipelined one of the bf16 sweep (benchmarks/results/h100/logs/
+    # tune_spatial_bwd_bf16.log): 0.89x the old default's backward time; pipelined configs were
+    # ~5-9% faster still.
     if bd <= 64:
-        return (32, 64, 8, 1), (64, 32, 8, 2)
+        return (128, 128, 8, 1), (64, 32, 4, 1)
     if bd <= 128:
-        return (32, 32, 8, 1), (32, 32, 8, 2)
+        return (32, 32, 8, 1), (32, 32, 8, 1)
     return (16, 16, 8, 1), (16, 16, 8, 1)
 
 
