@@ -33,11 +33,17 @@ read any strides as long as the last one is 1 (the wrappers here copy once other
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 from torch.library import triton_op
+
+try:
+    from torch._library.triton import set_wrap_triton_enabled as _set_wrap_triton_enabled
+except ImportError:  # older torch: the launches go through wrap_triton's higher-order op
+    _set_wrap_triton_enabled = None
 
 from ._layout import empty_like_cls_out, empty_like_packed, empty_like_video
 
@@ -118,6 +124,13 @@ def _triton_temporal_qkvpacked_fwd(
     return out, lse
 
 
+def _direct_launches():
+    """Inside an opaque custom op the tensors are real and never traced: launch the kernels
+    directly, as ``triton_op`` does for its body, instead of through ``wrap_triton``'s
+    higher-order op (in eager, that dispatch cost ~1 ms of host time per backward call)."""
+    return _set_wrap_triton_enabled(False) if _set_wrap_triton_enabled else contextlib.nullcontext()
+
+
 # The packed backward ops are opaque custom ops, not triton_ops: their kernels write the q/k/v
 # slices of one ``dqkv``, and inductor (torch 2.11) functionalizes such writes into non-dense
 # views with a copy that reads past the end of its source (an illegal memory access, caught by
@@ -130,7 +143,8 @@ def _triton_temporal_qkvpacked_bwd(
     from .triton.temporal_attn import temporal_attn_bwd
 
     dqkv = empty_like_packed(qkv)
-    temporal_attn_bwd(dout, *qkv.unbind(3), out, lse, frame_lens, causal, scale, *dqkv.unbind(3))
+    with _direct_launches():
+        temporal_attn_bwd(dout, *qkv.unbind(3), out, lse, frame_lens, causal, scale, *dqkv.unbind(3))
     return dqkv
 
 
@@ -190,8 +204,9 @@ def _triton_spatial_qkvpacked_bwd(
     has_cls = cls_qkv is not None
     dqkv = empty_like_packed(qkv)
     dcls_qkv = empty_like_packed(cls_qkv) if has_cls else qkv.new_empty((0,))
-    spatial_attn_bwd(dout, dcls_out, *qkv.unbind(3), tuple(cls_qkv.unbind(1)) if has_cls else None, out, cls_out,
-                     lse, lse_cls, scale, *dqkv.unbind(3), tuple(dcls_qkv.unbind(1)) if has_cls else None)
+    with _direct_launches():
+        spatial_attn_bwd(dout, dcls_out, *qkv.unbind(3), tuple(cls_qkv.unbind(1)) if has_cls else None, out,
+                         cls_out, lse, lse_cls, scale, *dqkv.unbind(3), tuple(dcls_qkv.unbind(1)) if has_cls else None)
     return dqkv, dcls_qkv
 
 
