@@ -11,7 +11,8 @@
 # Builds the extension first if it does not import (TEMPORAL_KERNELS_BUILD_EXT=1). The caching
 # allocator is off (PYTORCH_NO_CUDA_MEMORY_CACHING=1) so every tensor is its own allocation and
 # memcheck sees any access past it. Files: $OUT/sanitize_{memcheck,racecheck,initcheck,synccheck}.log,
-# $OUT/sanitize_summary.txt (one line per tool: exit code and the sanitizer's error summary).
+# $OUT/sanitize_summary.txt (one line per tool: exit code and the sanitizer's error summary),
+# $OUT/sanitize_warmup.log.
 set -uo pipefail
 OUT=${OUT:-/tmp/tk_out}
 mkdir -p "$OUT"
@@ -27,6 +28,13 @@ if ! $PY -c "import torch, temporal_kernels._C" 2>/dev/null; then
 fi
 
 SCRIPT=scripts/sanitize_workload.py
+
+# One run without a sanitizer first: it JIT-compiles every Triton kernel into Triton's on-disk
+# cache, so the sanitized runs load cubins instead of compiling under the sanitizer (which made
+# memcheck, racecheck and initcheck outlast a 95 s limit in quick mode).
+t0=$(date +%s)
+$PY "$SCRIPT" > "$OUT/sanitize_warmup.log" 2>&1
+echo "warm-up run (no sanitizer): exit $?, $(( $(date +%s) - t0 )) s"
 
 export PYTORCH_NO_CUDA_MEMORY_CACHING=1
 : > "$OUT/sanitize_summary.txt"
