@@ -270,7 +270,7 @@ def markdown_section(rows: list[dict], folder: str, image_prefix: str) -> list[s
             "and still counts; beyond that it is WRONG and does not. "
             "Times (ms): for every method, the lower of the `triton.testing.do_bench` median (L2 flushed before "
             "every call; includes Python/launch overhead where it exceeds the flush) and the median of a CUDA-graph "
-            "replay (no launch overhead; inputs rotated so no call finds its data in L2; for calls under 2 ms "
+            "replay (no launch overhead; inputs rotated so no call finds its data in L2; for calls under 10 ms "
             "eager) — both are in the CSV (`ms_eager`, `ms_graph`); the naive loops are timed eagerly only. Every output and gradient is "
             "checked against the float64 reference (SPEC §3); a wrong result gets no speedup.",
             "",

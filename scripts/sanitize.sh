@@ -6,7 +6,8 @@
 # and without CLS, joint, factorized, partial head-dim blocks, unaligned base pointers).
 #
 #   bash scripts/sanitize.sh          # on the GPU machine, repo root; logs go to $OUT
-#   TK_SANITIZE_QUICK=1 (a subset of shapes), TK_SANITIZE_TIMEOUT_S (per tool, default 150)
+#   TK_SANITIZE_QUICK=1 (a subset of shapes), TK_SANITIZE_TIMEOUT_S (per tool, default 150),
+#   TK_SANITIZE_TOOLS (default "memcheck racecheck initcheck synccheck")
 #
 # Builds the extension first if it does not import (TEMPORAL_KERNELS_BUILD_EXT=1). The caching
 # allocator is off (PYTORCH_NO_CUDA_MEMORY_CACHING=1) so every tensor is its own allocation and
@@ -39,7 +40,7 @@ echo "warm-up run (no sanitizer): exit $?, $(( $(date +%s) - t0 )) s"
 export PYTORCH_NO_CUDA_MEMORY_CACHING=1
 : > "$OUT/sanitize_summary.txt"
 status=0
-for tool in memcheck racecheck initcheck synccheck; do
+for tool in ${TK_SANITIZE_TOOLS:-memcheck racecheck initcheck synccheck}; do
     log="$OUT/sanitize_$tool.log"
     echo "=== $tool ==="
     timeout "${TK_SANITIZE_TIMEOUT_S:-150}" "$SAN" --tool "$tool" --error-exitcode 99 --print-limit 100 $PY "$SCRIPT" > "$log" 2>&1
