@@ -286,7 +286,7 @@ def test_spatial_torch_compile_gpu():
 
 
 _EXACT_DELTA_MODES = {
-    # mode: (shape B, T, N, H, D; kwargs of the launchers; reference call)
+    # mode: ((B, T, N, H, D), keyword arguments of the launchers and the reference)
     "spatial_cls": ((2, 2, 17, 2, 12), {}),
     "joint": ((3, 3, 5, 2, 8), dict(causal=True)),
     "factorized": ((1, 5, 7, 3, 8), dict(causal=True, temporal_heads=2)),
