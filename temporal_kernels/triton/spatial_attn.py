@@ -355,11 +355,13 @@ def _dkdv_step(
 
 @triton.jit
 def _dq_step(
-    dq, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
+    acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
     v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
     MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    DELTA_ONLY: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    """One key block of the dQ loop: ``acc += dS K``; with DELTA_ONLY, ``acc += rowsum(P * dP)``
+    (``acc`` ``[BLOCK_M]``, ``delta`` unused)."""
     offs_n = start + tl.arange(0, BLOCK_N)
     k = _load_tokens(K, KC, k_base, _tok_off(offs_n, div, k_so, k_si, MODE), kc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
     v = _load_tokens(V, VC, v_base, _tok_off(offs_n, div, v_so, v_si, MODE), vc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
@@ -367,27 +369,12 @@ def _dq_step(
     vis = _visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL) & row_ok[:, None]
     p = tl.where(vis, _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
-    ds = p * (dp - delta[:, None])
-    dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
-    return dq
-
-
-@triton.jit
-def _delta_step(
-    delta, q, do, lse, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
-    v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-    MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """``delta += rowsum(P * dP)`` over one key block: ``_dq_step``'s P and dP, without dQ."""
-    offs_n = start + tl.arange(0, BLOCK_N)
-    k = _load_tokens(K, KC, k_base, _tok_off(offs_n, div, k_so, k_si, MODE), kc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
-    v = _load_tokens(V, VC, v_base, _tok_off(offs_n, div, v_so, v_si, MODE), vc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
-    s = _logits(tl.dot(q, tl.trans(k), input_precision=PREC), scale_hi, scale_lo, IS_F64)  # [BLOCK_M, BLOCK_N]
-    vis = _visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL) & row_ok[:, None]
-    p = tl.where(vis, _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64), 0.0)
-    dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
-    return delta + tl.sum(p * dp, 1)
+    if DELTA_ONLY:
+        acc += tl.sum(p * dp, 1)
+    else:
+        ds = p * (dp - delta[:, None])
+        acc += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    return acc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,46 +571,33 @@ def _attn_bwd_dq_kernel(
     row_ok = offs_m < L_valid
     lo, hi = _key_range(blk * BLOCK_M, L, L_valid, div, is_t, BLOCK_M, MODE, CAUSAL)
     if DELTA_ONLY:
-        delta = tl.zeros([BLOCK_M], lse.dtype)
-        if INTERPRET:
-            start = lo
-            while start < hi:
-                delta = _delta_step(delta, q, do, lse, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so,
-                                    k_si, kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi,
-                                    scale_lo, MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
-                start += BLOCK_N
-        else:
-            for start in range(lo, hi, BLOCK_N):
-                delta = _delta_step(delta, q, do, lse, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so,
-                                    k_si, kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi,
-                                    scale_lo, MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
-        tl.store(DELTA + l_base + l_off, delta, mask=offs_m < n_main)
-        if HAS_CLS:
-            tl.store(DELTAC + stat_c_off + offs_m * 0, delta, mask=offs_m == n_main)
+        delta = lse  # not read: this pass computes delta
+        acc = tl.zeros([BLOCK_M], lse.dtype)
     else:
         delta = _load_stat(DELTA, DELTAC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)
         delta = tl.where(row_ok, delta, 0.0)  # see _dkdv_step
-        if IS_F64:
-            dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float64)
-        else:
-            dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        if INTERPRET:
-            start = lo
-            while start < hi:
-                dq = _dq_step(dq, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
-                              kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                              MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
-                start += BLOCK_N
-        else:
-            for start in range(lo, hi, BLOCK_N):
-                dq = _dq_step(dq, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
-                              kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                              MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
-        dq = _times_scale(dq, scale_hi, scale_lo, IS_F64)
-
+        acc = tl.zeros([BLOCK_M, BLOCK_D], lse.dtype)
+    if INTERPRET:
+        start = lo
+        while start < hi:
+            acc = _dq_step(acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
+                           kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                           MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N)
+            start += BLOCK_N
+    else:
+        for start in range(lo, hi, BLOCK_N):
+            acc = _dq_step(acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
+                           kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                           MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N)
+    if DELTA_ONLY:
+        tl.store(DELTA + l_base + l_off, acc, mask=offs_m < n_main)
+        if HAS_CLS:
+            tl.store(DELTAC + stat_c_off + offs_m * 0, acc, mask=offs_m == n_main)
+    else:
+        dq = _times_scale(acc, scale_hi, scale_lo, IS_F64)
         c_off = ((b64 * T + t64) * H + h64) * D
-        _store_tokens(DQ, DQC, dq_base, _tok_off(offs_m, div, dq_so, dq_si, MODE), c_off, offs_m, n_main, offs_d, D, dq,
-                      HAS_CLS)
+        _store_tokens(DQ, DQC, dq_base, _tok_off(offs_m, div, dq_so, dq_si, MODE), c_off, offs_m, n_main, offs_d, D,
+                      dq, HAS_CLS)
 
 
 @triton.jit

@@ -536,9 +536,11 @@ def _temporal_attn_bwd_dkdv_kernel(
 
 @triton.jit
 def _dq_tile(
-    dq, q, do, lse, delta, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d, length,
-    scale_hi, scale_lo, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, IEEE: tl.constexpr,
+    acc, q, do, lse, delta, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d, length,
+    scale_hi, scale_lo, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, IEEE: tl.constexpr, DELTA_ONLY: tl.constexpr,
 ):
+    """One key tile of the dQ loop: ``acc += dS K``; with DELTA_ONLY, ``acc += rowsum(P * dP)``
+    (``acc`` ``[BLOCK_M]``, ``delta`` unused)."""
     cols = start_n + offs_n
     mask_n = cols < length
     mask_kv = mask_n[:, None] & mask_d[None, :]
@@ -551,30 +553,12 @@ def _dq_tile(
         visible = visible & (offs_m[:, None] >= cols[None, :])
     p = tl.exp(tl.where(visible, s, float("-inf")) - lse[:, None])
     dp = _dot(do, tl.trans(v), IEEE)
-    ds = p * (dp - delta[:, None])
-    dq += _dot(ds.to(k.dtype), k, IEEE)
-    return dq
-
-
-@triton.jit
-def _delta_tile(
-    delta, q, do, lse, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d, length,
-    scale_hi, scale_lo, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, IEEE: tl.constexpr,
-):
-    """``delta += rowsum(P * dP)`` over one key tile: ``_dq_tile``'s P and dP, without dQ."""
-    cols = start_n + offs_n
-    mask_n = cols < length
-    mask_kv = mask_n[:, None] & mask_d[None, :]
-    k = tl.load(ptr_k + cols.to(tl.int64)[:, None] * skt, mask=mask_kv, other=0.0)  # [BLOCK_N, D_PAD]
-    v = tl.load(ptr_v + cols.to(tl.int64)[:, None] * svt, mask=mask_kv, other=0.0)
-    s = _dot(q, tl.trans(k), IEEE)  # [BLOCK_M, BLOCK_N]
-    s = _scale_logits(s, scale_hi, scale_lo, IS_F64)
-    visible = mask_m[:, None] & mask_n[None, :]
-    if CAUSAL:
-        visible = visible & (offs_m[:, None] >= cols[None, :])
-    p = tl.exp(tl.where(visible, s, float("-inf")) - lse[:, None])
-    dp = _dot(do, tl.trans(v), IEEE)
-    return delta + tl.sum(p * dp, 1)
+    if DELTA_ONLY:
+        acc += tl.sum(p * dp, 1)
+    else:
+        ds = p * (dp - delta[:, None])
+        acc += _dot(ds.to(k.dtype), k, IEEE)
+    return acc
 
 
 @triton.jit
@@ -616,36 +600,25 @@ def _temporal_attn_bwd_dq_kernel(
         hi = tl.minimum(hi, start_m + BLOCK_M)
     hi = tl.where(start_m < length, hi, 0)  # a block of padded query frames sees nothing
     if DELTA_ONLY:
-        delta = tl.zeros([BLOCK_M], dtype=lse.dtype)
-        if INTERPRET:
-            start_n = 0
-            while start_n < hi:
-                delta = _delta_tile(delta, q, do, lse, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m,
-                                    mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
-                start_n += BLOCK_N
-        else:
-            for start_n in range(0, hi, BLOCK_N):
-                delta = _delta_tile(delta, q, do, lse, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m,
-                                    mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
-        tl.store(DELTA + g * T + offs_m, delta, mask=offs_m < T)
+        delta = lse  # not read: this pass computes delta
+        acc = tl.zeros([BLOCK_M], dtype=lse.dtype)
     else:
         delta = tl.load(DELTA + g * T + offs_m, mask=mask_m, other=0.0)
-        if IS_F64:
-            dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float64)
-        else:
-            dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
-        if INTERPRET:
-            start_n = 0
-            while start_n < hi:
-                dq = _dq_tile(dq, q, do, lse, delta, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d,
-                              length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
-                start_n += BLOCK_N
-        else:
-            for start_n in range(0, hi, BLOCK_N):
-                dq = _dq_tile(dq, q, do, lse, delta, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d,
-                              length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
-        dq = _scale_logits(dq, scale_hi, scale_lo, IS_F64)
-
+        acc = tl.zeros([BLOCK_M, D_PAD], dtype=lse.dtype)
+    if INTERPRET:
+        start_n = 0
+        while start_n < hi:
+            acc = _dq_tile(acc, q, do, lse, delta, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d,
+                           length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE, DELTA_ONLY)
+            start_n += BLOCK_N
+    else:
+        for start_n in range(0, hi, BLOCK_N):
+            acc = _dq_tile(acc, q, do, lse, delta, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d,
+                           length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE, DELTA_ONLY)
+    if DELTA_ONLY:
+        tl.store(DELTA + g * T + offs_m, acc, mask=offs_m < T)
+    else:
+        dq = _scale_logits(acc, scale_hi, scale_lo, IS_F64)
         mask_st = (offs_m < T)[:, None] & mask_d[None, :]
         tl.store(DQ + b * sdqb + n * sdqn + h * sdqh + rows_m * sdqt + offs_d[None, :], dq.to(DQ.dtype.element_ty),
                  mask=mask_st)
