@@ -228,20 +228,13 @@ def test_emulated_kernels_packed(emu, layout):
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=lambda d: case_id(dtype=d))
 def test_emulated_backward_cancelling_draws(emu, dtype):
     """T=2, D=1: dP - delta is a difference of near-equal terms whenever v_0 ~ v_1. delta taken
-    from the 16-bit output missed the bound on ~10% of these draws (up to 0.43 in float16, where
-    PyTorch's float16 math meets it); every draw the same-dtype reference math resolves must pass."""
-    checked = 0
+    from the 16-bit output missed the bound on ~10% of these draws (up to 0.43 in float16). The
+    scalar kernel keeps P and dS in fp32, so every gradient of every draw must pass."""
     for seed in range(150):
         gen = torch.Generator().manual_seed(seed)
         q, k, v, dout = (torch.randn(1, 2, 1, 1, 1, dtype=torch.float64, generator=gen).to(dtype) for _ in range(4))
         _, _, grads, _ = _emu_temporal(emu, q, k, v, dout, None, False, 1.0)
         x64 = [x.double().requires_grad_() for x in (q, k, v)]
         ref_grads = torch.autograd.grad(reference.temporal_attention(*x64, scale=1.0), x64, dout.double())
-        x16 = [x.clone().requires_grad_() for x in (q, k, v)]
-        same_grads = torch.autograd.grad(reference.temporal_attention(*x16, scale=1.0), x16, dout)
-        for name, g, r, s in zip(("dq", "dk", "dv"), grads, ref_grads, same_grads):
-            if rel_err(s, r) > BOUNDS[dtype]:
-                continue  # unresolvable in this dtype (the fuzz suite's rule)
-            checked += 1
+        for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
             assert rel_err(g, r) <= BOUNDS[dtype], f"seed {seed} {name}: {rel_err(g, r):.3e}"
-    assert checked >= 300
