@@ -1,11 +1,13 @@
 """End-to-end: HuggingFace Timesformer-base before and after ``tk.convert`` (SPEC §5, issue 7).
 
-    python -m benchmarks.e2e_timesformer [--compile] [--out FILE]
+    python -m benchmarks.e2e_timesformer [--compile] [--profile] [--out FILE]
 
 Random weights (no hub download), B=8, T=8, 224x224, bf16 on the GPU; a tiny config on the CPU
 (labelled, no GPU claims). Times forward (no grad) and forward+backward in train mode with CUDA
 events after warm-up, and the peak memory of a training step; checks that the converted model's
-logits match the original within SPEC §3's bf16 bound.
+logits match the original within SPEC §3's bf16 bound. ``--profile`` prints, per model, the
+GPU kernels of one training step by device time and the step's kernel time against its wall
+time (a gap means the host, not the GPU, sets the pace).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import time
 
 import torch
 
@@ -23,8 +26,6 @@ def _time_ms(fn, iters: int) -> float:
     for _ in range(3):
         fn()
     if not torch.cuda.is_available():
-        import time
-
         start = time.perf_counter()
         for _ in range(iters):
             fn()
@@ -39,11 +40,28 @@ def _time_ms(fn, iters: int) -> float:
     return start.elapsed_time(end) / iters
 
 
+def _profile(name: str, step) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - start) * 1e3
+    events = prof.key_averages()
+    kernel_ms = sum(e.self_device_time_total for e in events) / 1e3
+    print(f"--- profile {name}: one training step, wall {wall_ms:.2f} ms, GPU kernels {kernel_ms:.2f} ms")
+    print(events.table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=70))
+
+
 def main() -> None:
     import transformers
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
+    ap.add_argument("--profile", action="store_true", help="print each model's top kernels of a training step")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args()
     gpu = torch.cuda.is_available()
@@ -80,6 +98,9 @@ def main() -> None:
         fwd_bwd = _time_ms(step, 10)
         peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else float("nan")
         model.zero_grad(set_to_none=True)
+        if args.profile and gpu:
+            _profile(name, step)
+            model.zero_grad(set_to_none=True)
         rows.append(dict(method=name, fwd_ms=fwd, fwd_bwd_ms=fwd_bwd, train_peak_gib=peak))
         print(f"{name:20s} fwd {fwd:8.2f} ms  fwd+bwd {fwd_bwd:8.2f} ms  train peak {peak:6.2f} GiB", flush=True)
     base = rows[0]
@@ -89,7 +110,21 @@ def main() -> None:
               f"peak {100 * (1 - row['train_peak_gib'] / base['train_peak_gib']):.0f}% lower")
     print(f"converted logits vs original: rel err {err:.2e} ({'ok' if err <= 1.5e-2 else 'WRONG'})")
     if args.out:
-        meta = dict(device=torch.cuda.get_device_name() if gpu else "cpu", dtype=str(dtype), B=B, T=T, size=S, logits_rel_err=err)
+        import os
+        import subprocess
+        import sys
+
+        commit = os.environ.get("TK_COMMIT") or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        meta = dict(
+            device=torch.cuda.get_device_name() if gpu else "cpu",
+            torch=torch.__version__,
+            commit=commit,
+            date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            command="python -m benchmarks.e2e_timesformer " + " ".join(sys.argv[1:]),
+            dtype=str(dtype), B=B, T=T, size=S, logits_rel_err=err,
+        )
         with open(args.out, "w") as f:
             json.dump(dict(meta=meta, rows=rows), f, indent=1)
 

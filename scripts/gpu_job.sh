@@ -15,6 +15,8 @@
 #   TK_SKIP_INSTALL=1     skip the pip install (machine still warm from a previous call)
 #   TK_SKIP_TESTS=1       skip the test suite
 #   TK_SKIP_BENCH=1       skip the benchmarks
+#   TK_E2E=1              first run the end-to-end models (benchmarks.e2e_timesformer --compile
+#                         --profile, benchmarks.e2e_mini) into $OUT/e2e_*.{json,log}
 #   TK_PYTEST_ARGS="..."  extra pytest arguments, e.g. "-k temporal" (shell-quoted words allowed)
 #   TK_TEST_TIMEOUT=300   per-test timeout (pytest-timeout), seconds
 #   TK_TEST_SHARD=i/n     run every n-th test from the i-th (tests/conftest.py): the GPU suite takes
@@ -70,6 +72,12 @@ if [ "${TK_SKIP_INSTALL:-0}" != "1" ]; then
     grep -E "temporal_kernels:|error|Error" "$OUT/build.log" | tail -20
 fi
 $PY -c "import temporal_kernels as tk; from temporal_kernels import _extension as e; print('available backends:', tk.available_backends(), e.load_error())" 2>&1 | tee -a "$OUT/env.txt"
+
+if [ "${TK_E2E:-0}" = "1" ]; then
+    section "end-to-end models (issue 7)"
+    timeout -s INT -k 20 "$(( $(left) / 2 ))" $PY -m benchmarks.e2e_timesformer --compile --profile --out "$OUT/e2e_timesformer.json" 2>&1 | tee "$OUT/e2e_timesformer.log"
+    timeout -s INT -k 20 "$(( $(left) / 2 ))" $PY -m benchmarks.e2e_mini --budget 1.5 --out "$OUT/e2e_mini.json" 2>&1 | tee "$OUT/e2e_mini.log"
+fi
 
 if [ "${TK_SKIP_TESTS:-0}" != "1" ]; then
     section "tests"
