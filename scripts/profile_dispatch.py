@@ -52,6 +52,7 @@ def per_call_us(fn, iters: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--profile", type=int, nargs="*", default=[5, 6, 8, 9, 10, 11], help="rows to cProfile (indices)")
     args = ap.parse_args()
     B, T, N, H, D = 1, 8, 16, 2, 64
     dt = torch.bfloat16
@@ -90,12 +91,10 @@ def main() -> None:
         ("spatial packed bwd via torch.ops", lambda: torch.ops.temporal_kernels.triton_spatial_qkvpacked_bwd(*spatial_bwd_args)),
         ("tk.spatial_attention_qkvpacked+CLS fwd+bwd", fwd_bwd_spatial),
     ]
-    with torch.no_grad():
-        pass
     print(f"host time per call, {torch.cuda.get_device_name()}, torch {torch.__version__}, B{B} T{T} N{N} H{H} D{D} bf16")
     for name, fn in rows:
         print(f"  {name:45s} {per_call_us(fn, args.iters):8.1f} us", flush=True)
-    for name, fn in rows[5:7] + rows[9:11]:
+    for name, fn in [rows[i] for i in args.profile]:
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(args.iters):
