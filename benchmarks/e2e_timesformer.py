@@ -1,6 +1,6 @@
 """End-to-end: HuggingFace Timesformer-base before and after ``tk.convert`` (SPEC §5, issue 7).
 
-    python -m benchmarks.e2e_timesformer [--compile] [--profile] [--out FILE]
+    python -m benchmarks.e2e_timesformer [--compile] [--cudagraphs] [--profile] [--models M,...] [--out FILE]
 
 Random weights (no hub download), B=8, T=8, 224x224, bf16 on the GPU; a tiny config on the CPU
 (labelled, no GPU claims). Times forward (no grad) and forward+backward in train mode with CUDA
@@ -40,7 +40,7 @@ def _time_ms(fn, iters: int) -> float:
     return start.elapsed_time(end) / iters
 
 
-def _profile(name: str, step) -> None:
+def _profile(name: str, step) -> float:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -57,6 +57,7 @@ def _profile(name: str, step) -> None:
     print(events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=70))
     print(f"--- profile {name}: host side, by self CPU time")
     print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70))
+    return kernel_ms
 
 
 def main() -> None:
@@ -64,6 +65,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
+    ap.add_argument("--cudagraphs", action="store_true",
+                    help="also time both models under torch.compile(mode='reduce-overhead') (CUDA graphs)")
     ap.add_argument("--profile", action="store_true", help="print each model's top kernels of a training step")
     ap.add_argument("--models", default=None, help="comma-separated subset of the rows to time (hf-eager is the baseline)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -87,6 +90,11 @@ def main() -> None:
     models = [("hf-eager", eager), ("tk-convert", fused)]
     if args.compile:
         models += [("hf-eager+compile", torch.compile(eager)), ("tk-convert+compile", torch.compile(fused))]
+    if args.cudagraphs:
+        # mode="reduce-overhead": the compiled graphs replay as CUDA graphs, so the host's
+        # per-launch cost (which bounds both models at B=8 on the H100 machine) drops out
+        models += [("hf-eager+compile-ro", torch.compile(copy.deepcopy(eager), mode="reduce-overhead")),
+                   ("tk-convert+compile-ro", torch.compile(copy.deepcopy(fused), mode="reduce-overhead"))]
     if args.models:
         keep = set(args.models.split(","))
         models = [(name, model) for name, model in models if name in keep]
@@ -105,10 +113,11 @@ def main() -> None:
         fwd_bwd = _time_ms(step, 10)
         peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else float("nan")
         model.zero_grad(set_to_none=True)
+        row = dict(method=name, fwd_ms=fwd, fwd_bwd_ms=fwd_bwd, train_peak_gib=peak)
         if args.profile and gpu:
-            _profile(name, step)
+            row["fwd_bwd_gpu_kernel_ms"] = _profile(name, step)
             model.zero_grad(set_to_none=True)
-        rows.append(dict(method=name, fwd_ms=fwd, fwd_bwd_ms=fwd_bwd, train_peak_gib=peak))
+        rows.append(row)
         print(f"{name:20s} fwd {fwd:8.2f} ms  fwd+bwd {fwd_bwd:8.2f} ms  train peak {peak:6.2f} GiB", flush=True)
     base = rows[0]
     for row in rows[1:] if base["method"] == "hf-eager" else []:

@@ -290,9 +290,9 @@ def main(argv=None) -> None:
             calls[0] += 1
             return cfg
 
-        def bwd_configs(D, dt):
+        def bwd_configs(D, dt, mode):
             calls[0] += 1
-            dkdv, dq = orig_bwd(D, dt)
+            dkdv, dq = orig_bwd(D, dt, mode)
             return (cfg, dq) if kernel == "bwd_dkdv" else (dkdv, cfg)
 
         if kernel == "fwd":
@@ -304,10 +304,10 @@ def main(argv=None) -> None:
         finally:
             sa._fwd_config, sa._bwd_configs = orig_fwd, orig_bwd
 
-    def default_cfg(kernel: str, D: int) -> tuple:
+    def default_cfg(kernel: str, D: int, op: str) -> tuple:
         if kernel == "fwd":
             return tuple(sa._fwd_config(D, dtype))
-        dkdv, dq = sa._bwd_configs(D, dtype)
+        dkdv, dq = sa._bwd_configs(D, dtype, sa.MODE_JOINT if op == "joint" else sa.MODE_SPATIAL)
         return tuple(dkdv if kernel == "bwd_dkdv" else dq)
 
     def time_ms(fns) -> float:
@@ -419,7 +419,7 @@ def main(argv=None) -> None:
                     break
                 deadline = time.monotonic() + budget_left() / n_tasks_left
                 n_tasks_left -= 1
-                sw = Sweep(case, kernel, default_cfg(kernel, D))
+                sw = Sweep(case, kernel, default_cfg(kernel, D, case.op))
                 sweeps.append(sw)
                 if kernel == "fwd":
                     flops = case.fwd_flops()

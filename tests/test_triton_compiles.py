@@ -115,7 +115,7 @@ def _spatial_jobs(mode, D, dtype):
                  BLOCK_D=sa._block_d(D))
     BM, BN, warps, stages = sa._fwd_config(D, dtype)
     yield sa._attn_fwd_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN), warps, stages
-    (BM, BN, warps, stages), (BM2, BN2, warps2, stages2) = sa._bwd_configs(D, dtype)
+    (BM, BN, warps, stages), (BM2, BN2, warps2, stages2) = sa._bwd_configs(D, dtype, SPATIAL_MODES[mode]["MODE"])
     yield sa._attn_bwd_dkdv_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN), warps, stages
     for delta_only in (True, False):
         yield sa._attn_bwd_dq_kernel, dict(flags, BLOCK_M=BM2, BLOCK_N=BN2, DELTA_ONLY=delta_only), warps2, stages2
