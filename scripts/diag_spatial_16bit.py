@@ -58,7 +58,7 @@ def main() -> None:
                ("small", ((16, 16, 4, 1), (16, 16, 4, 1))), ("dkdv 64x64", ((64, 64, 8, 2), (64, 32, 8, 2)))]
     default_cfg = sa._bwd_configs
     for name, cfg in configs:
-        sa._bwd_configs = default_cfg if cfg is None else (lambda D, dtype, mode, cfg=cfg: cfg)
+        sa._bwd_configs = default_cfg if cfg is None else (lambda D, dtype, mode, N, cfg=cfg: cfg)
         out = tk.spatial_attention(q, k, v, backend="triton")
         grads = torch.autograd.grad(out, (q, k, v), dout.to(dtype))
         got = dict(zip(("dq", "dk", "dv"), (seqs(g) for g in grads)))

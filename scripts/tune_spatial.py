@@ -290,9 +290,9 @@ def main(argv=None) -> None:
             calls[0] += 1
             return cfg
 
-        def bwd_configs(D, dt, mode):
+        def bwd_configs(D, dt, mode, N):
             calls[0] += 1
-            dkdv, dq = orig_bwd(D, dt, mode)
+            dkdv, dq = orig_bwd(D, dt, mode, N)
             return (cfg, dq) if kernel == "bwd_dkdv" else (dkdv, cfg)
 
         if kernel == "fwd":
@@ -304,10 +304,11 @@ def main(argv=None) -> None:
         finally:
             sa._fwd_config, sa._bwd_configs = orig_fwd, orig_bwd
 
-    def default_cfg(kernel: str, D: int, op: str) -> tuple:
+    def default_cfg(kernel: str, case: Case) -> tuple:
+        D, N = case.shape[4], case.shape[2]
         if kernel == "fwd":
             return tuple(sa._fwd_config(D, dtype))
-        dkdv, dq = sa._bwd_configs(D, dtype, sa.MODE_JOINT if op == "joint" else sa.MODE_SPATIAL)
+        dkdv, dq = sa._bwd_configs(D, dtype, sa.MODE_JOINT if case.op == "joint" else sa.MODE_SPATIAL, N)
         return tuple(dkdv if kernel == "bwd_dkdv" else dq)
 
     def time_ms(fns) -> float:
@@ -419,7 +420,7 @@ def main(argv=None) -> None:
                     break
                 deadline = time.monotonic() + budget_left() / n_tasks_left
                 n_tasks_left -= 1
-                sw = Sweep(case, kernel, default_cfg(kernel, D, case.op))
+                sw = Sweep(case, kernel, default_cfg(kernel, case))
                 sweeps.append(sw)
                 if kernel == "fwd":
                     flops = case.fwd_flops()

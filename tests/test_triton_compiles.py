@@ -109,13 +109,13 @@ def _temporal_jobs(T, D, dtype):
             yield ta._temporal_attn_bwd_dq_kernel, dict(tiles, DELTA_ONLY=delta_only), warps, stages
 
 
-def _spatial_jobs(mode, D, dtype):
+def _spatial_jobs(mode, D, dtype, N):
     """(kernel, constexprs, num_warps, num_stages) the spatial/joint/factorized launchers pick."""
     flags = dict(SPATIAL_MODES[mode], IS_F64=dtype == torch.float64, PREC=sa._precision(dtype), INTERPRET=False,
                  BLOCK_D=sa._block_d(D))
     BM, BN, warps, stages = sa._fwd_config(D, dtype)
     yield sa._attn_fwd_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN), warps, stages
-    (BM, BN, warps, stages), (BM2, BN2, warps2, stages2) = sa._bwd_configs(D, dtype, SPATIAL_MODES[mode]["MODE"])
+    (BM, BN, warps, stages), (BM2, BN2, warps2, stages2) = sa._bwd_configs(D, dtype, SPATIAL_MODES[mode]["MODE"], N)
     yield sa._attn_bwd_dkdv_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN), warps, stages
     for delta_only in (True, False):
         yield sa._attn_bwd_dq_kernel, dict(flags, BLOCK_M=BM2, BLOCK_N=BN2, DELTA_ONLY=delta_only), warps2, stages2
@@ -129,7 +129,8 @@ def cases():
         for mode in SPATIAL_MODES:
             # the other modes share the spatial kernels' code paths: two head dims suffice
             for D in (40, 64, 128, 256) if mode == "spatial_cls" else (64, 128):
-                yield f"{mode}-D{D}-{DTYPE_IDS[dtype]}", dtype, _spatial_jobs(mode, D, dtype)
+                for N in (196, 784) if mode == "spatial_cls" and D == 64 else (196,):
+                    yield f"{mode}-N{N}-D{D}-{DTYPE_IDS[dtype]}", dtype, _spatial_jobs(mode, D, dtype, N)
 
 
 def compile_all() -> list[str]:

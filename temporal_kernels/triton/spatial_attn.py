@@ -28,7 +28,7 @@ afterwards (deterministic, no atomics).
 
 Tiles (``_fwd_config`` / ``_bwd_configs``), picked from sm_90 compiles without spills: fp16/bf16
 with D <= 64 run the forward with BLOCK_M=128, BLOCK_N=64 (8 warps), dK/dV with 128 keys per program
-and 64 (spatial) or 128 (joint, factorized) query rows per step, dQ with 64 rows x 32 keys per step,
+and 128 query rows per step (64 for spatial frames of N > 256), dQ with 64 rows x 32 keys per step,
 the backward unpipelined (see ``_bwd_configs``); larger D and fp32/fp64 use narrower tiles.
 N=196 (+CLS = 197) gives 2 row blocks of 128 (23% of the last unused, as with 4 blocks of 64:
 196 = 3*64 + 4); 784/785 gives 7 blocks of 128 (12% waste). Under the interpreter every tile is 16
@@ -651,9 +651,10 @@ def _fwd_config(D: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     return (128, 64, 8, 2) if bd <= 64 else (64, 32, 8, 2) if bd <= 128 else (16, 32, 8, 1)
 
 
-def _bwd_configs(D: int, dtype: torch.dtype, mode: int) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+def _bwd_configs(D: int, dtype: torch.dtype, mode: int, N: int) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dK/dV kernel (BLOCK_N keys per program,
-    BLOCK_M query rows per step) and of the dQ kernel (BLOCK_M rows per program), for ``mode``."""
+    BLOCK_M query rows per step) and of the dQ kernel (BLOCK_M rows per program), for ``mode``
+    with ``N`` patches per frame."""
     if _interpreting():
         return (16, 16, 1, 1), (16, 16, 1, 1)
     bd = _block_d(D)
@@ -668,12 +669,13 @@ def _bwd_configs(D: int, dtype: torch.dtype, mode: int) -> tuple[tuple[int, int,
     # (scripts/diag_spatial_16bit.py; tune_spatial.py marks such configs RACY). The D <= 64 pair
     # is the fastest unpipelined one of the bf16 sweep (benchmarks/results/h100/logs/
     # tune_spatial_bwd_bf16.log): 0.89x the old default's backward time; pipelined configs were
-    # ~5-9% faster still. Spatial (a frame's N or N+1 keys) and joint (all T*N keys) differ in
-    # how many query blocks a key block sees: 64-row steps over 128 keys with 4 warps won the
-    # spatial cases of that sweep (0.91-0.96x the 128 x 128 kernel's backward time), 128 x 128
-    # with 8 warps the joint ones.
+    # ~5-9% faster still. Spatial attention over large frames (N = 784) runs dK/dV faster in
+    # 64-row steps over 128 keys with 4 warps: 0.96x the fwd+bwd time of the 128 x 128 kernel
+    # (benchmarks/results/h100, commit c7ccd94); at N = 196 that tile was 1.00-1.15x slower, and
+    # the joint cases of the sweep prefer 128 x 128 too.
     if bd <= 64:
-        return ((64, 128, 4, 1) if mode == MODE_SPATIAL else (128, 128, 8, 1)), (64, 32, 4, 1)
+        wide_frames = mode == MODE_SPATIAL and N > 256
+        return ((64, 128, 4, 1) if wide_frames else (128, 128, 8, 1)), (64, 32, 4, 1)
     if bd <= 128:
         return (32, 32, 8, 1), (32, 32, 8, 1)
     return (16, 16, 8, 1), (16, 16, 8, 1)
@@ -798,7 +800,7 @@ def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None,
         lsec = delta_cls = lse
         dqc, dkc, dvc = _placeholder(dq), _placeholder(dk), _placeholder(dv)
         sdoc = (0, 0, 0)
-    (BM, BN, warps, stages), (BM2, BN2, warps2, stages2) = _bwd_configs(D, q.dtype, mode)
+    (BM, BN, warps, stages), (BM2, BN2, warps2, stages2) = _bwd_configs(D, q.dtype, mode, N)
     hi, lo = _scale_parts(scale)
     lens = frame_lens if frame_lens is not None else _placeholder(q, torch.int32)
     common = dict(
