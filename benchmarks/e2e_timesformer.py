@@ -1,6 +1,6 @@
 """End-to-end: HuggingFace Timesformer-base before and after ``tk.convert`` (SPEC §5, issue 7).
 
-    python -m benchmarks.e2e_timesformer [--compile] [--cudagraphs] [--profile] [--models M,...] [--out FILE]
+    python -m benchmarks.e2e_timesformer [--compile] [--profile] [--models M,...] [--out FILE]
 
 Random weights (no hub download), B=8, T=8, 224x224, bf16 on the GPU; a tiny config on the CPU
 (labelled, no GPU claims). Times forward (no grad) and forward+backward in train mode with CUDA
@@ -65,8 +65,6 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
-    ap.add_argument("--cudagraphs", action="store_true",
-                    help="also time both models under torch.compile(mode='reduce-overhead') (CUDA graphs)")
     ap.add_argument("--profile", action="store_true", help="print each model's top kernels of a training step")
     ap.add_argument("--models", default=None, help="comma-separated subset of the rows to time (hf-eager is the baseline)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -90,29 +88,16 @@ def main() -> None:
     models = [("hf-eager", eager), ("tk-convert", fused)]
     if args.compile:
         models += [("hf-eager+compile", torch.compile(eager)), ("tk-convert+compile", torch.compile(fused))]
-    if args.cudagraphs:
-        # mode="reduce-overhead": the compiled graphs replay as CUDA graphs, so the host's
-        # per-launch cost (which bounds both models at B=8 on the H100 machine) drops out
-        models += [("hf-eager+compile-ro", torch.compile(copy.deepcopy(eager), mode="reduce-overhead")),
-                   ("tk-convert+compile-ro", torch.compile(copy.deepcopy(fused), mode="reduce-overhead"))]
     if args.models:
         keep = set(args.models.split(","))
         models = [(name, model) for name, model in models if name in keep]
     rows = []
     for name, model in models:
         model.train()
-        # CUDA-graph replays reuse their output buffers: each call starts a new "step"
-        begin = torch.compiler.cudagraph_mark_step_begin if name.endswith("-ro") else (lambda: None)
-
-        def forward():
-            begin()
-            return model(x).logits
-
         with torch.no_grad():
-            fwd = _time_ms(forward, 10)
+            fwd = _time_ms(lambda: model(x).logits, 10)
 
         def step():
-            begin()
             model(x).logits.float().sum().backward()
 
         if gpu:

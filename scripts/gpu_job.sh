@@ -16,7 +16,7 @@
 #   TK_SKIP_TESTS=1       skip the test suite
 #   TK_SKIP_BENCH=1       skip the benchmarks
 #   TK_E2E=1              first run the end-to-end models (benchmarks.e2e_timesformer with
-#                         TK_E2E_ARGS, default "--compile --cudagraphs --profile"; benchmarks.e2e_mini
+#                         TK_E2E_ARGS, default "--compile --profile"; benchmarks.e2e_mini
 #                         unless TK_E2E_MINI=0) into $OUT/e2e_*.{json,log}
 #   TK_PYTEST_ARGS="..."  extra pytest arguments, e.g. "-k temporal" (shell-quoted words allowed)
 #   TK_TEST_TIMEOUT=300   per-test timeout (pytest-timeout), seconds
@@ -76,7 +76,7 @@ $PY -c "import temporal_kernels as tk; from temporal_kernels import _extension a
 
 if [ "${TK_E2E:-0}" = "1" ]; then
     section "end-to-end models (issue 7)"
-    eval "E2E_EXTRA=(${TK_E2E_ARGS:---compile --cudagraphs --profile})"
+    eval "E2E_EXTRA=(${TK_E2E_ARGS:---compile --profile})"
     timeout -s INT -k 20 "$(( $(left) / 2 ))" $PY -m benchmarks.e2e_timesformer "${E2E_EXTRA[@]}" --out "$OUT/e2e_timesformer.json" 2>&1 | tee "$OUT/e2e_timesformer.log"
     if [ "${TK_E2E_MINI:-1}" = "1" ]; then
         timeout -s INT -k 20 "$(( $(left) / 2 ))" $PY -m benchmarks.e2e_mini --budget 1.5 --out "$OUT/e2e_mini.json" 2>&1 | tee "$OUT/e2e_mini.log"
