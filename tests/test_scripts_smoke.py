@@ -10,10 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU CI's check: on a GPU machine the tool runs its real sweep "
+                    "(the interpreter's kernels are not triton.jit functions to torch 2.11's wrap_triton)")
 def test_tune_spatial_cpu_smoke():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
