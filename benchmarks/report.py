@@ -254,10 +254,15 @@ def markdown_section(rows: list[dict], folder: str, image_prefix: str) -> list[s
     head = rows[0]
     gpu = head["gpu"] != "cpu"
     lines = [f"## {head['label'] or head['gpu']}", ""]
+    runs: dict[tuple, int] = {}  # (commit, date) -> rows; --append runs keep earlier rows
+    for r in rows:
+        runs[(r["commit"], r["date"])] = runs.get((r["commit"], r["date"]), 0) + 1
+    where = "; ".join(f"commit {c} on {d} ({n} rows)" for (c, d), n in runs.items()) if len(runs) > 1 else (
+        f"commit {head['commit']} on {head['date']}")
     lines.append(
-        f"Produced by {' + '.join(f'`{c}`' for c in dict.fromkeys(r['command'] for r in rows))} on {head['date']} "
-        f"(commit {head['commit']}, torch {head['torch']}, "
-        f"triton {head['triton']}); raw rows: [`{folder}/results.csv`]({image_prefix}results.csv)."
+        f"Produced by {' + '.join(f'`{c}`' for c in dict.fromkeys(r['command'] for r in rows))}: {where} "
+        f"(torch {head['torch']}, triton {head['triton']}); every row names its commit; "
+        f"raw rows: [`{folder}/results.csv`]({image_prefix}results.csv)."
     )
     if gpu:
         lines += [
