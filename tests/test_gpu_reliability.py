@@ -502,10 +502,12 @@ FAULTS = [
     Fault(Case("joint", _J), "q", NAN),
     Fault(Case("joint", _J), "v", INF),
     # A temporal head: the factorized kernel runs a tile of several patches' frame sequences as
-    # one masked problem, so dQ = dS @ K multiplies a NaN key of one patch by the exact zeros of
-    # its neighbours' dS (0 * NaN = NaN): the NaN reaches the dq of the patches sharing its tile.
+    # one masked problem, so its products multiply a non-finite element of one patch by the exact
+    # zeros of its neighbours' P / dS (0 * NaN = NaN): dQ = dS @ K carries a NaN key to the dq of
+    # the patches sharing its tile (and, under the interpreter, q/k/v faults reach dk/dv, and a v
+    # fault the output: README "Guarantees").
     pytest.param(Fault(Case("factorized", _F, causal=True, temporal_heads=2), "k", NAN, head=0),
-                 marks=pytest.mark.xfail(reason="a NaN key spreads to the dq of the patches sharing its tile "
+                 marks=pytest.mark.xfail(reason="a non-finite input spreads to the patches sharing its tile "
                                                 "in the factorized kernel's temporal heads (measured on the H100)",
                                          strict=False)),
     Fault(Case("factorized", _F, causal=True, temporal_heads=2), "k", NAN, head=3),  # a spatial head
