@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import temporal_kernels as tk
+from temporal_kernels._backends import triton_interpreter_enabled
 from temporal_kernels._layout import empty_like_cls_out, empty_like_video
 
 from .shapes import Case
@@ -95,6 +96,13 @@ def tk_methods(case: Case, backends: list[str]) -> list[Method]:
             methods.append(
                 Method(f"tk-{backend}-packed", kind, lambda c, qkv, cq, b=backend: _call_tk_packed(c, b, qkv, cq), packed=True)
             )
+        if (case.family == "factorized" and backend == "triton" and not triton_interpreter_enabled()
+                and {"temporal_attention", "spatial_attention"} <= names):
+            # SPEC §5's factorized bar: one launch against our temporal and spatial kernels run one
+            # after the other on the same heads (head slices are zero-copy views), a peer here; not
+            # under the Triton interpreter, whose timings mean nothing
+            methods.append(Method(f"tk-{backend}-split", "peer", lambda c, q, k, v, cls, b=backend: _factorized(
+                lambda cc, qq, kk, vv, cl: _call_tk(cc, b, qq, kk, vv, cl), c, q, k, v)))
     return methods
 
 
