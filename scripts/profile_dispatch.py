@@ -24,6 +24,7 @@ from torch import Tensor
 
 import temporal_kernels as tk
 from temporal_kernels import ops
+from temporal_kernels._layout import empty_like_video
 from temporal_kernels.triton.temporal_attn import temporal_attn_fwd
 
 
@@ -58,7 +59,7 @@ def main() -> None:
     dt = torch.bfloat16
     qkv = torch.randn(B, N, T, 3, H, D, device="cuda", dtype=dt).permute(0, 2, 1, 3, 4, 5)
     q, k, v = qkv.unbind(3)
-    out, lse = torch.empty_like(q), torch.empty(B, H, T, N, device="cuda")
+    out, lse = empty_like_video(q), torch.empty(B, H, T, N, device="cuda")  # the ops' buffers
     qg = q.detach().clone().requires_grad_()
     qkv_g = qkv.detach().clone().requires_grad_()
     cls_qkv = torch.randn(B, 3, H, D, device="cuda", dtype=dt, requires_grad=True)
