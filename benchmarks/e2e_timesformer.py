@@ -15,11 +15,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 
 import torch
 
 import temporal_kernels as tk
+
+from . import env
 
 
 def _time_ms(fn, iters: int) -> float:
@@ -119,19 +122,10 @@ def main() -> None:
               f"peak {100 * (1 - row['train_peak_gib'] / base['train_peak_gib']):.0f}% lower")
     print(f"converted logits vs original: rel err {err:.2e} ({'ok' if err <= 1.5e-2 else 'WRONG'})")
     if args.out:
-        import os
-        import subprocess
-        import sys
-
-        commit = os.environ.get("TK_COMMIT") or subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        meta = dict(
+        meta = env.metadata(sys.argv[1:])
+        meta.update(
+            command=" ".join(["python -m benchmarks.e2e_timesformer"] + sys.argv[1:]),
             device=torch.cuda.get_device_name() if gpu else "cpu",
-            torch=torch.__version__,
-            commit=commit,
-            date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            command="python -m benchmarks.e2e_timesformer " + " ".join(sys.argv[1:]),
             dtype=str(dtype), B=B, T=T, size=S, logits_rel_err=err,
         )
         with open(args.out, "w") as f:

@@ -16,7 +16,6 @@ import argparse
 import cProfile
 import io
 import pstats
-import time
 from typing import Optional
 
 import torch
@@ -27,6 +26,8 @@ from temporal_kernels import ops
 from temporal_kernels._layout import empty_like_video
 from temporal_kernels.triton.temporal_attn import temporal_attn_fwd
 
+from profile_layers import per_call_us  # the same host-time loop (scripts/ is on sys.path)
+
 
 @torch.library.custom_op("tk_profile::trivial", mutates_args=())
 def _trivial(q: Tensor, k: Tensor, v: Tensor, lens: Optional[Tensor], causal: bool, scale: float) -> tuple[Tensor, Tensor]:
@@ -36,18 +37,6 @@ def _trivial(q: Tensor, k: Tensor, v: Tensor, lens: Optional[Tensor], causal: bo
 @torch.library.triton_op("tk_profile::trivial_triton", mutates_args=())
 def _trivial_triton(q: Tensor, k: Tensor, v: Tensor, lens: Optional[Tensor], causal: bool, scale: float) -> tuple[Tensor, Tensor]:
     return torch.empty_like(q), torch.empty_like(k)
-
-
-def per_call_us(fn, iters: int) -> float:
-    for _ in range(10):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    host = time.perf_counter() - start
-    torch.cuda.synchronize()
-    return host / iters * 1e6
 
 
 def main() -> None:
