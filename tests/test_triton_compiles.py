@@ -34,7 +34,7 @@ from temporal_kernels.triton import temporal_attn as ta  # noqa: E402
 H100_MAX_SHARED = 232448  # bytes of shared memory one block may use on sm_90
 TARGET = GPUTarget("cuda", 90, 32)
 PTR_DTYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.float64: "*fp64"}
-SIZE_ARGS = {"B", "T", "N", "H", "D", "TH", "G", "R", "L"}
+SIZE_ARGS = {"B", "T", "N", "H", "D", "TH", "N_TP", "R", "L"}
 STAT_PTRS = {"LSE", "LSEC", "DELTA", "DELTAC", "DQC", "DKC", "DVC"}  # fp32 (fp64 for float64) statistics/partials
 
 
@@ -109,16 +109,24 @@ def _temporal_jobs(T, D, dtype):
             yield ta._temporal_attn_bwd_dq_kernel, dict(tiles, DELTA_ONLY=delta_only), warps, stages
 
 
-def _spatial_jobs(mode, D, dtype, N):
-    """(kernel, constexprs, num_warps, num_stages) the spatial/joint/factorized launchers pick."""
+def _spatial_jobs(mode, D, dtype, N, T=8):
+    """(kernel, constexprs, num_warps, num_stages) the spatial/joint/factorized launchers pick
+    (factorized: for the path its temporal heads take at T)."""
     flags = dict(SPATIAL_MODES[mode], IS_F64=dtype == torch.float64, PREC=sa._precision(dtype), INTERPRET=False,
                  BLOCK_D=sa._block_d(D))
+    q = torch.empty(1, T, N, 2, D, dtype=dtype, device="meta")
+
+    def temporal(block, warps, backward):
+        plan = sa._temporal_plan(flags["MODE"], q, 1, block, warps, backward)
+        return {k: v for k, v in plan.items() if k != "N_TP"}
+
     BM, BN, warps, stages = sa._fwd_config(D, dtype)
-    yield sa._attn_fwd_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN), warps, stages
+    yield sa._attn_fwd_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN, **temporal(BM, warps, False)), warps, stages
     (BM, BN, warps, stages), (BM2, BN2, warps2, stages2) = sa._bwd_configs(D, dtype, SPATIAL_MODES[mode]["MODE"], N)
-    yield sa._attn_bwd_dkdv_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN), warps, stages
+    yield sa._attn_bwd_dkdv_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN, **temporal(BN, warps, True)), warps, stages
+    dq_flags = dict(flags, BLOCK_M=BM2, BLOCK_N=BN2, T_SHORT=temporal(BN, warps, True)["T_SHORT"])
     for delta_only in (True, False):
-        yield sa._attn_bwd_dq_kernel, dict(flags, BLOCK_M=BM2, BLOCK_N=BN2, DELTA_ONLY=delta_only), warps2, stages2
+        yield sa._attn_bwd_dq_kernel, dict(dq_flags, DELTA_ONLY=delta_only), warps2, stages2
     yield sa._attn_bwd_delta_kernel, dict(BLOCK_R=32, BLOCK_D=sa._block_d(D)), 4, 1
 
 
@@ -131,6 +139,10 @@ def cases():
             for D in (40, 64, 128, 256) if mode == "spatial_cls" else (64, 128):
                 for N in (196, 784) if mode == "spatial_cls" and D == 64 else (196,):
                     yield f"{mode}-N{N}-D{D}-{DTYPE_IDS[dtype]}", dtype, _spatial_jobs(mode, D, dtype, N)
+        # factorized temporal heads: short forward and backward (T=8, above), short forward with a
+        # flash backward (16-bit T=40), flash both ways (T=150)
+        for T in (40, 150):
+            yield f"factorized-T{T}-N196-D64-{DTYPE_IDS[dtype]}", dtype, _spatial_jobs("factorized", 64, dtype, 196, T)
 
 
 def compile_all() -> list[str]:

@@ -2,11 +2,12 @@
 
 The kernels are the shared core of ``spatial_attn.py`` in ``MODE_FACTORIZED``. The 1-D grid's
 first programs serve the temporal heads ``[0, temporal_heads)``, the rest the spatial heads; each
-program picks its path from its id. A temporal program packs ``G = max(1, BLOCK // T)`` patches
-of one ``(b, h)`` into one sequence of ``G*T`` tokens, ``i -> (n, t) = (n0 + i // T, i % T)``,
-and masks every key outside the query's own patch (block-diagonal, plus ``t' <= t`` when
-causal): for the short T of video models one tile then serves G patches instead of one patch
-leaving most of a tile empty. Spatial programs are those of ``spatial_attention`` (no CLS).
+program picks its path from its id. For the short T of video models a temporal program runs the
+body of the temporal short kernel on several whole ``(b, n, h)`` frame sequences (per-patch 3-D
+dots: a non-finite input stays in its patch, and no tile is spent on masked cross-patch scores);
+its backward computes dQ, dK and dV in one pass inside the dK/dV launch, and the dQ launches cover
+the spatial heads only. Longer T runs one patch's frames per flash sequence. Spatial programs are
+those of ``spatial_attention`` (no CLS).
 """
 
 from __future__ import annotations

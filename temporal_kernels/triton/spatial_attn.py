@@ -12,9 +12,11 @@ and a patch through per-tensor strides, read directly from any layout:
   (i // N, i % N)``; frame-causal masking compares ``i // N`` and ``frame_lens`` cuts the
   sequence at ``len * N`` (later rows output 0, later keys are never seen).
 - factorized (``MODE_FACTORIZED``): one launch whose first programs run the temporal heads and the
-  rest the spatial heads. A temporal program packs G patches of one ``(b, h)`` into one sequence
-  of G*T tokens, ``i -> (n, t) = (n0 + i // T, i % T)``, and masks keys to the query's own patch
-  (block-diagonal), so a short T fills a whole tile instead of wasting most of it.
+  rest the spatial heads. For the short T of video models (``temporal_attn.use_short_path``) a
+  temporal program runs the temporal short kernel's body (``_temporal_fwd_groups`` /
+  ``_temporal_bwd_groups``: several whole ``(b, n, h)`` frame sequences with per-patch 3-D dots,
+  the backward's dQ included in the dK/dV launch); otherwise the sequence of a temporal program
+  is one patch's T frames, ``i -> (n, t) = (n0, i)``, in flash tiles.
 
 Softmax statistics are fp32 (fp64 for float64 inputs) with a running max and sum; the forward
 saves ``lse`` (natural log-sum-exp of the scaled logits, ``[B, H, T, N]``; ``lse_cls [B, H, T]``).
@@ -44,6 +46,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .temporal_attn import _temporal_bwd_groups, _temporal_fwd_groups, factorized_short_groups, use_short_path
+
 MODE_SPATIAL = 0
 MODE_JOINT = 1
 MODE_FACTORIZED = 2
@@ -57,7 +61,8 @@ _LN2 = 0.6931471805599453
 
 
 @triton.jit
-def _decode(pid, B, T, N, H, TH, G, BLOCK: tl.constexpr, MODE: tl.constexpr, HAS_CLS: tl.constexpr):
+def _decode(pid, B, T, N, H, TH, N_TP, BLOCK: tl.constexpr, MODE: tl.constexpr, HAS_CLS: tl.constexpr,
+            T_SHORT: tl.constexpr):
     """Program id -> its sequence and row block.
 
     Returns ``(b, h, t, n0, blk, L, L_valid, div, is_t)``: the sequence is that of batch b, head
@@ -65,7 +70,10 @@ def _decode(pid, B, T, N, H, TH, G, BLOCK: tl.constexpr, MODE: tl.constexpr, HAS
     ``L`` its length; ``L_valid`` the prefix of tokens that are real (``L`` here: the kernels cut
     it at the joint ``frame_lens`` themselves);
     ``div`` splits a token index into (outer, inner) = (i // div, i % div); ``is_t`` marks the
-    temporal path of the factorized mode.
+    temporal path of the factorized mode, whose first ``N_TP`` programs are temporal (flash tiles
+    of one patch's frames here; 0 in launches that leave the temporal heads to other programs).
+    With T_SHORT the temporal programs never get here (they ran the short body, or the launch has
+    none): every program decoded is spatial, which the compiler then knows.
     """
     zero = pid * 0
     if MODE == 0:
@@ -97,19 +105,22 @@ def _decode(pid, B, T, N, H, TH, G, BLOCK: tl.constexpr, MODE: tl.constexpr, HAS
         div = zero + N
         is_t = zero != 0
     else:
-        # temporal path: programs [0, n_tp); heads [0, TH), G patches per sequence
+        # temporal path: programs [0, n_tp); heads [0, TH), one patch's T frames per sequence.
+        # One patch only: a tile of several patches' frames (block-diagonal masks) multiplies the
+        # masked zeros of P and dS with the other patches' rows, so a non-finite input leaked.
         TH1 = tl.maximum(TH, 1)
         HS1 = tl.maximum(H - TH, 1)
-        nblk_t = tl.cdiv(G * T, BLOCK)
-        n_groups = tl.cdiv(N, G)
-        n_tp = B * TH * n_groups * nblk_t
-        is_t = pid < n_tp
+        nblk_t = tl.cdiv(T, BLOCK)
+        n_tp = N_TP
+        if T_SHORT:
+            is_t = zero != 0
+        else:
+            is_t = pid < n_tp
         g_t = pid // nblk_t
-        grp = g_t % n_groups
-        g_t = g_t // n_groups
+        n0_t = g_t % N
+        g_t = g_t // N
         h_t = g_t % TH1
         b_t = g_t // TH1
-        n0_t = grp * G
         # spatial path: programs [n_tp, ...), heads [TH, H)
         ps = tl.maximum(pid - n_tp, 0)
         nblk_s = tl.cdiv(N, BLOCK)
@@ -123,7 +134,7 @@ def _decode(pid, B, T, N, H, TH, G, BLOCK: tl.constexpr, MODE: tl.constexpr, HAS
         t = tl.where(is_t, zero, t_s)
         n0 = tl.where(is_t, n0_t, zero)
         blk = tl.where(is_t, pid % nblk_t, ps % nblk_s)
-        L = tl.where(is_t, tl.minimum(G, N - n0_t) * T, zero + N)
+        L = tl.where(is_t, zero + T, zero + N)
         L_valid = L
         div = tl.where(is_t, zero + T, zero + N)
     return b, h, t, n0, blk, L, L_valid, div, is_t
@@ -387,14 +398,28 @@ def _attn_fwd_kernel(
     Q, K, V, O, LSE, QC, KC, VC, OC, LSEC, LENS,
     sq_b, sq_t, sq_n, sq_h, sk_b, sk_t, sk_n, sk_h, sv_b, sv_t, sv_n, sv_h, so_b, so_t, so_n, so_h,
     sqc_b, sqc_h, skc_b, skc_h, svc_b, svc_h, soc_b, soc_t, soc_h,
-    B, T, N, H, TH, G, D, scale_hi, scale_lo,
+    B, T, N, H, TH, N_TP, D, scale_hi, scale_lo,
     CAUSAL: tl.constexpr, HAS_LENS: tl.constexpr, HAS_CLS: tl.constexpr, MODE: tl.constexpr,
     IS_F64: tl.constexpr, PREC: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    T_SHORT: tl.constexpr, BLOCK_G_T: tl.constexpr, T_PAD: tl.constexpr,
 ):
-    """Forward over one row block of one sequence: ``out``, ``lse`` (and the CLS row's)."""
+    """Forward over one row block of one sequence: ``out``, ``lse`` (and the CLS row's).
+
+    T_SHORT (factorized): the first ``N_TP`` programs run the temporal heads as the temporal
+    short kernel does, BLOCK_G_T whole ``(b, n, h)`` frame sequences each, with per-patch dots."""
     pid = tl.program_id(0)
-    b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, G, BLOCK_M, MODE, HAS_CLS)
+    if MODE == 2:
+        if T_SHORT:
+            if pid < N_TP:
+                _temporal_fwd_groups(
+                    pid.to(tl.int64), Q, K, V, O, LSE, LENS,
+                    sq_b, sq_t, sq_n, sq_h, sk_b, sk_t, sk_n, sk_h, sv_b, sv_t, sv_n, sv_h, so_b, so_t, so_n, so_h,
+                    T, N, TH, H, D, B * N * TH, _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64),
+                    False, CAUSAL, IS_F64, BLOCK_G_T, T_PAD, BLOCK_D, PREC == "ieee",
+                )
+                return
+    b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, N_TP, BLOCK_M, MODE, HAS_CLS, T_SHORT)
     if HAS_LENS:
         # inline, not in a helper: torch.compile's mutation analysis counts every pointer passed to a
         # helper whose result feeds a store address as written (frame_lens would become an output)
@@ -459,18 +484,34 @@ def _attn_fwd_kernel(
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, QC, KC, VC, DOC, LSEC, DELTAC, DK, DV, DKC, DVC, LENS,
+    Q, K, V, DO, LSE, DELTA, QC, KC, VC, DOC, LSEC, DELTAC, DK, DV, DKC, DVC, DQ, LENS,
     sq_b, sq_t, sq_n, sq_h, sk_b, sk_t, sk_n, sk_h, sv_b, sv_t, sv_n, sv_h, sdo_b, sdo_t, sdo_n, sdo_h,
-    sdk_b, sdk_t, sdk_n, sdk_h, sdv_b, sdv_t, sdv_n, sdv_h,
+    sdk_b, sdk_t, sdk_n, sdk_h, sdv_b, sdv_t, sdv_n, sdv_h, sdq_b, sdq_t, sdq_n, sdq_h,
     sqc_b, sqc_h, skc_b, skc_h, svc_b, svc_h, sdoc_b, sdoc_t, sdoc_h,
-    B, T, N, H, TH, G, D, scale_hi, scale_lo,
+    B, T, N, H, TH, N_TP, D, scale_hi, scale_lo,
     CAUSAL: tl.constexpr, HAS_LENS: tl.constexpr, HAS_CLS: tl.constexpr, MODE: tl.constexpr,
     IS_F64: tl.constexpr, PREC: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    T_SHORT: tl.constexpr, BLOCK_G_T: tl.constexpr, T_PAD: tl.constexpr,
 ):
-    """dK, dV of one key block (the CLS key's per-frame partials into DKC/DVC ``[B, T, H, D]``)."""
+    """dK, dV of one key block (the CLS key's per-frame partials into DKC/DVC ``[B, T, H, D]``).
+
+    T_SHORT (factorized): the first ``N_TP`` programs run the temporal heads' whole backward (dQ
+    too, into DQ) as the temporal short kernel does; the dQ launches then skip those heads."""
     pid = tl.program_id(0)
-    b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, G, BLOCK_N, MODE, HAS_CLS)
+    if MODE == 2:
+        if T_SHORT:
+            if pid < N_TP:
+                _temporal_bwd_groups(
+                    pid.to(tl.int64), DO, Q, K, V, LSE, LENS, DQ, DK, DV,
+                    sdo_b, sdo_t, sdo_n, sdo_h, sq_b, sq_t, sq_n, sq_h, sk_b, sk_t, sk_n, sk_h,
+                    sv_b, sv_t, sv_n, sv_h, sdq_b, sdq_t, sdq_n, sdq_h, sdk_b, sdk_t, sdk_n, sdk_h,
+                    sdv_b, sdv_t, sdv_n, sdv_h,
+                    T, N, TH, H, D, B * N * TH, _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64),
+                    False, CAUSAL, IS_F64, BLOCK_G_T, T_PAD, BLOCK_D, PREC == "ieee",
+                )
+                return
+    b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, N_TP, BLOCK_N, MODE, HAS_CLS, T_SHORT)
     if HAS_LENS:
         # inline: see _attn_fwd_kernel
         L_valid = tl.load(LENS + b).to(tl.int32) * N
@@ -532,17 +573,20 @@ def _attn_bwd_dq_kernel(
     sq_b, sq_t, sq_n, sq_h, sk_b, sk_t, sk_n, sk_h, sv_b, sv_t, sv_n, sv_h, sdo_b, sdo_t, sdo_n, sdo_h,
     sdq_b, sdq_t, sdq_n, sdq_h,
     sqc_b, sqc_h, skc_b, skc_h, svc_b, svc_h, sdoc_b, sdoc_t, sdoc_h,
-    B, T, N, H, TH, G, D, scale_hi, scale_lo,
+    B, T, N, H, TH, N_TP, D, scale_hi, scale_lo,
     CAUSAL: tl.constexpr, HAS_LENS: tl.constexpr, HAS_CLS: tl.constexpr, MODE: tl.constexpr,
     IS_F64: tl.constexpr, PREC: tl.constexpr, INTERPRET: tl.constexpr, DELTA_ONLY: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, T_SHORT: tl.constexpr,
 ):
     """dQ of one query block (the CLS query's per-frame partial into DQC ``[B, T, H, D]``).
 
     DELTA_ONLY: a pass before the dK/dV and dQ kernels that writes ``delta = rowsum(P * dP)`` of
-    the block's rows into DELTA (DELTAC for the CLS row) instead, and reads no delta."""
+    the block's rows into DELTA (DELTAC for the CLS row) instead, and reads no delta.
+
+    T_SHORT (factorized): the dK/dV launch ran the temporal heads' whole backward; this launch's
+    programs are all spatial (``N_TP`` = 0)."""
     pid = tl.program_id(0)
-    b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, G, BLOCK_M, MODE, HAS_CLS)
+    b, h, t, n0, blk, L, L_valid, div, is_t = _decode(pid, B, T, N, H, TH, N_TP, BLOCK_M, MODE, HAS_CLS, T_SHORT)
     if HAS_LENS:
         # inline: see _attn_fwd_kernel
         L_valid = tl.load(LENS + b).to(tl.int32) * N
@@ -700,18 +744,30 @@ def _s4(x: torch.Tensor) -> tuple[int, int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
 
 
-def _temporal_group(T: int, block: int) -> int:
-    """Patches per temporal-path sequence of the factorized mode: as many as fill one block."""
-    return max(1, block // max(T, 1))
+def _temporal_plan(mode: int, q: torch.Tensor, TH: int, block: int, num_warps: int, backward: bool) -> dict:
+    """How a launch runs the factorized mode's temporal heads: the kernel arguments ``N_TP`` (its
+    first programs that are temporal), ``T_SHORT``, ``BLOCK_G_T``, ``T_PAD``.
+
+    Where the temporal short kernel's tiles fit (``use_short_path``), T_SHORT programs run its
+    body on BLOCK_G_T whole frame sequences with per-patch 3-D dots, the backward's dQ included
+    (in the dK/dV launch); otherwise one patch's frames per flash sequence."""
+    B, T, N, _, D = q.shape
+    off = dict(N_TP=0, T_SHORT=False, BLOCK_G_T=1, T_PAD=16)
+    if mode != MODE_FACTORIZED or TH == 0:
+        return off
+    if use_short_path(T, D, q.dtype, backward):
+        groups = factorized_short_groups(T, D, q.dtype, num_warps, backward)
+        return dict(N_TP=triton.cdiv(B * N * TH, groups), T_SHORT=True, BLOCK_G_T=groups, T_PAD=_block_d(T))
+    return dict(off, N_TP=B * TH * N * triton.cdiv(T, block))
 
 
-def _grid_size(mode: int, B: int, T: int, N: int, H: int, TH: int, G: int, has_cls: bool, block: int) -> int:
+def _spatial_programs(mode: int, B: int, T: int, N: int, H: int, TH: int, has_cls: bool, block: int) -> int:
+    """Programs of a launch that are not the factorized mode's temporal ones."""
     if mode == MODE_SPATIAL:
         return B * T * H * triton.cdiv(N + int(has_cls), block)
     if mode == MODE_JOINT:
         return B * H * triton.cdiv(T * N, block)
-    n_tp = B * TH * triton.cdiv(N, G) * triton.cdiv(G * T, block)
-    return n_tp + B * T * (H - TH) * triton.cdiv(N, block)
+    return B * T * (H - TH) * triton.cdiv(N, block)
 
 
 def _cls_strides(cls):
@@ -737,8 +793,9 @@ def attn_fwd(mode, q, k, v, out, lse, scale, *, cls=None, cls_out=None, lse_cls=
         return
     has_cls = cls is not None
     BM, BN, warps, stages = _fwd_config(D, q.dtype)
-    G = _temporal_group(T, BM)
-    grid = (_grid_size(mode, B, T, N, H, temporal_heads, G, has_cls, BM),)
+    plan = _temporal_plan(mode, q, temporal_heads, BM, warps, backward=False)
+    n_tp = plan.pop("N_TP")
+    grid = (n_tp + _spatial_programs(mode, B, T, N, H, temporal_heads, has_cls, BM),)
     qc, kc, vc = cls if has_cls else (q, q, q)  # read-only
     oc = cls_out if has_cls else _placeholder(out)
     lsec = lse_cls if has_cls else _placeholder(lse)
@@ -748,10 +805,10 @@ def attn_fwd(mode, q, k, v, out, lse, scale, *, cls=None, cls_out=None, lse_cls=
     torch.library.wrap_triton(_attn_fwd_kernel)[grid](
         q, k, v, out, lse, qc, kc, vc, oc, lsec, lens,
         *_s4(q), *_s4(k), *_s4(v), *_s4(out), *_cls_strides(cls), *soc,
-        B, T, N, H, temporal_heads, G, D, hi, lo,
+        B, T, N, H, temporal_heads, n_tp, D, hi, lo,
         CAUSAL=bool(causal), HAS_LENS=frame_lens is not None, HAS_CLS=has_cls, MODE=mode,
         IS_F64=q.dtype == torch.float64, PREC=_precision(q.dtype), INTERPRET=_interpreting(),
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=_block_d(D), num_warps=warps, num_stages=stages,
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=_block_d(D), num_warps=warps, num_stages=stages, **plan,
     )
 
 
@@ -807,27 +864,35 @@ def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None,
         CAUSAL=bool(causal), HAS_LENS=frame_lens is not None, HAS_CLS=has_cls, MODE=mode,
         IS_F64=q.dtype == torch.float64, PREC=_precision(q.dtype), INTERPRET=_interpreting(), BLOCK_D=_block_d(D),
     )
+    # The dK/dV launch runs the temporal heads' whole backward when they take the short path; the
+    # dQ launches (delta pass included) then have no temporal programs (N_TP = 0).
+    plan = _temporal_plan(mode, q, temporal_heads, BN, warps, backward=True)
+    n_tp = plan.pop("N_TP")
+    n_tp_dq = 0 if plan["T_SHORT"] else _temporal_plan(mode, q, temporal_heads, BM2, warps2, backward=True)["N_TP"]
+    grid_dq = (n_tp_dq + _spatial_programs(mode, B, T, N, H, temporal_heads, has_cls, BM2),)
     if exact_delta:
-        G = _temporal_group(T, BM2)
-        torch.library.wrap_triton(_attn_bwd_dq_kernel)[(_grid_size(mode, B, T, N, H, temporal_heads, G, has_cls, BM2),)](
+        torch.library.wrap_triton(_attn_bwd_dq_kernel)[grid_dq](
             q, k, v, dout, lse, delta, qc, kc, vc, doc, lsec, delta_cls, _placeholder(dq), _placeholder(dq, stat), lens,
             *_s4(q), *_s4(k), *_s4(v), *_s4(dout), 0, 0, 0, 0, *_cls_strides(cls), *sdoc,
-            B, T, N, H, temporal_heads, G, D, hi, lo,
-            BLOCK_M=BM2, BLOCK_N=BN2, num_warps=warps2, num_stages=stages2, DELTA_ONLY=True, **common,
+            B, T, N, H, temporal_heads, n_tp_dq, D, hi, lo,
+            BLOCK_M=BM2, BLOCK_N=BN2, num_warps=warps2, num_stages=stages2, DELTA_ONLY=True, T_SHORT=plan["T_SHORT"],
+            **common,
         )
-    G = _temporal_group(T, BN)
-    torch.library.wrap_triton(_attn_bwd_dkdv_kernel)[(_grid_size(mode, B, T, N, H, temporal_heads, G, has_cls, BN),)](
-        q, k, v, dout, lse, delta, qc, kc, vc, doc, lsec, delta_cls, dk, dv, dkc, dvc, lens,
-        *_s4(q), *_s4(k), *_s4(v), *_s4(dout), *_s4(dk), *_s4(dv), *_cls_strides(cls), *sdoc,
-        B, T, N, H, temporal_heads, G, D, hi, lo,
-        BLOCK_M=BM, BLOCK_N=BN, num_warps=warps, num_stages=stages, **common,
+    # The dK/dV kernel writes dq only from T_SHORT temporal programs: a stand-in otherwise
+    dq_t, s_dq_t = (dq, _s4(dq)) if plan["T_SHORT"] else (_placeholder(dq), (0, 0, 0, 0))
+    torch.library.wrap_triton(_attn_bwd_dkdv_kernel)[(n_tp + _spatial_programs(mode, B, T, N, H, temporal_heads, has_cls, BN),)](
+        q, k, v, dout, lse, delta, qc, kc, vc, doc, lsec, delta_cls, dk, dv, dkc, dvc, dq_t, lens,
+        *_s4(q), *_s4(k), *_s4(v), *_s4(dout), *_s4(dk), *_s4(dv), *s_dq_t,
+        *_cls_strides(cls), *sdoc,
+        B, T, N, H, temporal_heads, n_tp, D, hi, lo,
+        BLOCK_M=BM, BLOCK_N=BN, num_warps=warps, num_stages=stages, **plan, **common,
     )
-    G = _temporal_group(T, BM2)
-    torch.library.wrap_triton(_attn_bwd_dq_kernel)[(_grid_size(mode, B, T, N, H, temporal_heads, G, has_cls, BM2),)](
+    torch.library.wrap_triton(_attn_bwd_dq_kernel)[grid_dq](
         q, k, v, dout, lse, delta, qc, kc, vc, doc, lsec, delta_cls, dq, dqc, lens,
         *_s4(q), *_s4(k), *_s4(v), *_s4(dout), *_s4(dq), *_cls_strides(cls), *sdoc,
-        B, T, N, H, temporal_heads, G, D, hi, lo,
-        BLOCK_M=BM2, BLOCK_N=BN2, num_warps=warps2, num_stages=stages2, DELTA_ONLY=False, **common,
+        B, T, N, H, temporal_heads, n_tp_dq, D, hi, lo,
+        BLOCK_M=BM2, BLOCK_N=BN2, num_warps=warps2, num_stages=stages2, DELTA_ONLY=False, T_SHORT=plan["T_SHORT"],
+        **common,
     )
     if has_cls:
         for d, part in zip(dcls, (dqc, dkc, dvc)):

@@ -124,6 +124,22 @@ def _short_config(T_PAD: int, D_PAD: int, dtype: torch.dtype, backward: bool) ->
     return block_g, num_warps
 
 
+# Elements of each [BLOCK_G, T_PAD, D_PAD] tile per thread that the short kernels' measured configs
+# hold (16-bit: one group per one-warp program; fp32 and fp64: the tile budgets above), by element
+# size and direction; the factorized kernel sizes its temporal programs' groups by them.
+_SHORT_PER_THREAD = {False: {2: 32, 4: 32, 8: 16}, True: {2: 32, 4: 16, 8: 8}}
+
+
+def factorized_short_groups(T: int, D: int, dtype: torch.dtype, num_warps: int, backward: bool) -> int:
+    """Groups per temporal program of the factorized kernels when their temporal heads take the
+    short path: as many whole ``(b, n, h)`` groups as keep each thread's share of a tile at the
+    short kernels' (the program's warp count is the spatial heads' launch config)."""
+    if _interpreting():
+        return 4  # as _short_config: a partial last program on most test shapes
+    per_thread = _SHORT_PER_THREAD[backward][dtype.itemsize]
+    return max(1, min(_MAX_BLOCK_G, per_thread * 32 * num_warps // (_pad(T) * _pad(D))))
+
+
 def _tiled_config(T: int, D_PAD: int, dtype: torch.dtype, backward: bool) -> tuple[int, int, int]:
     """``(BLOCK_M, BLOCK_N, num_warps)`` of the tiled kernels: the largest square blocks that
     compile without register spills for sm_90 (the backward holds twice the tiles; float32 and
@@ -219,25 +235,27 @@ def _scale_arg(x, IS_F64: tl.constexpr):
 
 
 @triton.jit
-def _temporal_attn_fwd_short_kernel(
-    Q, K, V, O, LSE, LENS,
+def _temporal_fwd_groups(
+    pid, Q, K, V, O, LSE, LENS,
     sqb, sqt, sqn, sqh,
     skb, skt, skn, skh,
     svb, svt, svn, svh,
     sob, sot, son, soh,
-    T, N, H, D, num_groups,
+    T, N, HG, H, D, num_groups,
     scale_hi, scale_lo,
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr,
     BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
-    scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
-    pid = tl.program_id(0).to(tl.int64)
+    """Forward of the BLOCK_G whole groups ``g = (b * N + n) * HG + h`` (``h < HG``) of program
+    ``pid`` (int64); ``lse`` is ``[B, H, T, N]`` with ``H >= HG`` heads, so the factorized kernel
+    runs its temporal heads ``[0, HG)`` through this body too. ``scale_hi``/``scale_lo`` are
+    already in the statistics dtype (``_scale_arg``)."""
     offs_g = pid * BLOCK_G + tl.arange(0, BLOCK_G).to(tl.int64)  # [G]
     offs_t = tl.arange(0, T_PAD)
     offs_t64 = offs_t.to(tl.int64)
     offs_d = tl.arange(0, D_PAD)
     mask_g = offs_g < num_groups
-    b, n, h = _group_coords(offs_g, N, H)
+    b, n, h = _group_coords(offs_g, N, HG)
     if HAS_LENS:
         lens = tl.load(LENS + b, mask=mask_g, other=0).to(tl.int32)
     else:
@@ -277,8 +295,8 @@ def _temporal_attn_fwd_short_kernel(
 
 
 @triton.jit
-def _temporal_attn_bwd_short_kernel(
-    DO, Q, K, V, LSE, LENS, DQ, DK, DV,
+def _temporal_bwd_groups(
+    pid, DO, Q, K, V, LSE, LENS, DQ, DK, DV,
     sdob, sdot, sdon, sdoh,
     sqb, sqt, sqn, sqh,
     skb, skt, skn, skh,
@@ -286,19 +304,18 @@ def _temporal_attn_bwd_short_kernel(
     sdqb, sdqt, sdqn, sdqh,
     sdkb, sdkt, sdkn, sdkh,
     sdvb, sdvt, sdvn, sdvh,
-    T, N, H, D, num_groups,
+    T, N, HG, H, D, num_groups,
     scale_hi, scale_lo,
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr,
     BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
-    scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
-    pid = tl.program_id(0).to(tl.int64)
+    """Backward (dq, dk, dv in one pass) of the groups of ``_temporal_fwd_groups``."""
     offs_g = pid * BLOCK_G + tl.arange(0, BLOCK_G).to(tl.int64)  # [G]
     offs_t = tl.arange(0, T_PAD)
     offs_t64 = offs_t.to(tl.int64)
     offs_d = tl.arange(0, D_PAD)
     mask_g = offs_g < num_groups
-    b, n, h = _group_coords(offs_g, N, H)
+    b, n, h = _group_coords(offs_g, N, HG)
     if HAS_LENS:
         lens = tl.load(LENS + b, mask=mask_g, other=0).to(tl.int32)
     else:
@@ -335,6 +352,52 @@ def _temporal_attn_bwd_short_kernel(
     tl.store(DQ + (b * sdqb + n * sdqn + h * sdqh)[:, None, None] + offs_td * sdqt + offs_d[None, None, :], dq.to(DQ.dtype.element_ty), mask=mask_st)
     tl.store(DK + (b * sdkb + n * sdkn + h * sdkh)[:, None, None] + offs_td * sdkt + offs_d[None, None, :], dk.to(DK.dtype.element_ty), mask=mask_st)
     tl.store(DV + (b * sdvb + n * sdvn + h * sdvh)[:, None, None] + offs_td * sdvt + offs_d[None, None, :], dv.to(DV.dtype.element_ty), mask=mask_st)
+
+
+@triton.jit
+def _temporal_attn_fwd_short_kernel(
+    Q, K, V, O, LSE, LENS,
+    sqb, sqt, sqn, sqh,
+    skb, skt, skn, skh,
+    svb, svt, svn, svh,
+    sob, sot, son, soh,
+    T, N, H, D, num_groups,
+    scale_hi, scale_lo,
+    HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr,
+    BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
+):
+    scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
+    _temporal_fwd_groups(
+        tl.program_id(0).to(tl.int64), Q, K, V, O, LSE, LENS,
+        sqb, sqt, sqn, sqh, skb, skt, skn, skh, svb, svt, svn, svh, sob, sot, son, soh,
+        T, N, H, H, D, num_groups, scale_hi, scale_lo,
+        HAS_LENS, CAUSAL, IS_F64, BLOCK_G, T_PAD, D_PAD, IEEE,
+    )
+
+
+@triton.jit
+def _temporal_attn_bwd_short_kernel(
+    DO, Q, K, V, LSE, LENS, DQ, DK, DV,
+    sdob, sdot, sdon, sdoh,
+    sqb, sqt, sqn, sqh,
+    skb, skt, skn, skh,
+    svb, svt, svn, svh,
+    sdqb, sdqt, sdqn, sdqh,
+    sdkb, sdkt, sdkn, sdkh,
+    sdvb, sdvt, sdvn, sdvh,
+    T, N, H, D, num_groups,
+    scale_hi, scale_lo,
+    HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr,
+    BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
+):
+    scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
+    _temporal_bwd_groups(
+        tl.program_id(0).to(tl.int64), DO, Q, K, V, LSE, LENS, DQ, DK, DV,
+        sdob, sdot, sdon, sdoh, sqb, sqt, sqn, sqh, skb, skt, skn, skh, svb, svt, svn, svh,
+        sdqb, sdqt, sdqn, sdqh, sdkb, sdkt, sdkn, sdkh, sdvb, sdvt, sdvn, sdvh,
+        T, N, H, H, D, num_groups, scale_hi, scale_lo,
+        HAS_LENS, CAUSAL, IS_F64, BLOCK_G, T_PAD, D_PAD, IEEE,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
