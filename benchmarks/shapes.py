@@ -85,7 +85,7 @@ def gpu_cases() -> list[Case]:
             cases += [Case(op, *s, layout=layout, group="spatial") for s in [(8, 8, 196, 12), (2, 16, 784, 12)]]
     for layout in LAYOUTS:
         cases += [Case(op, 2, 8, 196, 12, layout=layout, group="joint") for op in ("joint", "joint_causal")]
-    cases += [Case("factorized", 2, 8, 196, 12, group="factorized")]
+    cases += [Case("factorized", *s, group="factorized") for s in [(8, 8, 196, 12), (2, 8, 196, 12)]]
     cases += sweep_cases()
     return cases
 
