@@ -253,22 +253,6 @@ def _query_range(n0, L, L_valid, div, is_t, BLOCK_N: tl.constexpr, MODE: tl.cons
 
 
 @triton.jit
-def _full_key_blocks_end(m0, lo, hi, div, is_t, BLOCK_N: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr):
-    """End of the whole key blocks ``[lo, end)`` that every row of ``[m0, m0 + BLOCK_M)`` sees: the
-    loop runs them without the per-element visibility mask (rows past the sequence see them too,
-    harmlessly: they are never stored), and the rest, ``[end, hi)``, with it."""
-    end = hi
-    if CAUSAL:
-        if MODE == 1:
-            # every row of the block is in frame m0 // div or later
-            end = tl.minimum(end, (m0 // div + 1) * div)
-        if MODE == 2:
-            # one patch per temporal sequence: the block's first row sees keys 0..m0
-            end = tl.where(is_t, tl.minimum(end, m0 + 1), end)
-    return lo + tl.maximum(end - lo, 0) // BLOCK_N * BLOCK_N
-
-
-@triton.jit
 def _n_main(L, HAS_CLS: tl.constexpr):
     """Rows that are patches (the CLS row, when present, is the last one)."""
     if HAS_CLS:
@@ -337,14 +321,13 @@ def _fwd_step(
     acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off, v_base, v_so, v_si, vc_off,
     div, hi, N, D, is_t, scale_hi, scale_lo,
     MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_N: tl.constexpr, MASK: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     offs_n = start + tl.arange(0, BLOCK_N)
     k = _load_tokens(K, KC, k_base, _tok_off(offs_n, div, k_so, k_si, MODE), kc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
     v = _load_tokens(V, VC, v_base, _tok_off(offs_n, div, v_so, v_si, MODE), vc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
     s = _logits(tl.dot(q, tl.trans(k), input_precision=PREC), scale_hi, scale_lo, IS_F64)  # [BLOCK_M, BLOCK_N]
-    if MASK:
-        s = tl.where(_visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL), s, float("-inf"))
+    s = tl.where(_visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL), s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     # a row that has seen no key yet keeps m = -inf: shift by 0 instead, exp(-inf) = 0
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -361,7 +344,7 @@ def _dkdv_step(
     q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, l_base, l_so, l_si, stat_c_off,
     div, hi, L_valid, n_main, N, D, is_t, scale_hi, scale_lo,
     MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, MASK: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     offs_m = start + tl.arange(0, BLOCK_M)
     q = _load_tokens(Q, QC, q_base, _tok_off(offs_m, div, q_so, q_si, MODE), qc_off, offs_m, hi, N, offs_d, D, HAS_CLS)
@@ -373,9 +356,8 @@ def _dkdv_step(
     # delta of a padded row is dout . out, NaN when its (never read) dout is: 0 * NaN in dS
     delta = tl.where(offs_m < hi, delta, 0.0)
     s = _logits(tl.dot(q, tl.trans(k), input_precision=PREC), scale_hi, scale_lo, IS_F64)  # [BLOCK_M, BLOCK_N]
-    p = _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64)
-    if MASK:
-        p = tl.where(_visible(offs_m, offs_n, div, L_valid, is_t, MODE, CAUSAL) & (offs_m < hi)[:, None], p, 0.0)
+    vis = _visible(offs_m, offs_n, div, L_valid, is_t, MODE, CAUSAL) & (offs_m < hi)[:, None]
+    p = tl.where(vis, _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64), 0.0)
     dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
     ds = p * (dp - delta[:, None])
@@ -388,7 +370,7 @@ def _dq_step(
     acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
     v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
     MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
-    DELTA_ONLY: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
+    DELTA_ONLY: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One key block of the dQ loop: ``acc += dS K``; with DELTA_ONLY, ``acc += rowsum(P * dP)``
     (``acc`` ``[BLOCK_M]``, ``delta`` unused)."""
@@ -396,9 +378,8 @@ def _dq_step(
     k = _load_tokens(K, KC, k_base, _tok_off(offs_n, div, k_so, k_si, MODE), kc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
     v = _load_tokens(V, VC, v_base, _tok_off(offs_n, div, v_so, v_si, MODE), vc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
     s = _logits(tl.dot(q, tl.trans(k), input_precision=PREC), scale_hi, scale_lo, IS_F64)  # [BLOCK_M, BLOCK_N]
-    p = _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64)
-    if MASK:
-        p = tl.where(_visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL) & row_ok[:, None], p, 0.0)
+    vis = _visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL) & row_ok[:, None]
+    p = tl.where(vis, _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
     if DELTA_ONLY:
         acc += tl.sum(p * dp, 1)
@@ -469,28 +450,18 @@ def _attn_fwd_kernel(
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     lo, hi = _key_range(blk * BLOCK_M, L, L_valid, div, is_t, BLOCK_M, MODE, CAUSAL)
-    mid = _full_key_blocks_end(blk * BLOCK_M, lo, hi, div, is_t, BLOCK_N, MODE, CAUSAL)
     if INTERPRET:
         start = lo
-        while start < mid:
-            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
-                                      v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, False)
-            start += BLOCK_N
         while start < hi:
             acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
                                       v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, True)
+                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
             start += BLOCK_N
     else:
-        for start in range(lo, mid, BLOCK_N):
+        for start in range(lo, hi, BLOCK_N):
             acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
                                       v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, False)
-        for start in range(mid, hi, BLOCK_N):
-            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
-                                      v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, True)
+                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
 
     # l_i == 0 only on rows that saw no key; a NaN sum (NaN input) must stay NaN, not become 0
     ok = (offs_m < L_valid) & (l_i != 0)
@@ -573,37 +544,20 @@ def _attn_bwd_dkdv_kernel(
         dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     lo, hi = _query_range(blk * BLOCK_N, L, L_valid, div, is_t, BLOCK_N, MODE, CAUSAL)
-    # Whole query blocks skip the visibility mask when the key block is whole too (its keys past the
-    # sequence must get no gradient) and nothing is causal (causal runs stay masked throughout)
-    if CAUSAL:
-        mid = lo
-    else:
-        mid = tl.where(blk * BLOCK_N + BLOCK_N <= L_valid, lo + (hi - lo) // BLOCK_M * BLOCK_M, lo)
     if INTERPRET:
         start = lo
-        while start < mid:
-            dk, dv = _dkdv_step(dk, dv, k, v, start, offs_n, offs_d, Q, QC, DO, DOC, LSE, LSEC, DELTA, DELTAC,
-                                q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, l_base, l_so, l_si,
-                                stat_c_off, div, hi, L_valid, n_main, N, D, is_t, scale_hi, scale_lo,
-                                MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_M, False)
-            start += BLOCK_M
         while start < hi:
             dk, dv = _dkdv_step(dk, dv, k, v, start, offs_n, offs_d, Q, QC, DO, DOC, LSE, LSEC, DELTA, DELTAC,
                                 q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, l_base, l_so, l_si,
                                 stat_c_off, div, hi, L_valid, n_main, N, D, is_t, scale_hi, scale_lo,
-                                MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_M, True)
+                                MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_M)
             start += BLOCK_M
     else:
-        for start in range(lo, mid, BLOCK_M):
+        for start in range(lo, hi, BLOCK_M):
             dk, dv = _dkdv_step(dk, dv, k, v, start, offs_n, offs_d, Q, QC, DO, DOC, LSE, LSEC, DELTA, DELTAC,
                                 q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, l_base, l_so, l_si,
                                 stat_c_off, div, hi, L_valid, n_main, N, D, is_t, scale_hi, scale_lo,
-                                MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_M, False)
-        for start in range(mid, hi, BLOCK_M):
-            dk, dv = _dkdv_step(dk, dv, k, v, start, offs_n, offs_d, Q, QC, DO, DOC, LSE, LSEC, DELTA, DELTAC,
-                                q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, l_base, l_so, l_si,
-                                stat_c_off, div, hi, L_valid, n_main, N, D, is_t, scale_hi, scale_lo,
-                                MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_M, True)
+                                MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_M)
     dk = _times_scale(dk, scale_hi, scale_lo, IS_F64)
 
     c_off = ((b64 * T + t64) * H + h64) * D
@@ -668,30 +622,18 @@ def _attn_bwd_dq_kernel(
         delta = _load_stat(DELTA, DELTAC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)
         delta = tl.where(row_ok, delta, 0.0)  # see _dkdv_step
         acc = tl.zeros([BLOCK_M, BLOCK_D], lse.dtype)
-    # Unmasked steps only for a block of rows that are all real: a padded row's dq must stay exactly 0
-    mid = _full_key_blocks_end(blk * BLOCK_M, lo, hi, div, is_t, BLOCK_N, MODE, CAUSAL)
-    mid = tl.where(blk * BLOCK_M + BLOCK_M <= L_valid, mid, lo)
     if INTERPRET:
         start = lo
-        while start < mid:
-            acc = _dq_step(acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
-                           kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                           MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N, False)
-            start += BLOCK_N
         while start < hi:
             acc = _dq_step(acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
                            kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                           MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N, True)
+                           MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N)
             start += BLOCK_N
     else:
-        for start in range(lo, mid, BLOCK_N):
+        for start in range(lo, hi, BLOCK_N):
             acc = _dq_step(acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
                            kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                           MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N, False)
-        for start in range(mid, hi, BLOCK_N):
-            acc = _dq_step(acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
-                           kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                           MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N, True)
+                           MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N)
     if DELTA_ONLY:
         tl.store(DELTA + l_base + l_off, acc, mask=offs_m < n_main)
         if HAS_CLS:
