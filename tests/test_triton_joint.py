@@ -145,6 +145,31 @@ def test_factorized_launcher_writes_every_element():
         assert_close(name, g, w, torch.float64)
 
 
+def test_factorized_temporal_plan(monkeypatch):
+    """The GPU's choice of path for the temporal heads (the GPU cases above rely on it): the short
+    body where the temporal short kernel's tiles fit, per direction, else one patch per flash
+    sequence; the dQ launches of a short backward have no temporal programs."""
+    from temporal_kernels.triton import spatial_attn as sa
+    from temporal_kernels.triton import temporal_attn as ta
+
+    monkeypatch.setattr(ta, "_interpreting", lambda: False)
+    monkeypatch.setattr(sa, "_interpreting", lambda: False)
+    B, N, H, TH, D = 2, 30, 3, 2, 64
+    for T, fwd_short, bwd_short in [(8, True, True), (40, True, False), (100, False, False)]:
+        q = torch.empty(B, T, N, H, D, dtype=torch.bfloat16, device="meta")
+        for backward, short in ((False, fwd_short), (True, bwd_short)):
+            plan = sa._temporal_plan(sa.MODE_FACTORIZED, q, TH, 128, 8, backward)
+            assert plan["T_SHORT"] == short, (T, backward, plan)
+            if short:
+                groups = ta.factorized_short_groups(T, D, torch.bfloat16, 8, backward)
+                assert plan["BLOCK_G_T"] == groups >= 1 and plan["N_TP"] == -(-B * N * TH // groups)
+            else:
+                assert plan["N_TP"] == B * TH * N * -(-T // 128)
+    for mode in (sa.MODE_SPATIAL, sa.MODE_JOINT):
+        assert sa._temporal_plan(mode, q, TH, 128, 8, False)["N_TP"] == 0
+    assert sa._temporal_plan(sa.MODE_FACTORIZED, q, 0, 128, 8, True) == dict(N_TP=0, T_SHORT=False, BLOCK_G_T=1, T_PAD=16)
+
+
 def _factorized_fault(which, head, group_of, T=4, D=16):
     """One NaN in q/k/v at (b0, t0, n0, head): the output is NaN exactly where the reference's is;
     gradients outside ``group_of(b0, t0, n0, head)`` (a bool mask of the element's attention

@@ -25,6 +25,8 @@ Two paths, chosen from the padded frame count ``T_PAD`` and head dim ``D_PAD``:
   write their outputs exactly once (no atomics: deterministic). The backward recomputes P from
   ``lse`` and takes ``delta = rowsum(P * dP)``, so it never reads ``out`` (11 passes of memory in
   all for forward + backward, the floor).
+  Their bodies are the helpers ``_temporal_fwd_groups`` / ``_temporal_bwd_groups``, which the
+  factorized kernels (``spatial_attn.py``) also run for their temporal heads.
 - long T: flash-style tiling over frames for one group per program, running max / sum in the
   accumulation dtype, causal block skipping; an FA2-style backward (a delta pass, a dK/dV kernel
   looping over query blocks and a dQ kernel looping over key blocks; no atomics). The delta pass
