@@ -48,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .temporal_attn import _temporal_bwd_groups, _temporal_fwd_groups, factorized_short_groups, use_short_path
+from .temporal_attn import _scale_arg, _temporal_bwd_groups, _temporal_fwd_groups, factorized_short_groups, use_short_path
 
 MODE_SPATIAL = 0
 MODE_JOINT = 1
@@ -270,17 +270,6 @@ def _exp(x, IS_F64: tl.constexpr):
         return tl.exp(x)
     else:
         return tl.exp2(x)
-
-
-@triton.jit
-def _scale_arg(x, IS_F64: tl.constexpr):
-    """A float kernel argument in the statistics dtype. Eager Triton passes Python floats as fp32
-    but torch.compile (inductor) as fp64, which would promote the fp32 softmax state to fp64 and
-    change the type of loop-carried values; every kernel casts its scale halves on entry."""
-    if IS_F64:
-        return tl.cast(x, tl.float64)
-    else:
-        return tl.cast(x, tl.float32)
 
 
 @triton.jit

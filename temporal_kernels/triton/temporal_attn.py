@@ -237,6 +237,29 @@ def _scale_arg(x, IS_F64: tl.constexpr):
 
 
 @triton.jit
+def _group_block(pid, LENS, T, N, HG, D, num_groups, HAS_LENS: tl.constexpr,
+                 BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr):
+    """The BLOCK_G groups of program ``pid`` (int64): their ``(b, n, h)``, the frame and head-dim
+    offsets, and the masks ``[G]`` (real group), ``[G, T_PAD]`` (real frame: frames at or past the
+    clip length are padding, neither queries nor keys), ``[G, T_PAD, D_PAD]`` loads (real frames)
+    and stores (every frame of a real group: padded rows are written, as 0)."""
+    offs_g = pid * BLOCK_G + tl.arange(0, BLOCK_G).to(tl.int64)  # [G]
+    offs_t = tl.arange(0, T_PAD)
+    offs_t64 = offs_t.to(tl.int64)
+    offs_d = tl.arange(0, D_PAD)
+    mask_g = offs_g < num_groups
+    b, n, h = _group_coords(offs_g, N, HG)
+    if HAS_LENS:
+        lens = tl.load(LENS + b, mask=mask_g, other=0).to(tl.int32)
+    else:
+        lens = tl.zeros([BLOCK_G], dtype=tl.int32) + T
+    mask_row = mask_g[:, None] & (offs_t[None, :] < lens[:, None])  # [G, T_PAD]
+    mask_ld = mask_row[:, :, None] & (offs_d < D)[None, None, :]  # [G, T_PAD, D_PAD]
+    mask_st = (mask_g[:, None] & (offs_t[None, :] < T))[:, :, None] & (offs_d < D)[None, None, :]
+    return b, n, h, offs_t, offs_t64, offs_d, mask_g, mask_row, mask_ld, mask_st
+
+
+@triton.jit
 def _temporal_fwd_groups(
     pid, Q, K, V, O, LSE, LENS,
     sqb, sqt, sqn, sqh,
@@ -252,21 +275,8 @@ def _temporal_fwd_groups(
     ``pid`` (int64); ``lse`` is ``[B, H, T, N]`` with ``H >= HG`` heads, so the factorized kernel
     runs its temporal heads ``[0, HG)`` through this body too. ``scale_hi``/``scale_lo`` are
     already in the statistics dtype (``_scale_arg``)."""
-    offs_g = pid * BLOCK_G + tl.arange(0, BLOCK_G).to(tl.int64)  # [G]
-    offs_t = tl.arange(0, T_PAD)
-    offs_t64 = offs_t.to(tl.int64)
-    offs_d = tl.arange(0, D_PAD)
-    mask_g = offs_g < num_groups
-    b, n, h = _group_coords(offs_g, N, HG)
-    if HAS_LENS:
-        lens = tl.load(LENS + b, mask=mask_g, other=0).to(tl.int32)
-    else:
-        lens = tl.zeros([BLOCK_G], dtype=tl.int32) + T
-
-    # Frames at or past the clip length are padding: neither queries nor keys.
-    mask_row = mask_g[:, None] & (offs_t[None, :] < lens[:, None])  # [G, T_PAD]
-    mask_ld = mask_row[:, :, None] & (offs_d < D)[None, None, :]  # [G, T_PAD, D_PAD]
-    mask_st = (mask_g[:, None] & (offs_t[None, :] < T))[:, :, None] & (offs_d < D)[None, None, :]
+    b, n, h, offs_t, offs_t64, offs_d, mask_g, mask_row, mask_ld, mask_st = _group_block(
+        pid, LENS, T, N, HG, D, num_groups, HAS_LENS, BLOCK_G, T_PAD, D_PAD)
 
     ptr_q = Q + (b * sqb + n * sqn + h * sqh)[:, None, None] + offs_t64[None, :, None] * sqt + offs_d[None, None, :]
     ptr_k = K + (b * skb + n * skn + h * skh)[:, None, None] + offs_t64[None, :, None] * skt + offs_d[None, None, :]
@@ -312,20 +322,8 @@ def _temporal_bwd_groups(
     BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
     """Backward (dq, dk, dv in one pass) of the groups of ``_temporal_fwd_groups``."""
-    offs_g = pid * BLOCK_G + tl.arange(0, BLOCK_G).to(tl.int64)  # [G]
-    offs_t = tl.arange(0, T_PAD)
-    offs_t64 = offs_t.to(tl.int64)
-    offs_d = tl.arange(0, D_PAD)
-    mask_g = offs_g < num_groups
-    b, n, h = _group_coords(offs_g, N, HG)
-    if HAS_LENS:
-        lens = tl.load(LENS + b, mask=mask_g, other=0).to(tl.int32)
-    else:
-        lens = tl.zeros([BLOCK_G], dtype=tl.int32) + T
-
-    mask_row = mask_g[:, None] & (offs_t[None, :] < lens[:, None])  # [G, T_PAD]
-    mask_ld = mask_row[:, :, None] & (offs_d < D)[None, None, :]
-    mask_st = (mask_g[:, None] & (offs_t[None, :] < T))[:, :, None] & (offs_d < D)[None, None, :]
+    b, n, h, offs_t, offs_t64, offs_d, mask_g, mask_row, mask_ld, mask_st = _group_block(
+        pid, LENS, T, N, HG, D, num_groups, HAS_LENS, BLOCK_G, T_PAD, D_PAD)
     offs_td = offs_t64[None, :, None]
 
     # Padded rows of dout are never read: their outputs are constant 0, whatever dout holds.
