@@ -123,8 +123,9 @@ def _spatial_jobs(mode, D, dtype, N, T=8):
     BM, BN, warps, stages = sa._fwd_config(D, dtype, flags["MODE"], flags["CAUSAL"])
     yield sa._attn_fwd_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN, **temporal(BM, warps, False)), warps, stages
     (BM, BN, warps, stages), (BM2, BN2, warps2, stages2) = sa._bwd_configs(D, dtype, SPATIAL_MODES[mode]["MODE"], N)
-    yield sa._attn_bwd_dkdv_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN, **temporal(BN, warps, True)), warps, stages
-    dq_flags = dict(flags, BLOCK_M=BM2, BLOCK_N=BN2, T_SHORT=temporal(BN, warps, True)["T_SHORT"])
+    bwd_temporal = temporal(BN, warps, True)
+    yield sa._attn_bwd_dkdv_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN, **bwd_temporal), warps, stages
+    dq_flags = dict(flags, BLOCK_M=BM2, BLOCK_N=BN2, T_SHORT=bwd_temporal["T_SHORT"])
     for delta_only in (True, False):
         yield sa._attn_bwd_dq_kernel, dict(dq_flags, DELTA_ONLY=delta_only), warps2, stages2
     yield sa._attn_bwd_delta_kernel, dict(BLOCK_R=32, BLOCK_D=sa._block_d(D)), 4, 1
