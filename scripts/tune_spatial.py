@@ -286,7 +286,7 @@ def main(argv=None) -> None:
         calls = [0]
         orig_fwd, orig_bwd = sa._fwd_config, sa._bwd_configs
 
-        def fwd_config(D, dt, mode, causal):
+        def fwd_config(D, dt, mode, causal, has_cls):
             calls[0] += 1
             return cfg
 
@@ -307,7 +307,8 @@ def main(argv=None) -> None:
     def default_cfg(kernel: str, case: Case) -> tuple:
         D, N = case.shape[4], case.shape[2]
         if kernel == "fwd":
-            return tuple(sa._fwd_config(D, dtype, sa.MODE_JOINT if case.op == "joint" else sa.MODE_SPATIAL, case.causal))
+            mode = sa.MODE_JOINT if case.op == "joint" else sa.MODE_SPATIAL
+            return tuple(sa._fwd_config(D, dtype, mode, case.causal, case.op == "spatial_cls"))
         dkdv, dq = sa._bwd_configs(D, dtype, sa.MODE_JOINT if case.op == "joint" else sa.MODE_SPATIAL, N)
         return tuple(dkdv if kernel == "bwd_dkdv" else dq)
 

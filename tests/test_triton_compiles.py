@@ -120,7 +120,7 @@ def _spatial_jobs(mode, D, dtype, N, T=8):
         plan = sa._temporal_plan(flags["MODE"], q, 1, block, warps, backward)
         return {k: v for k, v in plan.items() if k != "N_TP"}
 
-    BM, BN, warps, stages = sa._fwd_config(D, dtype, flags["MODE"], flags["CAUSAL"])
+    BM, BN, warps, stages = sa._fwd_config(D, dtype, flags["MODE"], flags["CAUSAL"], flags["HAS_CLS"])
     yield sa._attn_fwd_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN, **temporal(BM, warps, False)), warps, stages
     (BM, BN, warps, stages), (BM2, BN2, warps2, stages2) = sa._bwd_configs(D, dtype, SPATIAL_MODES[mode]["MODE"], N)
     bwd_temporal = temporal(BN, warps, True)

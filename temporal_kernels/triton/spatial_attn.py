@@ -30,8 +30,8 @@ afterwards (deterministic, no atomics).
 
 Tiles (``_fwd_config`` / ``_bwd_configs``), picked from sm_90 compiles without spills: fp16/bf16
 with D <= 64 run the forward with BLOCK_M=128, BLOCK_N=64 (8 warps; from forward sweeps: spatial
-128 x 32 with 4 warps, joint 3 pipeline stages, frame-causal joint 64 x 32 with 4 warps, all three
-with 3 stages), dK/dV with 128 keys per program
+with CLS 128 x 32 with 4 warps, joint 3 pipeline stages, frame-causal joint 64 x 32 with 4 warps,
+all three with 3 stages), dK/dV with 128 keys per program
 and 128 query rows per step (64 for spatial frames of N > 256), dQ with 64 rows x 32 keys per step,
 the backward unpipelined (see ``_bwd_configs``); larger D and fp32/fp64 use narrower tiles.
 N=196 (+CLS = 197) gives 2 row blocks of 128 (23% of the last unused, as with 4 blocks of 64:
@@ -670,7 +670,7 @@ def _block_d(D: int) -> int:
     return max(16, triton.next_power_of_2(D))
 
 
-def _fwd_config(D: int, dtype: torch.dtype, mode: int, causal: bool) -> tuple[int, int, int, int]:
+def _fwd_config(D: int, dtype: torch.dtype, mode: int, causal: bool, has_cls: bool) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward of ``mode``.
 
     Chosen from sm_90 compiles (ptxas register/spill reports; no spills in the half-precision
@@ -679,17 +679,19 @@ def _fwd_config(D: int, dtype: torch.dtype, mode: int, causal: bool) -> tuple[in
     forward sweep at (2,8,196,12) D=64 (``scripts/tune_spatial.py --ops joint --kernels fwd``,
     ``benchmarks/results/h100/logs/tune_joint_fwd_bf16.log``) measured (128, 64, 8, 3) at 74 us
     against 92 us for the spatial tile, and, frame-causal, (64, 32, 4, 3) at 87 against 120 us
-    (smaller row blocks skip more of the masked upper frames). Spatial attention likewise prefers
-    (128, 32, 4, 3): 57 vs 74 us at (8,8,196+1,12), 248 vs 286 us at (2,16,784+1,12)
-    (``logs/tune_spatial_cls_fwd_bf16.log``; the factorized mode keeps the 8-warp tile, whose warp
-    count also sizes its temporal programs)."""
+    (smaller row blocks skip more of the masked upper frames). Spatial attention with the CLS
+    token (whose key every key block selects by pointer) prefers (128, 32, 4, 3): 57 vs 74 us at
+    (8,8,196+1,12), 248 vs 286 us at (2,16,784+1,12) (``logs/tune_spatial_cls_fwd_bf16.log``);
+    without CLS that tile measured 0.282 against 0.256 ms at (2,16,784,12) in the benchmark
+    (``logs/bench_spatial_df364b0.log``), so plain spatial and the factorized mode (whose warp
+    count also sizes its temporal programs) keep the 8-warp tile."""
     if _interpreting():
         return 16, 16, 1, 1
     bd = _block_d(D)
     if dtype.itemsize == 2 and bd <= 64:
         if mode == MODE_JOINT:
             return (64, 32, 4, 3) if causal else (128, 64, 8, 3)
-        if mode == MODE_SPATIAL:
+        if mode == MODE_SPATIAL and has_cls:
             return 128, 32, 4, 3
     if dtype == torch.float64:
         return (32, 16, 4, 1) if bd <= 64 else (16, 16, 4, 1)
@@ -795,7 +797,7 @@ def attn_fwd(mode, q, k, v, out, lse, scale, *, cls=None, cls_out=None, lse_cls=
     if q.numel() == 0:
         return
     has_cls = cls is not None
-    BM, BN, warps, stages = _fwd_config(D, q.dtype, mode, bool(causal))
+    BM, BN, warps, stages = _fwd_config(D, q.dtype, mode, bool(causal), has_cls)
     plan = _temporal_plan(mode, q, temporal_heads, BM, warps, backward=False)
     n_tp = plan.pop("N_TP")
     grid = (n_tp + _spatial_programs(mode, B, T, N, H, temporal_heads, has_cls, BM),)
