@@ -20,6 +20,12 @@
 #                         unless TK_E2E_MINI=0) into $OUT/e2e_*.{json,log}
 #   TK_PYTEST_ARGS="..."  extra pytest arguments, e.g. "-k temporal" (shell-quoted words allowed)
 #   TK_TEST_TIMEOUT=300   per-test timeout (pytest-timeout), seconds
+#   TK_TEST_BUDGET_S=...  the test suite's wall budget (default: a third of what is left when the
+#                         benchmarks run too, all of it otherwise)
+#   TK_SANITIZE=1         run scripts/sanitize.sh (TK_SANITIZE_* knobs pass through; default quick,
+#                         Triton only, tools side by side) in the background from the install
+#                         on, beside the tests; waited for before the benchmarks, which must run
+#                         alone. Logs packed into $OUT/sanitize.tar.gz
 #   TK_TEST_SHARD=i/n     run every n-th test from the i-th (tests/conftest.py): the GPU suite takes
 #                         ~12 min with 6 workers, so run it as 1/2 and 2/2 in two device calls
 #   TK_BENCH_ARGS="..."   extra benchmark arguments, e.g. "--quick" or "--ops temporal"
@@ -74,6 +80,24 @@ if [ "${TK_SKIP_INSTALL:-0}" != "1" ]; then
 fi
 $PY -c "import temporal_kernels as tk; from temporal_kernels import _extension as e; print('available backends:', tk.available_backends(), e.load_error())" 2>&1 | tee -a "$OUT/env.txt"
 
+SAN_PID=
+if [ "${TK_SANITIZE:-0}" = "1" ]; then
+    section "sanitizers (background)"
+    mkdir -p "$OUT/sanitize"
+    SAN_OUT="$OUT/sanitize" TK_SANITIZE_QUICK=${TK_SANITIZE_QUICK:-1} TK_SANITIZE_BACKENDS=${TK_SANITIZE_BACKENDS:-triton} \
+        TK_SANITIZE_PARALLEL=${TK_SANITIZE_PARALLEL:-1} bash scripts/sanitize.sh > "$OUT/sanitize/sanitize.log" 2>&1 &
+    SAN_PID=$!
+fi
+finish_sanitize() {
+    [ -z "$SAN_PID" ] && return
+    section "waiting for the sanitizers"
+    wait "$SAN_PID"
+    echo "sanitize.sh rc=$?"
+    cat "$OUT/sanitize/sanitize.log"
+    tar -czf "$OUT/sanitize.tar.gz" -C "$OUT" sanitize && rm -rf "$OUT/sanitize"
+    SAN_PID=
+}
+
 if [ "${TK_E2E:-0}" = "1" ]; then
     section "end-to-end models (issue 7)"
     eval "E2E_EXTRA=(${TK_E2E_ARGS:---compile --profile})"
@@ -88,6 +112,7 @@ if [ "${TK_SKIP_TESTS:-0}" != "1" ]; then
     eval "PYTEST_EXTRA=(${TK_PYTEST_ARGS:-})"
     budget=$(( $(left) - ${TK_BENCH_RESERVE_S:-0} - 30 ))
     if [ "${TK_SKIP_BENCH:-0}" != "1" ]; then budget=$(( budget / 3 )); fi  # leave most of the budget to benchmarks
+    budget=${TK_TEST_BUDGET_S:-$budget}
     [ "$budget" -lt 30 ] && budget=30
     echo "test budget ${budget} s"
     # -v: a line per test (PASSED/FAILED/...) as it finishes, so the log names the failures even
@@ -95,6 +120,8 @@ if [ "${TK_SKIP_TESTS:-0}" != "1" ]; then
     timeout -s INT -k 20 "$budget" $PY -m pytest -v -rfE tests --timeout="${TK_TEST_TIMEOUT:-300}" "${PYTEST_EXTRA[@]}" 2>&1 | tee "$OUT/tests.log"
     echo "tests rc=${PIPESTATUS[0]} (124/130 = cut by the time budget)" | tee -a "$OUT/tests.log"
 fi
+
+finish_sanitize
 
 if [ "${TK_SKIP_BENCH:-0}" != "1" ]; then
     section "benchmarks"

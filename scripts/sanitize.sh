@@ -7,7 +7,11 @@
 #
 #   bash scripts/sanitize.sh          # on the GPU machine, repo root; logs go to $OUT
 #   TK_SANITIZE_QUICK=1 (a subset of shapes), TK_SANITIZE_TIMEOUT_S (per tool, default 150),
-#   TK_SANITIZE_TOOLS (default "memcheck racecheck initcheck synccheck")
+#   TK_SANITIZE_TOOLS (default "memcheck racecheck initcheck synccheck"),
+#   TK_SANITIZE_BACKENDS (default "triton cuda"; "triton" skips building the extension),
+#   TK_SANITIZE_PARALLEL=1 (the tools run side by side, one process each: the sanitizers are
+#   host-bound, so on a 16-core machine they take about the time of the slowest alone),
+#   SAN_OUT (directory of the logs, default $OUT)
 #
 # Builds the extension first if it does not import (TEMPORAL_KERNELS_BUILD_EXT=1). The caching
 # allocator is off (PYTORCH_NO_CUDA_MEMORY_CACHING=1) so every tensor is its own allocation and
@@ -15,12 +19,12 @@
 # $OUT/sanitize_summary.txt (one line per tool: exit code and the sanitizer's error summary),
 # $OUT/sanitize_warmup.log.
 set -uo pipefail
-OUT=${OUT:-/tmp/tk_out}
+OUT=${SAN_OUT:-${OUT:-/tmp/tk_out}}
 mkdir -p "$OUT"
 PY=${PY:-python}
 SAN=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
 
-if ! $PY -c "import torch, temporal_kernels._C" 2>/dev/null; then
+if [[ " ${TK_SANITIZE_BACKENDS:-triton cuda} " == *" cuda "* ]] && ! $PY -c "import torch, temporal_kernels._C" 2>/dev/null; then
     echo "building the extension (log: $OUT/sanitize_build.log)"
     if ! TEMPORAL_KERNELS_BUILD_EXT=1 $PY -m pip install --no-build-isolation --no-deps -e . > "$OUT/sanitize_build.log" 2>&1; then
         tail -40 "$OUT/sanitize_build.log"
@@ -39,14 +43,26 @@ echo "warm-up run (no sanitizer): exit $?, $(( $(date +%s) - t0 )) s"
 
 export PYTORCH_NO_CUDA_MEMORY_CACHING=1
 : > "$OUT/sanitize_summary.txt"
-status=0
-for tool in ${TK_SANITIZE_TOOLS:-memcheck racecheck initcheck synccheck}; do
-    log="$OUT/sanitize_$tool.log"
-    echo "=== $tool ==="
+run_tool() {
+    local tool=$1 log="$OUT/sanitize_$1.log" rc summary
     timeout "${TK_SANITIZE_TIMEOUT_S:-150}" "$SAN" --tool "$tool" --error-exitcode 99 --print-limit 100 $PY "$SCRIPT" > "$log" 2>&1
     rc=$?
     summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
     echo "$tool: exit $rc; ${summary:-no summary line (see $log)}" | tee -a "$OUT/sanitize_summary.txt"
-    [ "$rc" -ne 0 ] && status=1
+    return $rc
+}
+status=0
+pids=()
+for tool in ${TK_SANITIZE_TOOLS:-memcheck racecheck initcheck synccheck}; do
+    if [ "${TK_SANITIZE_PARALLEL:-0}" = "1" ]; then
+        run_tool "$tool" &
+        pids+=($!)
+    else
+        echo "=== $tool ==="
+        run_tool "$tool" || status=1
+    fi
+done
+for pid in "${pids[@]}"; do
+    wait "$pid" || status=1
 done
 exit $status

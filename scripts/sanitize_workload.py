@@ -79,16 +79,19 @@ def run_backend(backend: str) -> None:
             backward(*tk.spatial_attention(q, k, v, cls=tuple(cls_qkv.unbind(1)), backend=backend))
             backward(tk.spatial_attention_qkvpacked(qkv, backend=backend))
             backward(*tk.spatial_attention_qkvpacked(qkv, cls_qkv=cls_qkv, backend=backend))
-    # Spatial tiles over N beyond one block, with the CLS key (N = 197).
+    # Spatial tiles over N beyond one block, with the CLS key (N = 197); factorized with several
+    # spatial row blocks per frame behind the temporal heads' programs (short path at T = 8).
     qkv = packed(1, 2, 197, 2, 64, torch.bfloat16, patch_major=True)
     cls_qkv = randn(1, 3, 2, 64, dtype=torch.bfloat16).requires_grad_()
     if backend == "triton":
         backward(*tk.spatial_attention_qkvpacked(qkv, cls_qkv=cls_qkv, backend=backend))
         backward(tk.joint_attention(*qkv.unbind(3), causal=True, backend=backend))
+        qkv = packed(1, 8, 197, 4, 64, torch.bfloat16, patch_major=False)
+        backward(tk.factorized_attention(*qkv.unbind(3), temporal_heads=2, backend=backend))
 
 
 if __name__ == "__main__":
-    for backend in ("triton", "cuda"):
+    for backend in os.environ.get("TK_SANITIZE_BACKENDS", "triton cuda").split():
         if backend in tk.available_backends():
             run_backend(backend)
             torch.cuda.synchronize()
