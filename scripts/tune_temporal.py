@@ -1,11 +1,13 @@
 """Sweep the launch configurations of the Triton temporal kernels on the GPU present.
 
-    python scripts/tune_temporal.py [--bwd] [--shapes B,T,N,H,D ...]
+    python scripts/tune_temporal.py [--bwd] [--path auto|short|tiled|both] [--shapes B,T,N,H,D ...]
 
 For every shape (SPEC §5 temporal rows by default) and every (BLOCK_G, num_warps) of the short
-path — or (BLOCK_M, BLOCK_N, num_warps) of the tiled path — it times the forward (and with --bwd
-the backward) op on patch-major packed bf16 views, checks the output against the float64
-reference, and prints the time and % of the memory floor. The winners feed the heuristics in
+path — or (BLOCK_M, BLOCK_N, num_warps, num_stages) of the tiled path — it times the forward (and
+with --bwd the backward) op on patch-major packed bf16 views, checks the output against the
+float64 reference, and prints the time and % of the memory floor. ``--path`` forces a path
+(``both``: each path the shape can take); the tiled forward's best config is also timed without
+the base-2 softmax (``_TILED_FWD_EXP2``). The winners feed the heuristics in
 ``temporal_kernels/triton/temporal_attn.py``; this script is a tool, its output is not a result.
 """
 
@@ -67,12 +69,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bwd", action="store_true")
     ap.add_argument("--shapes", nargs="*", default=None)
+    ap.add_argument("--path", choices=("auto", "short", "tiled", "both"), default="auto")
     args = ap.parse_args()
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
     bw = copy_bandwidth()
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s")
     ops = torch.ops.temporal_kernels
-    orig_short, orig_tiled = ta._short_config, ta._tiled_config
+    orig_short, orig_tiled, orig_stages, orig_use = ta._short_config, ta._tiled_config, ta._tiled_stages, ta.use_short_path
     modes = ("fwd", "bwd") if args.bwd else ("fwd",)
     for B, T, N, H, D in shapes:
         scale = D**-0.5
@@ -87,46 +90,73 @@ def main() -> None:
         elems = B * T * N * H * D * 2
         for mode in modes:
             backward = mode == "bwd"
-            short = ta.use_short_path(T, D, torch.bfloat16, backward=backward)
-            if short:
-                configs = list(itertools.product((1, 2, 4, 8), (1, 2, 4)))
+            auto_short = orig_use(T, D, torch.bfloat16, backward=backward)
+            if args.path == "auto":
+                paths = ["short" if auto_short else "tiled"]
+            elif args.path == "both":
+                paths = (["short"] if ta._pad(T) <= ta.SHORT_T_MAX else []) + ["tiled"]
             else:
-                configs = [(m, n, w) for m, n in ((32, 32), (64, 32), (64, 64), (128, 64)) for w in (4, 8)]
-            rows = []
-            for cfg in configs:
-
-                def patched(orig, cfg=cfg, backward=backward):
-                    return lambda *a, **kw: cfg if kw.get("backward", a[-1]) == backward else orig(*a, **kw)
-
-                ta._short_config, ta._tiled_config = orig_short, orig_tiled
+                paths = [args.path]
+            for path in paths:
+                short = path == "short"
                 if short:
-                    ta._short_config = patched(orig_short)
+                    configs = list(itertools.product((1, 2, 4, 8), (1, 2, 4)))
                 else:
-                    ta._tiled_config = patched(orig_tiled)
-                try:
-                    out, lse = ops.triton_temporal_fwd(q, k, v, None, False, scale)
-                    err = ((out.double() - ref).norm() / ref.norm()).item()
-                    if backward:
-                        saved = [ops.triton_temporal_fwd(*i[:3], None, False, scale) for i in inputs]
-                        fns = [
-                            (lambda i=i, s=s: ops.triton_temporal_bwd(i[3], *i[:3], *s, None, False, scale))
-                            for i, s in zip(inputs, saved)
-                        ]
-                        floor_passes = 7
-                    else:
-                        fns = [(lambda i=i: ops.triton_temporal_fwd(*i[:3], None, False, scale)) for i in inputs]
-                        floor_passes = 4
-                    ms = graph_time_ms(fns)
-                except Exception as exc:  # a config that does not compile (registers, shared memory)
-                    print(f"  {mode} {cfg}: failed ({type(exc).__name__}: {str(exc)[:80]})")
-                    continue
-                rows.append((ms, cfg, err, floor_passes * elems / bw * 1e3 / ms))
-            ta._short_config, ta._tiled_config = orig_short, orig_tiled
-            rows.sort(key=lambda r: r[0])
-            print(f"== {mode} B{B} T{T} N{N} H{H} D{D} ({'short' if short else 'tiled'}), default {orig_short(ta._pad(T), ta._pad(D), torch.bfloat16, backward) if short else orig_tiled(T, ta._pad(D), torch.bfloat16, backward)}")
-            for ms, cfg, err, frac in rows[:5]:
-                print(f"  {ms * 1e3:8.1f} us {100 * frac:5.1f}% floor  err {err:.1e}  cfg {cfg}")
+                    configs = [(m, n, w, st) for m, n in ((64, 32), (64, 64), (128, 32), (128, 64), (64, 128))
+                               for w in (4, 8) for st in (2, 3, 4)]
+                rows = []
+                for cfg in configs:
+                    rows += time_config(cfg, short, backward, True, inputs, ref, scale, elems, bw, ops,
+                                        orig_short, orig_tiled, orig_stages, orig_use)
+                rows.sort(key=lambda r: r[0])
+                if not short and not backward and rows:
+                    rows += time_config(rows[0][1], short, backward, False, inputs, ref, scale, elems, bw, ops,
+                                        orig_short, orig_tiled, orig_stages, orig_use)
+                default = (orig_short(ta._pad(T), ta._pad(D), torch.bfloat16, backward) if short
+                           else orig_tiled(T, ta._pad(D), torch.bfloat16, backward) + (orig_stages(torch.bfloat16),))
+                print(f"== {mode} B{B} T{T} N{N} H{H} D{D} ({path}{'' if path == ('short' if auto_short else 'tiled') else ', forced'}), default {default}")
+                for ms, cfg, err, frac, exp2 in rows[:6] + ([rows[-1]] if not short and not backward and rows else []):
+                    print(f"  {ms * 1e3:8.1f} us {100 * frac:5.1f}% floor  err {err:.1e}  cfg {cfg}{'' if exp2 else '  (exp, not exp2)'}")
 
+
+def time_config(cfg, short, backward, exp2, inputs, ref, scale, elems, bw, ops, orig_short, orig_tiled, orig_stages, orig_use):
+    """[(ms, cfg, err, fraction of the floor, exp2)] of one launch config, [] if it does not compile."""
+    q, k, v, _ = inputs[0]
+
+    def patched(orig, value):
+        return lambda *a, **kw: value if kw.get("backward", a[-1]) == backward else orig(*a, **kw)
+
+    def use_short_path(T_, D_, dtype, backward=False, forced=short, direction=backward):
+        return forced if backward == direction else orig_use(T_, D_, dtype, backward)
+
+    ta.use_short_path = use_short_path
+    ta._TILED_FWD_EXP2 = exp2
+    if short:
+        ta._short_config = patched(orig_short, cfg)
+    else:
+        ta._tiled_config = patched(orig_tiled, cfg[:3])
+        ta._tiled_stages = lambda dtype: cfg[3]
+    try:
+        out, lse = ops.triton_temporal_fwd(q, k, v, None, False, scale)
+        err = ((out.double() - ref).norm() / ref.norm()).item()
+        if backward:
+            saved = [ops.triton_temporal_fwd(*i[:3], None, False, scale) for i in inputs]
+            fns = [
+                (lambda i=i, s=s: ops.triton_temporal_bwd(i[3], *i[:3], *s, None, False, scale))
+                for i, s in zip(inputs, saved)
+            ]
+            floor_passes = 7
+        else:
+            fns = [(lambda i=i: ops.triton_temporal_fwd(*i[:3], None, False, scale)) for i in inputs]
+            floor_passes = 4
+        ms = graph_time_ms(fns)
+    except Exception as exc:  # a config that does not compile (registers, shared memory)
+        print(f"  {'bwd' if backward else 'fwd'} {cfg}: failed ({type(exc).__name__}: {str(exc)[:80]})")
+        return []
+    finally:
+        ta._short_config, ta._tiled_config, ta._tiled_stages, ta.use_short_path = orig_short, orig_tiled, orig_stages, orig_use
+        ta._TILED_FWD_EXP2 = True
+    return [(ms, cfg, err, floor_passes * elems / bw * 1e3 / ms, exp2)]
 
 if __name__ == "__main__":
     main()

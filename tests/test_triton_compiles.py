@@ -78,8 +78,9 @@ DTYPES = [torch.bfloat16, torch.float32, torch.float64]
 DTYPE_IDS = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32", torch.float64: "f64"}
 
 
-# (T, D): short path at T = 8 and 64, tiled path at T = 150 (T > 64 is always tiled)
-TEMPORAL_CASES = [(8, 64), (64, 64), (8, 160), (150, 64), (150, 128), (300, 256)]
+# (T, D): short path at T = 8 and 64, tiled path at T = 150 (T > 64 is always tiled); D = 40 and
+# 72 take ALIGN > 1 (head dims that are not multiples of 16 elements)
+TEMPORAL_CASES = [(8, 64), (64, 64), (8, 160), (8, 72), (150, 64), (150, 128), (150, 40), (300, 256)]
 SPATIAL_MODES = {
     "spatial_cls": dict(MODE=sa.MODE_SPATIAL, HAS_CLS=True, CAUSAL=False, HAS_LENS=False),
     "joint": dict(MODE=sa.MODE_JOINT, HAS_CLS=False, CAUSAL=True, HAS_LENS=True),
@@ -90,7 +91,8 @@ SPATIAL_MODES = {
 def _temporal_jobs(T, D, dtype):
     """(kernel, constexprs, num_warps, num_stages) the temporal launchers pick for (T, D, dtype)."""
     T_PAD, D_PAD = ta._pad(T), ta._pad(D)
-    flags = dict(HAS_LENS=True, CAUSAL=True, IS_F64=dtype == torch.float64, IEEE=ta._ieee(dtype))
+    align = ta._alignment(D, torch.empty(1, 1, 1, 1, D, dtype=dtype, device="meta"))
+    flags = dict(HAS_LENS=True, CAUSAL=True, IS_F64=dtype == torch.float64, IEEE=ta._ieee(dtype), ALIGN=align)
     for backward in (False, True):
         if ta.use_short_path(T, D, dtype, backward):
             block_g, warps = ta._short_config(T_PAD, D_PAD, dtype, backward)
@@ -101,9 +103,9 @@ def _temporal_jobs(T, D, dtype):
         stages = ta._tiled_stages(dtype)
         tiles = dict(flags, INTERPRET=False, BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD)
         if not backward:
-            yield ta._temporal_attn_fwd_tiled_kernel, tiles, warps, stages
+            yield ta._temporal_attn_fwd_tiled_kernel, dict(tiles, EXP2=dtype != torch.float64), warps, stages
             continue
-        yield ta._temporal_attn_bwd_delta_kernel, dict(HAS_LENS=True, BLOCK_M=block_m, D_PAD=D_PAD), warps, 1
+        yield ta._temporal_attn_bwd_delta_kernel, dict(HAS_LENS=True, BLOCK_M=block_m, D_PAD=D_PAD, ALIGN=align), warps, 1
         yield ta._temporal_attn_bwd_dkdv_kernel, tiles, warps, stages
         for delta_only in (True, False):
             yield ta._temporal_attn_bwd_dq_kernel, dict(tiles, DELTA_ONLY=delta_only), warps, stages

@@ -166,10 +166,29 @@ def _tiled_config(T: int, D_PAD: int, dtype: torch.dtype, backward: bool) -> tup
     return block, block, 8 if wide else 4
 
 
+# Base-2 softmax in the tiled forward (float16/bfloat16/float32; float64 keeps exp): a module
+# flag only so scripts/tune_temporal.py can time both in one process.
+_TILED_FWD_EXP2 = True
+
+
 def _tiled_stages(dtype: torch.dtype) -> int:
     """Software-pipelining depth of the tiled loops; float64 (gradcheck only) keeps its shared
     memory under 164 KiB at D = 256."""
     return 2 if dtype == torch.float64 else 3
+
+
+def _alignment(D: int, *tensors: torch.Tensor) -> int:
+    """The kernels' ALIGN: 1 when the head dim and every (b, t, n, h) stride of ``tensors`` are
+    multiples of 16 elements (Triton's own specialization then sees it), else the largest power of
+    two up to 16 bytes' worth of elements dividing all of them (strides of size-1 axes, never
+    multiplied by a nonzero index, do not count)."""
+    sizes = [D] + [st for x in tensors for st, n in zip(x.stride()[:4], x.shape[:4]) if n > 1]
+    if all(v % 16 == 0 for v in sizes):
+        return 1
+    align = 16 // tensors[0].element_size()
+    while align > 1 and any(v % align for v in sizes):
+        align //= 2
+    return align
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int, int]:
@@ -190,6 +209,23 @@ def _dot(a, b, IEEE: tl.constexpr):
         return tl.dot(a, b, input_precision="ieee")
     else:
         return tl.dot(a, b)
+
+
+@triton.jit
+def _aligned(x, ALIGN: tl.constexpr):
+    """``x`` (a size or stride argument), which the launcher checked to be a multiple of ALIGN
+    elements (``_alignment``), in a form whose divisibility the compiler sees. Triton infers
+    alignment only from arguments divisible by 16 (``tl.multiple_of`` on an argument is dropped),
+    so a head dim such as 40 or 72 would otherwise load and store element by element."""
+    if ALIGN > 1:
+        x = (x // ALIGN) * ALIGN
+    return x
+
+
+@triton.jit
+def _aligned4(s_b, s_t, s_n, s_h, ALIGN: tl.constexpr):
+    """``_aligned`` of one tensor's four (b, t, n, h) strides."""
+    return _aligned(s_b, ALIGN), _aligned(s_t, ALIGN), _aligned(s_n, ALIGN), _aligned(s_h, ALIGN)
 
 
 @triton.jit
@@ -364,9 +400,14 @@ def _temporal_attn_fwd_short_kernel(
     T, N, H, D, num_groups,
     scale_hi, scale_lo,
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr,
-    BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
 ):
     scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
+    D = _aligned(D, ALIGN)
+    sqb, sqt, sqn, sqh = _aligned4(sqb, sqt, sqn, sqh, ALIGN)
+    skb, skt, skn, skh = _aligned4(skb, skt, skn, skh, ALIGN)
+    svb, svt, svn, svh = _aligned4(svb, svt, svn, svh, ALIGN)
+    sob, sot, son, soh = _aligned4(sob, sot, son, soh, ALIGN)
     _temporal_fwd_groups(
         tl.program_id(0).to(tl.int64), Q, K, V, O, LSE, LENS,
         sqb, sqt, sqn, sqh, skb, skt, skn, skh, svb, svt, svn, svh, sob, sot, son, soh,
@@ -388,9 +429,17 @@ def _temporal_attn_bwd_short_kernel(
     T, N, H, D, num_groups,
     scale_hi, scale_lo,
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr,
-    BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_G: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
 ):
     scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
+    D = _aligned(D, ALIGN)
+    sdob, sdot, sdon, sdoh = _aligned4(sdob, sdot, sdon, sdoh, ALIGN)
+    sqb, sqt, sqn, sqh = _aligned4(sqb, sqt, sqn, sqh, ALIGN)
+    skb, skt, skn, skh = _aligned4(skb, skt, skn, skh, ALIGN)
+    svb, svt, svn, svh = _aligned4(svb, svt, svn, svh, ALIGN)
+    sdqb, sdqt, sdqn, sdqh = _aligned4(sdqb, sdqt, sdqn, sdqh, ALIGN)
+    sdkb, sdkt, sdkn, sdkh = _aligned4(sdkb, sdkt, sdkn, sdkh, ALIGN)
+    sdvb, sdvt, sdvn, sdvh = _aligned4(sdvb, sdvt, sdvn, sdvh, ALIGN)
     _temporal_bwd_groups(
         tl.program_id(0).to(tl.int64), DO, Q, K, V, LSE, LENS, DQ, DK, DV,
         sdob, sdot, sdon, sdoh, sqb, sqt, sqn, sqh, skb, skt, skn, skh, svb, svt, svn, svh,
@@ -411,8 +460,10 @@ def _temporal_attn_bwd_short_kernel(
 @triton.jit
 def _fwd_tile(
     acc, m_i, l_i, q, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d, length,
-    scale_hi, scale_lo, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, IEEE: tl.constexpr,
+    scale_hi, scale_lo, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, IEEE: tl.constexpr, EXP2: tl.constexpr,
 ):
+    """One key block of the forward loop. EXP2: logits, m_i and the shifts are in base 2 (the
+    scale carries log2(e)), so each probability costs one multiply-add and one ex2."""
     cols = start_n + offs_n
     mask_n = cols < length
     mask_kv = mask_n[:, None] & mask_d[None, :]
@@ -427,8 +478,12 @@ def _fwd_tile(
     m_new = tl.maximum(m_i, tl.max(s, 1))
     # Rows that have seen no key yet keep shift 0 (exp(-inf - 0) = 0, never NaN).
     m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp(m_i - m_shift)
-    p = tl.exp(s - m_shift[:, None])
+    if EXP2:
+        alpha = tl.exp2(m_i - m_shift)
+        p = tl.exp2(s - m_shift[:, None])
+    else:
+        alpha = tl.exp(m_i - m_shift)
+        p = tl.exp(s - m_shift[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
     return acc, m_new, l_i
@@ -444,9 +499,17 @@ def _temporal_attn_fwd_tiled_kernel(
     T, N, H, D,
     scale_hi, scale_lo,
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, INTERPRET: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
+    EXP2: tl.constexpr,
 ):
     scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
+    if EXP2:
+        scale_hi = scale_hi * 1.4426950408889634  # log2(e): base-2 logits
+    D = _aligned(D, ALIGN)
+    sqb, sqt, sqn, sqh = _aligned4(sqb, sqt, sqn, sqh, ALIGN)
+    skb, skt, skn, skh = _aligned4(skb, skt, skn, skh, ALIGN)
+    svb, svt, svn, svh = _aligned4(svb, svt, svn, svh, ALIGN)
+    sob, sot, son, soh = _aligned4(sob, sot, son, soh, ALIGN)
     g, start_m, b, n, h, length = _frame_block(LENS, T, N, H, BLOCK_M, HAS_LENS)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -476,19 +539,22 @@ def _temporal_attn_fwd_tiled_kernel(
         start_n = 0
         while start_n < hi:
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m,
-                                      mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
+                                      mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE, EXP2)
             start_n += BLOCK_N
     else:
         for start_n in range(0, hi, BLOCK_N):
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m,
-                                      mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE)
+                                      mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE, EXP2)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_safe[:, None]
     mask_out = offs_m < T
     tl.store(O + b * sob + n * son + h * soh + offs_m.to(tl.int64)[:, None] * sot + offs_d[None, :],
              o.to(O.dtype.element_ty), mask=mask_out[:, None] & mask_d[None, :])
-    lse = tl.where(l_i > 0.0, m_i + tl.log(l_safe), float("-inf"))
+    if EXP2:
+        lse = tl.where(l_i > 0.0, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))  # natural log
+    else:
+        lse = tl.where(l_i > 0.0, m_i + tl.log(l_safe), float("-inf"))
     tl.store(LSE + (b * H + h) * T * N + n + offs_m.to(tl.int64) * N, lse, mask=mask_out)
 
 
@@ -498,9 +564,12 @@ def _temporal_attn_bwd_delta_kernel(
     sdob, sdot, sdon, sdoh,
     sob, sot, son, soh,
     T, N, H, D,
-    HAS_LENS: tl.constexpr, BLOCK_M: tl.constexpr, D_PAD: tl.constexpr,
+    HAS_LENS: tl.constexpr, BLOCK_M: tl.constexpr, D_PAD: tl.constexpr, ALIGN: tl.constexpr,
 ):
     """``delta[g, t] = dO[g, t] · O[g, t]`` in the accumulation dtype (0 on padded frames)."""
+    D = _aligned(D, ALIGN)
+    sdob, sdot, sdon, sdoh = _aligned4(sdob, sdot, sdon, sdoh, ALIGN)
+    sob, sot, son, soh = _aligned4(sob, sot, son, soh, ALIGN)
     g, start_m, b, n, h, length = _frame_block(LENS, T, N, H, BLOCK_M, HAS_LENS)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
@@ -549,10 +618,17 @@ def _temporal_attn_bwd_dkdv_kernel(
     T, N, H, D,
     scale_hi, scale_lo,
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, INTERPRET: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
 ):
     """dK, dV of one block of key frames, looping over the query frames that see it."""
     scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
+    D = _aligned(D, ALIGN)
+    sdob, sdot, sdon, sdoh = _aligned4(sdob, sdot, sdon, sdoh, ALIGN)
+    sqb, sqt, sqn, sqh = _aligned4(sqb, sqt, sqn, sqh, ALIGN)
+    skb, skt, skn, skh = _aligned4(skb, skt, skn, skh, ALIGN)
+    svb, svt, svn, svh = _aligned4(svb, svt, svn, svh, ALIGN)
+    sdkb, sdkt, sdkn, sdkh = _aligned4(sdkb, sdkt, sdkn, sdkh, ALIGN)
+    sdvb, sdvt, sdvn, sdvh = _aligned4(sdvb, sdvt, sdvn, sdvh, ALIGN)
     g, start_n, b, n, h, length = _frame_block(LENS, T, N, H, BLOCK_N, HAS_LENS)
 
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -636,13 +712,19 @@ def _temporal_attn_bwd_dq_kernel(
     scale_hi, scale_lo,
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, INTERPRET: tl.constexpr,
     DELTA_ONLY: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
 ):
     """dQ of one block of query frames, looping over the key frames it sees.
 
     DELTA_ONLY: a pass before the dK/dV and dQ kernels that writes the block's
     ``delta = rowsum(P * dP)`` (0 on padded frames) into DELTA instead, and reads no delta."""
     scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
+    D = _aligned(D, ALIGN)
+    sdob, sdot, sdon, sdoh = _aligned4(sdob, sdot, sdon, sdoh, ALIGN)
+    sqb, sqt, sqn, sqh = _aligned4(sqb, sqt, sqn, sqh, ALIGN)
+    skb, skt, skn, skh = _aligned4(skb, skt, skn, skh, ALIGN)
+    svb, svt, svn, svh = _aligned4(svb, svt, svn, svh, ALIGN)
+    sdqb, sdqt, sdqn, sdqh = _aligned4(sdqb, sdqt, sdqn, sdqh, ALIGN)
     g, start_m, b, n, h, length = _frame_block(LENS, T, N, H, BLOCK_M, HAS_LENS)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -713,6 +795,7 @@ def temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal: bool, scale: float)
     lens, has_lens = _lens_arg(frame_lens, lse)
     is_f64 = q.dtype == torch.float64
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(out))
+    align = _alignment(D, q, k, v, out)
     if use_short_path(T, D, q.dtype, backward=False):
         block_g, num_warps = _short_config(T_PAD, D_PAD, q.dtype, backward=False)
         grid = (triton.cdiv(num_groups, block_g),)
@@ -720,7 +803,7 @@ def temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal: bool, scale: float)
             q, k, v, out, lse, lens, *strides,
             T, N, H, D, num_groups, scale_hi, scale_lo,
             HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64,
-            BLOCK_G=block_g, T_PAD=T_PAD, D_PAD=D_PAD, IEEE=_ieee(q.dtype),
+            BLOCK_G=block_g, T_PAD=T_PAD, D_PAD=D_PAD, IEEE=_ieee(q.dtype), ALIGN=align,
             num_warps=num_warps,
         )
         return
@@ -731,8 +814,8 @@ def temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal: bool, scale: float)
         q, k, v, out, lse, lens, *strides,
         T, N, H, D, scale_hi, scale_lo,
         HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(),
-        BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=_ieee(q.dtype),
-        num_warps=num_warps, num_stages=num_stages,
+        BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=_ieee(q.dtype), ALIGN=align,
+        EXP2=_TILED_FWD_EXP2 and not is_f64, num_warps=num_warps, num_stages=num_stages,
     )
 
 
@@ -753,6 +836,7 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
     ieee = _ieee(q.dtype)
     s_do, s_q, s_k, s_v = _strides(dout), _strides(q), _strides(k), _strides(v)
     s_dq, s_dk, s_dv = _strides(dq), _strides(dk), _strides(dv)
+    align = _alignment(D, dout, q, k, v, dq, dk, dv, out)
     if use_short_path(T, D, q.dtype, backward=True):
         block_g, num_warps = _short_config(T_PAD, D_PAD, q.dtype, backward=True)
         grid = (triton.cdiv(num_groups, block_g),)
@@ -761,7 +845,7 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
             *s_do, *s_q, *s_k, *s_v, *s_dq, *s_dk, *s_dv,
             T, N, H, D, num_groups, scale_hi, scale_lo,
             HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64,
-            BLOCK_G=block_g, T_PAD=T_PAD, D_PAD=D_PAD, IEEE=ieee,
+            BLOCK_G=block_g, T_PAD=T_PAD, D_PAD=D_PAD, IEEE=ieee, ALIGN=align,
             num_warps=num_warps,
         )
         return
@@ -778,20 +862,20 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
             *s_do, *s_q, *s_k, *s_v, 0, 0, 0, 0,
             T, N, H, D, scale_hi, scale_lo,
             HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(), DELTA_ONLY=True,
-            BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=ieee,
+            BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=ieee, ALIGN=align,
             num_warps=num_warps, num_stages=num_stages,
         )
     else:
         torch.library.wrap_triton(_temporal_attn_bwd_delta_kernel)[(num_groups * triton.cdiv(T, block_m),)](
             dout, out, delta, lens, *s_do, *_strides(out), T, N, H, D,
-            HAS_LENS=has_lens, BLOCK_M=block_m, D_PAD=D_PAD, num_warps=num_warps,
+            HAS_LENS=has_lens, BLOCK_M=block_m, D_PAD=D_PAD, ALIGN=align, num_warps=num_warps,
         )
     torch.library.wrap_triton(_temporal_attn_bwd_dkdv_kernel)[(num_groups * triton.cdiv(T, block_n),)](
         dout, q, k, v, lse, delta, lens, dk, dv,
         *s_do, *s_q, *s_k, *s_v, *s_dk, *s_dv,
         T, N, H, D, scale_hi, scale_lo,
         HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(),
-        BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=ieee,
+        BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=ieee, ALIGN=align,
         num_warps=num_warps, num_stages=num_stages,
     )
     torch.library.wrap_triton(_temporal_attn_bwd_dq_kernel)[(num_groups * triton.cdiv(T, block_m),)](
@@ -799,6 +883,6 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
         *s_do, *s_q, *s_k, *s_v, *s_dq,
         T, N, H, D, scale_hi, scale_lo,
         HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(), DELTA_ONLY=False,
-        BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=ieee,
+        BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=ieee, ALIGN=align,
         num_warps=num_warps, num_stages=num_stages,
     )
