@@ -113,7 +113,8 @@ def main() -> None:
                     rows += time_config(rows[0][1], short, backward, False, inputs, ref, scale, elems, bw, ops,
                                         orig_short, orig_tiled, orig_stages, orig_use)
                 default = (orig_short(ta._pad(T), ta._pad(D), torch.bfloat16, backward) if short
-                           else orig_tiled(T, ta._pad(D), torch.bfloat16, backward) + (orig_stages(torch.bfloat16),))
+                           else (*orig_tiled(T, ta._pad(D), torch.bfloat16, backward),
+                                 orig_stages(torch.bfloat16, backward, orig_tiled(T, ta._pad(D), torch.bfloat16, backward)[1])))
                 print(f"== {mode} B{B} T{T} N{N} H{H} D{D} ({path}{'' if path == ('short' if auto_short else 'tiled') else ', forced'}), default {default}")
                 for ms, cfg, err, frac, exp2 in rows[:6] + ([rows[-1]] if not short and not backward and rows else []):
                     print(f"  {ms * 1e3:8.1f} us {100 * frac:5.1f}% floor  err {err:.1e}  cfg {cfg}{'' if exp2 else '  (exp, not exp2)'}")
@@ -135,7 +136,7 @@ def time_config(cfg, short, backward, exp2, inputs, ref, scale, elems, bw, ops, 
         ta._short_config = patched(orig_short, cfg)
     else:
         ta._tiled_config = patched(orig_tiled, cfg[:3])
-        ta._tiled_stages = lambda dtype: cfg[3]
+        ta._tiled_stages = lambda *a, **kw: cfg[3]
     try:
         out, lse = ops.triton_temporal_fwd(q, k, v, None, False, scale)
         err = ((out.double() - ref).norm() / ref.norm()).item()

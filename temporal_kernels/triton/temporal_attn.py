@@ -110,10 +110,12 @@ def use_short_path(T: int, D: int, dtype: torch.dtype, backward: bool) -> bool:
 
 def _short_config(T_PAD: int, D_PAD: int, dtype: torch.dtype, backward: bool) -> tuple[int, int]:
     """``(BLOCK_G, num_warps)`` of the short kernels."""
-    if dtype.itemsize == 2 and D_PAD <= 128 and not _interpreting():
+    if dtype.itemsize == 2 and (D_PAD <= 128 or not backward) and not _interpreting():
         # Measured on an H100 (scripts/tune_temporal.py, bf16, SPEC §5 shapes): one group per
         # single-warp program beats every larger program, forward and backward (many small
         # independent programs keep the most loads in flight); within 5% of the best everywhere.
+        # The forward at D_PAD = 256 too: 19.6 us against 37.5 us for (2, 8) at (2,8,196,8) D=160
+        # (logs/tune_short_3155492.log).
         return 1, 1
     budget = (_SHORT_BWD_TILE if backward else _SHORT_FWD_TILE)[dtype.itemsize]
     block_g = max(1, min(_MAX_BLOCK_G, budget // (T_PAD * D_PAD)))
@@ -171,10 +173,13 @@ def _tiled_config(T: int, D_PAD: int, dtype: torch.dtype, backward: bool) -> tup
 _TILED_FWD_EXP2 = True
 
 
-def _tiled_stages(dtype: torch.dtype) -> int:
+def _tiled_stages(dtype: torch.dtype, backward: bool = True, block_n: int = 64) -> int:
     """Software-pipelining depth of the tiled loops; float64 (gradcheck only) keeps its shared
-    memory under 164 KiB at D = 256."""
-    return 2 if dtype == torch.float64 else 3
+    memory under 164 KiB at D = 256. The 16-bit forward over 32-key blocks keeps 4 in flight:
+    56 vs 60 us at T=96 (logs/tune_longT_3155492.log)."""
+    if dtype == torch.float64:
+        return 2
+    return 4 if dtype.itemsize == 2 and not backward and block_n == 32 else 3
 
 
 def _alignment(D: int, *tensors: torch.Tensor) -> int:
@@ -808,7 +813,7 @@ def temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal: bool, scale: float)
         )
         return
     block_m, block_n, num_warps = _tiled_config(T, D_PAD, q.dtype, backward=False)
-    num_stages = _tiled_stages(q.dtype)
+    num_stages = _tiled_stages(q.dtype, backward=False, block_n=block_n)
     grid = (num_groups * triton.cdiv(T, block_m),)
     torch.library.wrap_triton(_temporal_attn_fwd_tiled_kernel)[grid](
         q, k, v, out, lse, lens, *strides,
