@@ -68,6 +68,7 @@ def graph_time_ms(fns) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bwd", action="store_true")
+    ap.add_argument("--bwd-only", action="store_true", help="time the backward only")
     ap.add_argument("--shapes", nargs="*", default=None)
     ap.add_argument("--path", choices=("auto", "short", "tiled", "both"), default="auto")
     args = ap.parse_args()
@@ -76,7 +77,8 @@ def main() -> None:
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s")
     ops = torch.ops.temporal_kernels
     orig_short, orig_tiled, orig_stages, orig_use = ta._short_config, ta._tiled_config, ta._tiled_stages, ta.use_short_path
-    modes = ("fwd", "bwd") if args.bwd else ("fwd",)
+    args.bwd = args.bwd or args.bwd_only
+    modes = ("bwd",) if args.bwd_only else ("fwd", "bwd") if args.bwd else ("fwd",)
     for B, T, N, H, D in shapes:
         scale = D**-0.5
         sets = max(1, min(16, (256 * 2**20) // (8 * B * T * N * H * D * 2)))
