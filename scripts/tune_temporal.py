@@ -120,7 +120,7 @@ def main() -> None:
                                         orig_short, orig_tiled, orig_stages, orig_use)
                 default = (orig_short(ta._pad(T), ta._pad(D), torch.bfloat16, backward) if short
                            else (*orig_tiled(T, ta._pad(D), torch.bfloat16, backward),
-                                 orig_stages(torch.bfloat16, backward, orig_tiled(T, ta._pad(D), torch.bfloat16, backward)[1])))
+                                 orig_stages(torch.bfloat16, backward, orig_tiled(T, ta._pad(D), torch.bfloat16, backward)[1], ta._pad(D))))
                 print(f"== {mode} B{B} T{T} N{N} H{H} D{D} ({path}{'' if path == ('short' if auto_short else 'tiled') else ', forced'}), default {default}")
                 for ms, cfg, err, frac, exp2 in rows[:6] + ([rows[-1]] if not short and not backward and rows else []):
                     print(f"  {ms * 1e3:8.1f} us {100 * frac:5.1f}% floor  err {err:.1e}  cfg {cfg}{'' if exp2 else '  (exp, not exp2)'}")

@@ -100,7 +100,7 @@ def _temporal_jobs(T, D, dtype):
             yield fn, dict(flags, BLOCK_G=block_g, T_PAD=T_PAD, D_PAD=D_PAD), warps, 1
             continue
         block_m, block_n, warps = ta._tiled_config(T, D_PAD, dtype, backward)
-        stages = ta._tiled_stages(dtype, backward, block_n)
+        stages = ta._tiled_stages(dtype, backward, block_n, D_PAD)
         tiles = dict(flags, INTERPRET=False, BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD)
         if not backward:
             yield ta._temporal_attn_fwd_tiled_kernel, dict(tiles, EXP2=dtype != torch.float64), warps, stages

@@ -158,6 +158,11 @@ def _tiled_config(T: int, D_PAD: int, dtype: torch.dtype, backward: bool) -> tup
     if dtype.itemsize == 2 and not backward and D_PAD == 64 and T <= 128:
         # Measured (H100, bf16, T=96): 64 x 32 blocks beat 64 x 64 by 6% when T spans few blocks.
         return 64, 32, 4
+    if dtype.itemsize == 2 and backward and D_PAD <= 64:
+        # Measured (H100, bf16, scripts/tune_temporal.py --bwd-only, 36 configs): 64 x 64 with 4
+        # warps, unpipelined (``_tiled_stages``), is the fastest at T=96 and T=256 (238 / 253 us;
+        # the 8-warp 3-stage tile was not among the best six, logs/tune_bwd_T*_f296913.log).
+        return 64, 64, 4
     if _interpreting():
         # Small blocks exercise the multi-block loops on the small T of CI; long T keeps the
         # number of (slow, per-block) interpreter iterations low.
@@ -173,13 +178,19 @@ def _tiled_config(T: int, D_PAD: int, dtype: torch.dtype, backward: bool) -> tup
 _TILED_FWD_EXP2 = True
 
 
-def _tiled_stages(dtype: torch.dtype, backward: bool = True, block_n: int = 64) -> int:
+def _tiled_stages(dtype: torch.dtype, backward: bool, block_n: int, D_PAD: int) -> int:
     """Software-pipelining depth of the tiled loops; float64 (gradcheck only) keeps its shared
     memory under 164 KiB at D = 256. The 16-bit forward over 32-key blocks keeps 4 in flight:
-    56 vs 60 us at T=96 (logs/tune_longT_3155492.log)."""
+    56 vs 60 us at T=96 (logs/tune_longT_3155492.log); the 16-bit backward at D_PAD <= 64 runs
+    unpipelined (see ``_tiled_config``), as the spatial kernels' 16-bit backward does."""
     if dtype == torch.float64:
         return 2
-    return 4 if dtype.itemsize == 2 and not backward and block_n == 32 else 3
+    if dtype.itemsize == 2:
+        if backward and D_PAD <= 64:
+            return 1
+        if not backward and block_n == 32:
+            return 4
+    return 3
 
 
 def _alignment(D: int, *tensors: torch.Tensor) -> int:
@@ -813,7 +824,7 @@ def temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal: bool, scale: float)
         )
         return
     block_m, block_n, num_warps = _tiled_config(T, D_PAD, q.dtype, backward=False)
-    num_stages = _tiled_stages(q.dtype, backward=False, block_n=block_n)
+    num_stages = _tiled_stages(q.dtype, False, block_n, D_PAD)
     grid = (num_groups * triton.cdiv(T, block_m),)
     torch.library.wrap_triton(_temporal_attn_fwd_tiled_kernel)[grid](
         q, k, v, out, lse, lens, *strides,
@@ -855,7 +866,7 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
         )
         return
     block_m, block_n, num_warps = _tiled_config(T, D_PAD, q.dtype, backward=True)
-    num_stages = _tiled_stages(q.dtype)
+    num_stages = _tiled_stages(q.dtype, True, block_n, D_PAD)
     delta = torch.empty((num_groups, T), dtype=lse.dtype, device=q.device)
     if exact_delta is None:
         exact_delta = q.dtype in (torch.float16, torch.bfloat16)
