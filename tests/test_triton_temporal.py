@@ -8,6 +8,7 @@ small T by lowering ``SHORT_T_MAX``). GPU: every dtype, the SPEC §5 shapes, B*N
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -338,3 +339,26 @@ def test_block_heuristics_are_valid(monkeypatch):
                         assert T_PAD > 16 or dtype != torch.bfloat16 or D_PAD > 64, "T <= 16 must stay on the short path"
                         block_m, block_n, num_warps = ta._tiled_config(T, D_PAD, dtype, backward)
                         assert block_m >= 16 and block_n >= 16 and math.log2(block_m).is_integer()
+
+
+def test_launchers_switch_to_their_tensors_device(monkeypatch):
+    """The launchers run under the CUDA device of their first tensor when it is not the current
+    one (Triton launches on the current device: tensors on cuda:1 while cuda:0 was current failed
+    with "Pointer argument cannot be accessed from Triton" on two H200s); never for the current
+    device or CPU tensors. On two GPUs: test_gpu_reliability.py::test_second_device."""
+    from temporal_kernels.triton import spatial_attn as sa
+
+    entered = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", lambda d: entered.append(d) or contextlib.nullcontext())
+    for device in (torch.device("cuda", 0), torch.device("cpu"), torch.device("cuda", 1)):
+        with ta._device_guard(device):
+            pass
+    assert entered == [torch.device("cuda", 1)]
+
+    guarded = []
+    monkeypatch.setattr(ta, "_device_guard", lambda d: guarded.append(d) or contextlib.nullcontext())
+    x = torch.zeros(1, 1, 1, 1, 8)
+    ta.temporal_attn_fwd(x[:, :0], x[:, :0], x[:, :0], x[:, :0], None, None, False, 1.0)  # T = 0: no launch
+    sa.attn_fwd(sa.MODE_SPATIAL, x[:, :0], x[:, :0], x[:, :0], x[:, :0], None, 1.0)
+    assert guarded == [x.device, x.device]

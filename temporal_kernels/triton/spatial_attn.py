@@ -48,7 +48,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .temporal_attn import _scale_arg, _temporal_bwd_groups, _temporal_fwd_groups, factorized_short_groups, use_short_path
+from .temporal_attn import (
+    _scale_arg,
+    _temporal_bwd_groups,
+    _temporal_fwd_groups,
+    factorized_short_groups,
+    on_tensor_device,
+    use_short_path,
+)
 
 MODE_SPATIAL = 0
 MODE_JOINT = 1
@@ -790,6 +797,7 @@ def _placeholder(like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.
     return torch.empty(1, dtype=like.dtype if dtype is None else dtype, device=like.device)
 
 
+@on_tensor_device
 def attn_fwd(mode, q, k, v, out, lse, scale, *, cls=None, cls_out=None, lse_cls=None,
              frame_lens=None, causal=False, temporal_heads=0) -> None:
     """Forward of any mode into the preallocated ``out``/``lse`` (and ``cls_out``/``lse_cls``)."""
@@ -817,6 +825,7 @@ def attn_fwd(mode, q, k, v, out, lse, scale, *, cls=None, cls_out=None, lse_cls=
     )
 
 
+@on_tensor_device
 def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None, cls=None, cls_out=None,
              lse_cls=None, dcls=None, frame_lens=None, causal=False, temporal_heads=0, exact_delta=None) -> None:
     """Backward of any mode into the preallocated ``dq, dk, dv`` (and the three ``dcls`` ``[B, H, D]``).

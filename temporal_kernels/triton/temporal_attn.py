@@ -39,6 +39,8 @@ Softmax and accumulation run in float32 (float64 for float64 inputs); float32 do
 ``B * N * H`` and tensors above 2^31 elements work.
 """
 
+import contextlib
+import functools
 import os
 import struct
 
@@ -789,6 +791,28 @@ def _temporal_attn_bwd_dq_kernel(
 # launchers
 
 
+def _device_guard(device: torch.device):
+    """A context that makes ``device`` the current CUDA device (the caller's restored on exit)
+    when it is not already: Triton launches on the current device, so tensors on cuda:1 while
+    cuda:0 is current fail ("Pointer argument cannot be accessed from Triton"). The CUDA
+    extension's ops take a CUDAGuard the same way. A no-op for the current device and for CPU
+    tensors (the interpreter), so the single-device path stays as it was."""
+    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
+def on_tensor_device(launcher):
+    """Decorates a launcher: it runs under ``_device_guard`` of its first tensor argument."""
+
+    @functools.wraps(launcher)
+    def guarded(*args, **kwargs):
+        with _device_guard(next(a.device for a in args if isinstance(a, torch.Tensor))):
+            return launcher(*args, **kwargs)
+
+    return guarded
+
+
 def _lens_arg(frame_lens, fallback: torch.Tensor):
     """The kernels read ``LENS`` only when ``HAS_LENS``; otherwise a dedicated int32 placeholder on
     ``fallback``'s device stands in: never an output (``lse``), which torch.compile would see passed
@@ -798,6 +822,7 @@ def _lens_arg(frame_lens, fallback: torch.Tensor):
     return torch.empty(1, dtype=torch.int32, device=fallback.device), False
 
 
+@on_tensor_device
 def temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal: bool, scale: float) -> None:
     """Forward of temporal attention into the preallocated ``out`` ``[B, T, N, H, D]`` and
     ``lse`` ``[B, H, T, N]`` (see the module docstring for the contract)."""
@@ -835,6 +860,7 @@ def temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal: bool, scale: float)
     )
 
 
+@on_tensor_device
 def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: float, dq, dk, dv,
                       exact_delta: bool | None = None) -> None:
     """Backward of temporal attention into the preallocated ``dq, dk, dv`` ``[B, T, N, H, D]``
