@@ -36,7 +36,9 @@ Two paths, chosen from the padded frame count ``T_PAD`` and head dim ``D_PAD``:
 Softmax and accumulation run in float32 (float64 for float64 inputs); float32 dots are IEEE
 (``input_precision="ieee"``), never TF32. Head dims are padded to the next power of two (at least
 16, as ``tl.dot`` needs) with masks; frames likewise. Grids are 1-D and offsets int64, so any
-``B * N * H`` and tensors above 2^31 elements work.
+``B * N * H`` and tensors above 2^31 elements work. Loads and stores are 16-byte vectors wherever
+the head dim and strides allow it (``ALIGN``, see ``_alignment``); the launchers run on their
+tensors' device (``on_tensor_device``).
 """
 
 import contextlib
