@@ -4,7 +4,10 @@
 #   bash scripts/multi_gpu.sh            # from the repo root; logs come back in $OUT
 #
 # Steps: environment report (nvidia-smi, torch, GPU count, NCCL) -> editable install (without the
-# CUDA extension: tk.convert runs the Triton kernels) -> scripts/multi_gpu.py under torchrun with
+# CUDA extension: tk.convert runs the Triton kernels; TEMPORAL_KERNELS_BUILD_EXT=1 builds it, so
+# the next step covers the CUDA backend too) -> the second-device tests of issue 8 (every tensor
+# on cuda:1 while cuda:0 is current; TK_SECOND_DEVICE=0 skips them; their output goes to
+# console.txt, a line to summary.txt; informational) -> scripts/multi_gpu.py under torchrun with
 # 2 processes: DDP, FSDP2, both under torch.compile (all float32, checked against one process
 # within SPEC §3's 1e-5) -> a bfloat16 run of both (informational: it does not decide the exit
 # code). Each run has its own timeout, cut to what is left of TK_DEADLINE_S (default 530 s).
@@ -79,6 +82,14 @@ run() {  # run NAME PLANNED_TIMEOUT_S ARGS...
     fi
 }
 
+SECOND_DEVICE="not run"
+if [ "${TK_SECOND_DEVICE:-1}" = 1 ] && [ "$DEVICE" = cuda ]; then
+    section "second-device tests (tests/test_gpu_reliability.py -k second_device)"
+    timeout -k 10 "$(( $(left) / 4 ))" $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu_reliability.py \
+        -k second_device -n 4 2>&1 | tee -a "$OUT/console.txt"
+    SECOND_DEVICE="pytest rc=${PIPESTATUS[0]}: $(grep -E "(passed|failed|skipped)( |,).* in " "$OUT/console.txt" | tail -1)"
+fi
+
 run ddp 150 --mode ddp
 run fsdp 120 --mode fsdp
 run compile 200 --mode both --compile
@@ -94,6 +105,7 @@ section "summary"
             status=FAIL
         fi
     done
+    echo "second-device tests (informational): $SECOND_DEVICE"
     echo "MULTI_GPU_JOB: $status (float32 ddp, fsdp, compile; bf16 informational) in $(( $(date +%s) - START )) s"
 } | tee "$OUT/summary.txt"
 grep -q "MULTI_GPU_JOB: PASS" "$OUT/summary.txt"
