@@ -85,8 +85,10 @@ run() {  # run NAME PLANNED_TIMEOUT_S ARGS...
 SECOND_DEVICE="not run"
 if [ "${TK_SECOND_DEVICE:-1}" = 1 ] && [ "$DEVICE" = cuda ]; then
     section "second-device tests (tests/test_gpu_reliability.py -k second_device)"
+    XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 4")
+    # shellcheck disable=SC2086
     timeout -k 10 "$(( $(left) / 4 ))" $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu_reliability.py \
-        -k second_device -n 4 2>&1 | tee -a "$OUT/console.txt"
+        -k second_device $XDIST 2>&1 | tee -a "$OUT/console.txt"
     SECOND_DEVICE="pytest rc=${PIPESTATUS[0]}: $(grep -E "(passed|failed|skipped)( |,).* in " "$OUT/console.txt" | tail -1)"
 fi
 
