@@ -122,8 +122,13 @@ def main() -> None:
                            else (*orig_tiled(T, ta._pad(D), torch.bfloat16, backward),
                                  orig_stages(torch.bfloat16, backward, orig_tiled(T, ta._pad(D), torch.bfloat16, backward)[1], ta._pad(D))))
                 print(f"== {mode} B{B} T{T} N{N} H{H} D{D} ({path}{'' if path == ('short' if auto_short else 'tiled') else ', forced'}), default {default}")
-                for ms, cfg, err, frac, exp2 in rows[:6] + ([rows[-1]] if not short and not backward and rows else []):
-                    print(f"  {ms * 1e3:8.1f} us {100 * frac:5.1f}% floor  err {err:.1e}  cfg {cfg}{'' if exp2 else '  (exp, not exp2)'}")
+                shown = rows[:6] + ([rows[-1]] if not short and not backward and rows else [])
+                # the default config too, wherever it ranks (the one the launchers pick today)
+                shown += [r for r in rows[6:] if tuple(r[1]) == tuple(default) and r[4] and r not in shown]
+                for ms, cfg, err, frac, exp2 in shown:
+                    tag = "" if exp2 else "  (exp, not exp2)"
+                    tag += "  <- default" if tuple(cfg) == tuple(default) and exp2 else ""
+                    print(f"  {ms * 1e3:8.1f} us {100 * frac:5.1f}% floor  err {err:.1e}  cfg {cfg}{tag}")
 
 
 def time_config(cfg, short, backward, exp2, inputs, ref, scale, elems, bw, ops, orig_short, orig_tiled, orig_stages, orig_use):
