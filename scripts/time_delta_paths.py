@@ -9,10 +9,16 @@ replays over rotated inputs, as the benchmarks time). A tool: its output is not 
 
 from __future__ import annotations
 
+import os
+import sys
+
 import torch
 
-from temporal_kernels._layout import empty_like_video
-from temporal_kernels.triton import spatial_attn as sa
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tune_temporal import graph_time_ms  # noqa: E402  (the sweeps' timing: graph replays, rotated inputs)
+
+from temporal_kernels._layout import empty_like_video  # noqa: E402
+from temporal_kernels.triton import spatial_attn as sa  # noqa: E402
 
 CASES = [  # (name, mode, (B, T, N, H, D), CLS, keyword arguments)
     ("spatial", sa.MODE_SPATIAL, (8, 8, 196, 12, 64), False, {}),
@@ -23,25 +29,6 @@ CASES = [  # (name, mode, (B, T, N, H, D), CLS, keyword arguments)
     ("joint causal", sa.MODE_JOINT, (2, 8, 196, 12, 64), False, dict(causal=True)),
     ("factorized", sa.MODE_FACTORIZED, (8, 8, 196, 12, 64), False, dict(temporal_heads=6)),
 ]
-
-
-def graph_ms(fns, reps: int = 20) -> float:
-    for fn in fns:
-        fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for fn in fns:
-            fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / len(fns))
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -69,7 +56,7 @@ def main() -> None:
         for exact in (True, False):
             fns = [(lambda s=s, exact=exact: sa.attn_bwd(mode, s[5], *s[:3], s[3], s[4], D ** -0.5, *s[6], exact_delta=exact,
                                                           **s[7], **kw)) for s in sets]
-            times[exact] = graph_ms(fns)
+            times[exact] = graph_time_ms(fns)
         print(f"{name:13s} B{B} T{T} N{N} H{H} D{D}: backward {times[True] * 1e3:7.1f} us with the exact delta pass, "
               f"{times[False] * 1e3:7.1f} us with rowsum(dO * O) ({times[False] / times[True]:.2f}x)", flush=True)
 
