@@ -59,6 +59,7 @@ struct AttnParams {
 enum class SeqMode : int {
   kSpatial = 0,  // one sequence per (b, t, h): the N patches of frame t (+ the CLS token)
   kJoint = 1,    // one sequence per (b, h): all T*N tokens, token i = (frame i / N, patch i % N)
+  kTemporal = 2,  // one sequence per (b, n, h): the T frames of patch n (flash_tc.cuh's forward only)
 };
 
 // Spatial and joint attention. The AttnParams part holds the patch tensors as above (causal and
@@ -103,5 +104,8 @@ void temporal_attn_fwd(const AttnParams& p, DType dtype, void* stream);
 void temporal_attn_bwd(const AttnParams& p, DType dtype, void* stream);
 void spatial_attn_fwd(const SpatialParams& p, DType dtype, void* stream);
 void spatial_attn_bwd(const SpatialParams& p, DType dtype, void* stream);
+// The tensor-core forward of flash_tc.cuh for any SeqMode. Returns false, launching nothing,
+// where it does not apply (see flash_tc_applies); the caller then runs its own forward kernel.
+bool flash_tc_fwd(const SpatialParams& p, DType dtype, void* stream);
 
 }  // namespace temporal_kernels

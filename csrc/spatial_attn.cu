@@ -63,6 +63,7 @@ void launch_bwd(const SpatialParams& p, cudaStream_t stream) {
 }  // namespace
 
 void spatial_attn_fwd(const SpatialParams& p, DType dtype, void* stream) {
+  if (flash_tc_fwd(p, dtype, stream)) return;  // 16-bit aligned inputs: the tensor-core forward
   auto s = static_cast<cudaStream_t>(stream);
   detail::dispatch_dtype(dtype, [&](auto tag) { launch_fwd<typename decltype(tag)::type>(p, s); });
 }

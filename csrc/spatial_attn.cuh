@@ -42,7 +42,8 @@ constexpr int64_t kSpatialMaxTile = 64;  // tokens per shared-memory tile
 
 // One token sequence (see the file comment).
 struct Seq {
-  int64_t b, h, t;  // t: the frame (spatial); 0 (joint)
+  int64_t b, h, t;  // t: the frame (spatial); 0 (joint, temporal)
+  int64_t n;        // the patch (temporal); 0 (spatial, joint)
   int64_t L;        // tokens
   int64_t n_main;   // tokens that are patches; token n_main is the CLS token when there is one
   int64_t valid;    // tokens that are real (joint: frame_lens[b] * N); the rest are padding
@@ -50,13 +51,23 @@ struct Seq {
 };
 
 __device__ __forceinline__ int64_t n_seqs(const SpatialParams& p) {
+  if (p.mode == SeqMode::kTemporal) return p.B * p.N * p.H;
   return p.mode == SeqMode::kSpatial ? p.B * p.T * p.H : p.B * p.H;
 }
 
 __device__ __forceinline__ Seq seq_of(const SpatialParams& p, int64_t g) {
   Seq s;
   s.h = g % p.H;
-  if (p.mode == SeqMode::kSpatial) {
+  s.n = 0;
+  if (p.mode == SeqMode::kTemporal) {
+    s.t = 0;
+    s.n = (g / p.H) % p.N;
+    s.b = g / (p.H * p.N);
+    s.n_main = p.T;
+    s.L = p.T;
+    s.valid = p.frame_lens != nullptr ? min(max(p.frame_lens[s.b], int64_t(0)), p.T) : p.T;
+    s.div = 1;  // token i is frame i
+  } else if (p.mode == SeqMode::kSpatial) {
     s.t = (g / p.H) % p.T;
     s.b = g / (p.H * p.T);
     s.n_main = p.N;
@@ -79,7 +90,7 @@ __device__ __forceinline__ Seq seq_of(const SpatialParams& p, int64_t g) {
 // Element offset of patch token i (< n_main) of sequence s in a tensor with (b, t, n, h) strides.
 __device__ __forceinline__ int64_t tok_off(const int64_t* st, const Seq& s, int64_t i) {
   const int64_t o = i / s.div;
-  return s.b * st[kB] + s.h * st[kH] + (s.t + o) * st[kT] + (i - o * s.div) * st[kN];
+  return s.b * st[kB] + s.h * st[kH] + (s.t + o) * st[kT] + (s.n + i - o * s.div) * st[kN];
 }
 
 // Row i of a token tensor: a patch row, or (i == n_main) the sequence's CLS row `cls`.
@@ -90,13 +101,13 @@ __device__ __forceinline__ T* tok_ptr(T* x, const int64_t* st, T* cls, const Seq
 
 // One past the last key query row i sees.
 __device__ __forceinline__ int64_t key_end(const SpatialParams& p, const Seq& s, int64_t i) {
-  if (p.mode == SeqMode::kJoint && p.causal) return min(s.valid, (i / s.div + 1) * s.div);
+  if (p.mode != SeqMode::kSpatial && p.causal) return min(s.valid, (i / s.div + 1) * s.div);
   return s.valid;
 }
 
 // First query row that sees key j.
 __device__ __forceinline__ int64_t query_begin(const SpatialParams& p, const Seq& s, int64_t j) {
-  if (p.mode == SeqMode::kJoint && p.causal) return (j / s.div) * s.div;
+  if (p.mode != SeqMode::kSpatial && p.causal) return (j / s.div) * s.div;
   return 0;
 }
 
@@ -445,10 +456,12 @@ struct SpatialLaunch {
 };
 
 inline int64_t seq_count(const SpatialParams& p) {
+  if (p.mode == SeqMode::kTemporal) return p.B * p.N * p.H;
   return p.mode == SeqMode::kSpatial ? p.B * p.T * p.H : p.B * p.H;
 }
 
 inline int64_t seq_len(const SpatialParams& p) {
+  if (p.mode == SeqMode::kTemporal) return p.T;
   return p.mode == SeqMode::kSpatial ? p.N + (p.has_cls ? 1 : 0) : p.T * p.N;
 }
 

@@ -29,6 +29,11 @@ void launch_bwd(const AttnParams& p, cudaStream_t stream) {
 
 void temporal_attn_fwd(const AttnParams& p, DType dtype, void* stream) {
   if (p.B * p.N * p.H * p.T == 0) return;
+  // 16-bit aligned inputs: the tensor-core forward, one (b, n, h) sequence of T frames each.
+  SpatialParams sp;
+  static_cast<AttnParams&>(sp) = p;
+  sp.mode = SeqMode::kTemporal;
+  if (flash_tc_fwd(sp, dtype, stream)) return;
   auto s = static_cast<cudaStream_t>(stream);
   detail::dispatch_dtype(dtype, [&](auto tag) { launch_fwd<typename decltype(tag)::type>(p, s); });
 }

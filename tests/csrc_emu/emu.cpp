@@ -1,13 +1,18 @@
-// Host emulation of the few CUDA built-ins csrc/temporal_attn.cuh and csrc/spatial_attn.cuh use, so the CPU CI runs the
-// real kernel source (indexing, strides, masks, tiles, barriers, shuffle masks) on small problems.
+// Host emulation of the few CUDA built-ins csrc/temporal_attn.cuh, csrc/spatial_attn.cuh and csrc/flash_tc.cuh use, so
+// the CPU CI runs the real kernel source (indexing, strides, masks, tiles, barriers, shuffle masks, tensor-core
+// fragment layouts) on small problems.
 //
 // Every CUDA thread of a block is a fiber (ucontext) on one OS thread; blocks run one after
 // another. A fiber runs until it reaches __syncthreads or __shfl_xor_sync and then waits: a
-// barrier opens when all 256 threads wait at it, a shuffle when exactly the lanes of its mask
-// wait at a shuffle with that mask. Anything else (a lane outside the mask, divergent barriers,
-// a thread that exits while others wait) aborts with a message instead of passing. Shared memory
-// starts as 0xFF bytes (NaN) each block. Half and bfloat16 are emulated (_Float16, and float's
-// upper 16 bits with round-to-nearest-even).
+// barrier opens when all threads of the block wait at it, a shuffle when exactly the lanes of its
+// mask wait at a shuffle with that mask. Anything else (a lane outside the mask, divergent
+// barriers, a thread that exits while others wait) aborts with a message instead of passing.
+// The warp-wide instructions of flash_tc.cuh (ldmatrix, mma.sync m16n8k16, __syncwarp) meet at
+// full-warp shuffles: every lane posts its operands, each lane computes its own result from the
+// PTX fragment layouts, and a second meeting frees the operands. cp.async copies at once
+// (zero-filling as the hardware does), so its waits are no-ops. Shared memory starts as 0xFF
+// bytes (NaN) each block. Half and bfloat16 are emulated (_Float16, and float's upper 16 bits with
+// round-to-nearest-even).
 #include <ucontext.h>
 
 #include <algorithm>
@@ -22,7 +27,7 @@
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 
 struct Dim3 {
@@ -65,7 +70,7 @@ using std::min;
   std::abort();
 }
 
-constexpr int kBlock = 256;
+constexpr int kBlock = 256;  // the most threads a block may have
 
 enum class Wait { kRun, kSync, kShfl, kDone };
 
@@ -82,6 +87,8 @@ struct Fiber {
 struct BlockCtx {
   ucontext_t scheduler;
   Fiber fibers[kBlock];
+  const void* posted[kBlock] = {};  // operands a lane posts for a warp-wide instruction
+  int nthreads = kBlock;
   int current = 0;
   unsigned char* smem = nullptr;
   std::function<void()> body;
@@ -114,22 +121,98 @@ T __shfl_xor_sync(unsigned mask, T x, int off) {
   return static_cast<T>(ctx->fibers[ctx->current].result);
 }
 
+inline void warp_meet() { (void)__shfl_xor_sync(0xffffffffu, 0.0, 0); }
+
+inline void __syncwarp() { warp_meet(); }
+
+inline float emu_float(__half x) { return __half2float(x); }
+inline float emu_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// ldmatrix .x4 (optionally .trans): lane l posts the address of row l % 8 of matrix l / 8.
+inline void emu_ldsm_x4(uint32_t (&r)[4], const void* row, bool trans) {
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, w0 = tid & ~31;
+  ctx->posted[tid] = row;
+  warp_meet();
+  for (int j = 0; j < 4; ++j) {
+    if (!trans) {  // lane l: row l / 4, elements 2 (l % 4) and 2 (l % 4) + 1
+      std::memcpy(&r[j], static_cast<const char*>(ctx->posted[w0 + j * 8 + lane / 4]) + (lane % 4) * 4, 4);
+    } else {  // lane l: column l / 4 of rows 2 (l % 4) and 2 (l % 4) + 1
+      uint16_t e[2];
+      for (int h = 0; h < 2; ++h) {
+        std::memcpy(&e[h], static_cast<const char*>(ctx->posted[w0 + j * 8 + 2 * (lane % 4) + h]) + (lane / 4) * 2, 2);
+      }
+      std::memcpy(&r[j], e, 4);
+    }
+  }
+  warp_meet();
+}
+
+inline void ldsm_x4(uint32_t (&r)[4], const void* row) { emu_ldsm_x4(r, row, false); }
+inline void ldsm_x4_trans(uint32_t (&r)[4], const void* row) { emu_ldsm_x4(r, row, true); }
+
+struct MmaOperands {
+  uint32_t a[4], b[2];
+};
+
+template <typename T>
+float emu_half_of(uint32_t reg, int h) {
+  const uint16_t bits = static_cast<uint16_t>(h ? reg >> 16 : reg & 0xffffu);
+  T x;
+  std::memcpy(&x, &bits, 2);
+  return emu_float(x);
+}
+
+// mma.sync.m16n8k16.row.col, float accumulators. A (16x16): lane 4 (row % 8) + (k % 8) / 2,
+// register row / 8 + 2 (k / 8); B (16x8): lane 4 col + (k % 8) / 2, register k / 8; the low half
+// holds the even k. D: lane l holds rows l / 4 and l / 4 + 8, columns 2 (l % 4) and + 1.
+template <typename T>
+void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, w0 = tid & ~31;
+  MmaOperands mine;
+  std::memcpy(mine.a, a, sizeof(mine.a));
+  std::memcpy(mine.b, b, sizeof(mine.b));
+  ctx->posted[tid] = &mine;
+  warp_meet();
+  auto op = [&](int l) { return static_cast<const MmaOperands*>(ctx->posted[w0 + l]); };
+  for (int e = 0; e < 4; ++e) {
+    const int row = lane / 4 + 8 * (e / 2), col = 2 * (lane % 4) + e % 2;
+    float acc = d[e];
+    for (int k = 0; k < 16; ++k) {
+      const float x = emu_half_of<T>(op(4 * (row % 8) + (k % 8) / 2)->a[row / 8 + 2 * (k / 8)], k % 2);
+      const float y = emu_half_of<T>(op(4 * col + (k % 8) / 2)->b[k / 8], k % 2);
+      acc += x * y;
+    }
+    d[e] = acc;
+  }
+  warp_meet();
+}
+
+inline void cp_async16(void* dst, const void* src, int src_bytes) {
+  std::memset(dst, 0, 16);
+  if (src_bytes > 0) std::memcpy(dst, src, static_cast<size_t>(src_bytes));
+}
+inline void cp_async_commit() {}
+template <int kPending>
+void cp_async_wait() {}
+
 void fiber_main() {
   ctx->body();
   ctx->fibers[ctx->current].wait = Wait::kDone;
   swapcontext(&ctx->fibers[ctx->current].uc, &ctx->scheduler);
 }
 
-// Runs one block of `body` to completion.
-void run_block(unsigned blk, unsigned char* smem, std::function<void()> body) {
+// Runs one block of `body` on `nthreads` threads to completion.
+void run_block(unsigned blk, unsigned char* smem, std::function<void()> body, int nthreads = kBlock) {
+  if (nthreads < 32 || nthreads > kBlock || nthreads % 32 != 0) emu_fail("block size");
   BlockCtx block;
+  block.nthreads = nthreads;
   block.smem = smem;
   block.body = std::move(body);
   ctx = &block;
   blockIdx.x = blk;
   // Allocated once and left uninitialized: the fibers' stacks are reused by every block.
   static char* stacks = new char[kBlock * kStackBytes];
-  for (int tid = 0; tid < kBlock; ++tid) {
+  for (int tid = 0; tid < nthreads; ++tid) {
     Fiber& f = block.fibers[tid];
     getcontext(&f.uc);
     f.uc.uc_stack.ss_sp = stacks + tid * kStackBytes;
@@ -138,7 +221,7 @@ void run_block(unsigned blk, unsigned char* smem, std::function<void()> body) {
     makecontext(&f.uc, fiber_main, 0);
   }
   for (;;) {
-    for (int tid = 0; tid < kBlock; ++tid) {
+    for (int tid = 0; tid < nthreads; ++tid) {
       Fiber& f = block.fibers[tid];
       while (f.wait == Wait::kRun) {
         block.current = tid;
@@ -148,7 +231,7 @@ void run_block(unsigned blk, unsigned char* smem, std::function<void()> body) {
     }
     int done = 0, sync = 0;
     bool released = false;
-    for (int tid = 0; tid < kBlock; ++tid) {
+    for (int tid = 0; tid < nthreads; ++tid) {
       Fiber& f = block.fibers[tid];
       done += f.wait == Wait::kDone;
       sync += f.wait == Wait::kSync;
@@ -172,9 +255,9 @@ void run_block(unsigned blk, unsigned char* smem, std::function<void()> body) {
       released = true;
     }
     if (released) continue;
-    if (done == kBlock) break;
-    if (sync + done == kBlock && done == 0) {
-      for (auto& f : block.fibers) f.wait = Wait::kRun;
+    if (done == nthreads) break;
+    if (sync + done == nthreads && done == 0) {
+      for (int tid = 0; tid < nthreads; ++tid) block.fibers[tid].wait = Wait::kRun;
       continue;
     }
     emu_fail("deadlock: threads wait at different barriers or shuffles, or exited while others wait");
@@ -184,6 +267,7 @@ void run_block(unsigned blk, unsigned char* smem, std::function<void()> body) {
 
 #include "temporal_attn.cuh"
 #include "spatial_attn.cuh"
+#include "flash_tc.cuh"
 
 namespace tk = temporal_kernels;
 namespace td = temporal_kernels::detail;
@@ -199,10 +283,45 @@ void run_grid(Kernel kernel, const tk::AttnParams& p, const td::Launch& l, int64
   }
 }
 
+// Whether the forward runs flash_tc.cuh's kernel where it applies, as flash_tc.cu decides on the
+// device (off by default: the scalar kernels' tests keep their launch shapes), and whether the
+// last forward did.
+int g_use_tc = 0;
+int g_last_tc = 0;
+
+extern "C" void emu_set_tc(int on) { g_use_tc = on; }
+extern "C" int emu_last_tc() { return g_last_tc; }
+
+template <typename Body>
+void run_blocks(int64_t grid, size_t smem_bytes, Body body, int nthreads = kBlock);
+
+// flash_tc.cu's launch on the emulator; false where the kernel does not apply.
+template <typename T>
+bool run_tc(const tk::SpatialParams& p, int64_t max_grid) {
+  g_last_tc = 0;
+  if (!g_use_tc || !td::flash_tc_applies<T>(p)) return false;
+  if constexpr (td::kTcDtype<T>) {
+    const td::TcLaunch l = td::tc_launch(p);
+    const int64_t grid = max_grid > 0 ? std::min(l.grid, max_grid) : l.grid;
+    td::dispatch_tc(l, [&](auto kd, auto warps) {
+      constexpr int kD = decltype(kd)::value, kWarps = decltype(warps)::value;
+      run_blocks(grid, l.smem, [&] { td::flash_fwd_tc_kernel<T, kD, kWarps>(p, l.nblk, l.stages); }, kWarps * 32);
+    });
+    g_last_tc = 1;
+  }
+  return true;
+}
+
 // Runs the forward or backward kernel over its grid; returns the launch shape it used.
 template <typename T>
 td::Launch run(bool backward, const tk::AttnParams& p, int64_t max_grid) {
   const td::Launch l = backward ? td::bwd_launch<T>(p) : td::fwd_launch<T>(p);
+  if (!backward) {
+    tk::SpatialParams sp;
+    static_cast<tk::AttnParams&>(sp) = p;
+    sp.mode = tk::SeqMode::kTemporal;
+    if (run_tc<T>(sp, max_grid)) return l;
+  }
   if (backward) {
     run_grid(td::temporal_bwd_kernel<T>, p, l, max_grid);
   } else {
@@ -258,12 +377,12 @@ extern "C" void emu_temporal(int backward, int dtype, void** ptrs, const int64_t
 
 // Runs `kernel` (a callable of no arguments) on `grid` blocks with `smem` bytes of shared memory.
 template <typename Body>
-void run_blocks(int64_t grid, size_t smem_bytes, Body body) {
+void run_blocks(int64_t grid, size_t smem_bytes, Body body, int nthreads) {
   gridDim.x = static_cast<unsigned>(grid);
   for (int64_t blk = 0; blk < grid; ++blk) {
     std::vector<unsigned char> smem(smem_bytes + 16, 0xFF);
     unsigned char* aligned = smem.data() + (16 - reinterpret_cast<uintptr_t>(smem.data()) % 16) % 16;
-    run_block(static_cast<unsigned>(blk), aligned, body);
+    run_block(static_cast<unsigned>(blk), aligned, body, nthreads);
   }
 }
 
@@ -274,6 +393,7 @@ template <typename T>
 td::SpatialLaunch run_spatial(bool backward, const tk::SpatialParams& p, int64_t max_grid) {
   const td::SpatialLaunch lf = td::spatial_fwd_launch<T>(p);
   if (!backward) {
+    if (run_tc<T>(p, max_grid)) return lf;
     run_blocks(capped(lf.grid, max_grid), lf.smem, [&] { td::spatial_fwd_kernel<T>(p, lf.sh, lf.nblk); });
     return lf;
   }

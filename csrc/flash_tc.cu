@@ -1,0 +1,55 @@
+// Launcher of the tensor-core flash forward (flash_tc.cuh), called first by the forward
+// launchers of temporal_attn.cu and spatial_attn.cu: dtype and instantiation dispatch, shared
+// memory opt-in past 48 KiB, current stream (the caller holds the device guard), launch check.
+// TEMPORAL_KERNELS_CUDA_TC=0 turns it off (the scalar kernels then run every forward), for A/B
+// runs and as a fallback.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <c10/cuda/CUDAException.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "flash_tc.cuh"
+
+namespace temporal_kernels {
+namespace {
+
+bool tc_enabled() {
+  const char* env = std::getenv("TEMPORAL_KERNELS_CUDA_TC");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
+template <typename T>
+bool launch_fwd(const SpatialParams& p, cudaStream_t stream) {
+  if (!detail::flash_tc_applies<T>(p) || !tc_enabled()) return false;
+  if constexpr (detail::kTcDtype<T>) {
+    const detail::TcLaunch l = detail::tc_launch(p);
+    if (l.grid == 0) return true;
+    detail::dispatch_tc(l, [&](auto kd, auto warps) {
+      constexpr int kD = decltype(kd)::value, kWarps = decltype(warps)::value;
+      auto* kernel = detail::flash_fwd_tc_kernel<T, kD, kWarps>;
+      if (l.smem > 48 * 1024) {
+        C10_CUDA_CHECK(
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(l.smem)));
+      }
+      kernel<<<static_cast<unsigned>(l.grid), kWarps * 32, l.smem, stream>>>(p, l.nblk, l.stages);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return true;
+}
+
+}  // namespace
+
+bool flash_tc_fwd(const SpatialParams& p, DType dtype, void* stream) {
+  bool launched = false;
+  detail::dispatch_dtype(dtype, [&](auto tag) {
+    launched = launch_fwd<typename decltype(tag)::type>(p, static_cast<cudaStream_t>(stream));
+  });
+  return launched;
+}
+
+}  // namespace temporal_kernels

@@ -1,0 +1,423 @@
+// Tensor-core flash-attention forward for float16 / bfloat16, shared by every op: temporal
+// attention (one sequence per (b, n, h): the T frames of patch n), spatial attention with the
+// optional CLS token, and joint attention (frame-causal, frame_lens). Sequences, token addressing
+// through the (b, t, n, h, d) strides, masks and statistics are spatial_attn.cuh's (Seq, tok_ptr,
+// key_end, stat_view), so this kernel computes exactly what spatial_fwd_kernel and
+// temporal_fwd_kernel compute, with the products on the tensor cores.
+//
+// A block of kWarps warps owns 16 * kWarps query rows of one sequence, each warp 16 of them; the
+// block walks the keys in tiles of 16 * kWarps tokens: kWarps = 1 serves T <= 16 (one warp per
+// (b, n, h), no lane idle on the TimeSformer shapes), 2 serves T <= 32, 4 everything longer.
+// Q, K and V reach shared memory by 16-byte cp.async (zero-filled past the sequence and the head
+// dim), two K/V stages when the sequence has more than one tile; rows are padded by 16 bytes so
+// the ldmatrix row addresses of one 8x8 matrix fall in different banks. Per tile: S = Q K^T by
+// mma.sync m16n8k16 (Q fragments loaded once, K by ldmatrix), scaled and masked in fp32, online
+// softmax in base 2 (running max and sum per row, the row's 4 lanes reduced by xor shuffles), P
+// rounded to the input dtype and O += P V with V by ldmatrix.trans, FlashAttention-2's register
+// reuse of the S accumulators as the A operand. O is normalized once at the end, staged in the
+// block's Q rows and written with 16-byte stores; lse as the other forward kernels store it
+// (natural log; a row that sees no key: -inf for temporal, +inf for spatial/joint).
+//
+// Applies (flash_tc_applies) to 16-bit inputs whose rows are 16-byte aligned (vec16) with
+// D % 8 == 0 and D <= 160 (padded to 32, 64, 96, 128 or 160); everything else runs the scalar
+// kernels. The CPU CI runs this source through tests/csrc_emu/ (ldmatrix, mma.sync and cp.async
+// emulated per warp).
+#pragma once
+
+#include <cstring>
+
+#include "spatial_attn.cuh"
+
+namespace temporal_kernels {
+namespace detail {
+
+#ifdef __CUDACC__
+__device__ __forceinline__ uint32_t smem_addr(const void* ptr) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+
+// Four 8x8 matrices of 16-bit elements; lane l gives the row address of row l % 8 of matrix l / 8.
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(row)));
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(row)));
+}
+
+// d += a b: a 16x16 (row), b 16x8 (col), d 16x8 float32.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
+
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4],
+                                                         const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <>
+__device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// 16 bytes global -> shared, asynchronously; src_bytes < 16 zero-fills the rest (0: all zeros,
+// src is not read).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Waits until at most kPending of this thread's committed groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+#endif
+
+// Two floats rounded to T, packed low element first (one mma operand register).
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  const T h[2] = {from_acc<T>(lo), from_acc<T>(hi)};
+  uint32_t r;
+  memcpy(&r, h, sizeof(r));
+  return r;
+}
+
+// Shared-memory row of a tile, in elements: 16 bytes of padding per row (see the file comment).
+template <int kD>
+constexpr int tc_row() {
+  return kD + 8;
+}
+
+// Shared memory of one launch: the Q rows and `stages` K and V tiles.
+template <int kD, int kWarps>
+constexpr int64_t tc_smem_bytes(int stages) {
+  return int64_t(16 * kWarps) * tc_row<kD>() * 2 * (1 + 2 * stages);
+}
+
+// The rows of one token tensor of one sequence: token j's row without spatial_attn.cuh's 64-bit
+// division per token (spatial and temporal tokens lie on one axis; joint tokens divide by N in
+// 32 bits: a sequence has fewer than 2^31 tokens).
+template <typename P>
+struct TcRows {
+  P base;              // token 0's patch row
+  int64_t st_token;    // spatial: the n stride; temporal: the t stride; joint: the n stride
+  int64_t st_frame;    // joint: the t stride
+  uint32_t div;        // joint: N; otherwise 0 (every token on the st_token axis)
+  int64_t cls_token;   // the CLS token's index (spatial with CLS), else -1
+  P cls;
+
+  __device__ __forceinline__ P row(int64_t j) const {
+    if (j == cls_token) return cls;
+    if (div == 0) return base + j * st_token;
+    const uint32_t f = static_cast<uint32_t>(j) / div;
+    return base + f * st_frame + (static_cast<uint32_t>(j) - f * div) * st_token;
+  }
+};
+
+template <typename P>
+__device__ __forceinline__ TcRows<P> tc_rows(const SpatialParams& p, P x, const int64_t* st, P cls, const Seq& s) {
+  TcRows<P> r;
+  r.base = x + tok_off(st, s, 0);
+  r.st_token = p.mode == SeqMode::kTemporal ? st[kT] : st[kN];
+  r.st_frame = st[kT];
+  r.div = p.mode == SeqMode::kJoint ? static_cast<uint32_t>(s.div) : 0u;
+  r.cls_token = p.has_cls ? s.n_main : -1;
+  r.cls = cls;
+  return r;
+}
+
+// Stages tokens [j0, j0 + 16 * kWarps) of x into a tile; tokens at or past `end` and head-dim
+// chunks at or past D become zeros.
+template <typename T, int kD, int kWarps>
+__device__ __forceinline__ void tc_stage(T* tile, const TcRows<const T*>& x, int64_t j0, int64_t end, int64_t D) {
+  constexpr int kChunks = kD / 8;
+  constexpr int kRows = 16 * kWarps;
+  for (int c = threadIdx.x; c < kRows * kChunks; c += kWarps * 32) {
+    const int r = c / kChunks, ch = c % kChunks;
+    const int64_t j = j0 + r;
+    const bool ok = j < end && ch * 8 < D;
+    const T* src = ok ? x.row(j) + ch * 8 : x.base;
+    cp_async16(tile + r * tc_row<kD>() + ch * 8, src, ok ? 16 : 0);
+  }
+}
+
+// Blocks per SM the compiler must fit (a register cap): the short temporal launches are memory
+// bound and need many warps in flight; the 4-warp tiles keep the registers FlashAttention uses.
+template <int kD, int kWarps>
+constexpr int tc_min_blocks() {
+  return kWarps == 4 || kD > 128 ? 1 : (kD <= 64 ? 16 : 12) / kWarps;
+}
+
+template <typename T, int kD, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps>())
+    flash_fwd_tc_kernel(const SpatialParams p, const int64_t nblk, const int stages) {
+  constexpr int kM = 16 * kWarps;  // query rows per block, and keys per tile
+  constexpr int kRow = tc_row<kD>();
+  constexpr int kChunks = kD / 8;
+  constexpr int kNT = kM / 8;  // 8-key column tiles of S
+  constexpr int kDT = kD / 8;  // 8-column tiles of O
+  static_assert(kD % 16 == 0 && kD <= 256, "head dim tile");
+
+  T* q_s = reinterpret_cast<T*>(dynamic_smem());  // [kM, kRow]; at the end, the output rows
+  T* k_s = q_s + kM * kRow;                        // [stages, kM, kRow]
+  T* v_s = k_s + stages * kM * kRow;               // [stages, kM, kRow]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, tq = lane % 4;  // fragment row (and row + 8), column pair 2 * tq
+  const T* q = static_cast<const T*>(p.q);
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
+  T* out = static_cast<T*>(p.out);
+  const float qk_scale = static_cast<float>(p.scale * kLog2e);
+  const float no_key_lse = p.mode == SeqMode::kTemporal ? -INFINITY : INFINITY;
+  const int64_t total = n_seqs(p) * nblk;
+
+  // The loop bounds depend on the block only, so every thread reaches every barrier.
+  for (int64_t w = blockIdx.x; w < total; w += gridDim.x) {
+    const Seq s = seq_of(p, w / nblk);
+    const int64_t i0 = (w % nblk) * kM;
+    const ClsRows<T> cls = cls_rows<T>(p, s);
+    const TcRows<const T*> q_rows = tc_rows(p, q, p.q_stride, cls.q, s);
+    const TcRows<const T*> k_rows = tc_rows(p, k, p.k_stride, cls.k, s);
+    const TcRows<const T*> v_rows = tc_rows(p, v, p.v_stride, cls.v, s);
+    const int64_t last = min(i0 + kM, s.valid) - 1;
+    const int64_t blk_end = last >= i0 ? key_end(p, s, last) : 0;  // key_end grows with the row
+    const int64_t n_tiles = (blk_end + kM - 1) / kM;
+
+    __syncthreads();  // the previous work item's output rows have been written out
+    tc_stage<T, kD, kWarps>(q_s, q_rows, i0, s.L, p.D);
+    if (n_tiles > 0) {
+      tc_stage<T, kD, kWarps>(k_s, k_rows, 0, blk_end, p.D);
+      tc_stage<T, kD, kWarps>(v_s, v_rows, 0, blk_end, p.D);
+    }
+    cp_async_commit();
+
+    // This lane's two rows and the keys they see.
+    int64_t row_end[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t i = i0 + warp * 16 + g + 8 * r;
+      row_end[r] = i < s.valid ? key_end(p, s, i) : 0;
+    }
+    float o[kDT][4];
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[dt][e] = 0.f;
+    }
+    float m[2] = {-INFINITY, -INFINITY};
+    float l[2] = {0.f, 0.f};  // this lane's part of the row sums
+    uint32_t qf[kD / 16][4];
+
+    for (int64_t t = 0; t < n_tiles; ++t) {
+      if (t + 1 < n_tiles) {
+        const int nb = static_cast<int>((t + 1) % stages);
+        tc_stage<T, kD, kWarps>(k_s + nb * kM * kRow, k_rows, (t + 1) * kM, blk_end, p.D);
+        tc_stage<T, kD, kWarps>(v_s + nb * kM * kRow, v_rows, (t + 1) * kM, blk_end, p.D);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+      if (t == 0) {
+#pragma unroll
+        for (int kk = 0; kk < kD / 16; ++kk) {
+          ldsm_x4(qf[kk], q_s + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kRow + kk * 16 + 8 * (lane / 16));
+        }
+      }
+      const T* kb = k_s + (t % stages) * kM * kRow;
+      const T* vb = v_s + (t % stages) * kM * kRow;
+
+      float sc[kNT][4];  // S of this warp's 16 rows x the tile's kM keys
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sc[nt][e] = 0.f;
+      }
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk) {
+#pragma unroll
+        for (int np = 0; np < kNT / 2; ++np) {
+          uint32_t kf[4];
+          ldsm_x4(kf, kb + (np * 16 + (lane % 8) + 8 * (lane / 16)) * kRow + kk * 16 + 8 * ((lane / 8) % 2));
+          const uint32_t b0[2] = {kf[0], kf[1]}, b1[2] = {kf[2], kf[3]};
+          mma_16816<T>(sc[2 * np], qf[kk], b0);
+          mma_16816<T>(sc[2 * np + 1], qf[kk], b1);
+        }
+      }
+
+      // Scale, mask, online softmax. Element e of a column tile is row g + 8 * (e / 2), key
+      // 2 * tq + e % 2 of the tile.
+      int tile_end[2];  // keys of this tile the row sees
+#pragma unroll
+      for (int r = 0; r < 2; ++r) tile_end[r] = static_cast<int>(max(int64_t(0), min(int64_t(kM), row_end[r] - t * kM)));
+      float mx[2] = {m[0], m[1]};
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          sc[nt][e] = nt * 8 + 2 * tq + (e % 2) < tile_end[e / 2] ? sc[nt][e] * qk_scale : -INFINITY;
+          mx[e / 2] = fmaxf(mx[e / 2], sc[nt][e]);
+        }
+      }
+      float base[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        // A row that has seen no key yet keeps m = -inf; exponents then use base 0, so every
+        // probability (and the correction of the zero accumulators) is exactly 0, not NaN.
+        base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
+        const float corr = exp2f(m[r] - base[r]);
+        m[r] = mx[r];
+        l[r] *= corr;
+#pragma unroll
+        for (int dt = 0; dt < kDT; ++dt) {
+          o[dt][2 * r] *= corr;
+          o[dt][2 * r + 1] *= corr;
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          sc[nt][e] = exp2f(sc[nt][e] - base[e / 2]);
+          l[e / 2] += sc[nt][e];
+        }
+      }
+
+      // O += P V: the accumulators of column tiles 2 kk and 2 kk + 1 are the A fragment of keys
+      // [16 kk, 16 kk + 16).
+#pragma unroll
+      for (int kk = 0; kk < kNT / 2; ++kk) {
+        const uint32_t pa[4] = {pack2<T>(sc[2 * kk][0], sc[2 * kk][1]), pack2<T>(sc[2 * kk][2], sc[2 * kk][3]),
+                                pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                                pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < kDT / 2; ++dp) {
+          uint32_t vf[4];
+          ldsm_x4_trans(vf, vb + (kk * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kRow + dp * 16 + 8 * (lane / 16));
+          const uint32_t b0[2] = {vf[0], vf[1]}, b1[2] = {vf[2], vf[3]};
+          mma_16816<T>(o[2 * dp], pa, b0);
+          mma_16816<T>(o[2 * dp + 1], pa, b1);
+        }
+      }
+      __syncthreads();  // this stage's buffers are refilled two tiles later
+    }
+    cp_async_wait<0>();  // no tile: the Q copy may still be in flight
+
+    // Normalize, stage this warp's 16 output rows in its own Q rows (its Q fragments are in
+    // registers), write lse, then the rows with 16-byte stores.
+    const StatView sv = stat_view(p, s);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+      const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+      T* orow = q_s + (warp * 16 + g + 8 * r) * kRow + 2 * tq;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        *reinterpret_cast<uint32_t*>(orow + dt * 8) = pack2<T>(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
+      }
+      const int64_t i = i0 + warp * 16 + g + 8 * r;
+      if (tq == 0 && i < s.L) {
+        const float lse_val = l[r] > 0.f ? (m[r] + log2f(l[r])) * static_cast<float>(kLn2) : no_key_lse;
+        *stat_ptr(static_cast<float*>(p.lse), static_cast<float*>(p.lse_cls), sv, s, i) = lse_val;
+      }
+    }
+    __syncwarp();
+    T* cls_o = p.has_cls ? static_cast<T*>(p.cls_out) + cls_frame_off(p.cls_out_stride, s) : nullptr;
+    const TcRows<T*> out_rows = tc_rows(p, out, p.out_stride, cls_o, s);
+    for (int c = lane; c < 16 * kChunks; c += 32) {
+      const int r = c / kChunks, ch = c % kChunks;
+      const int64_t i = i0 + warp * 16 + r;
+      if (i < s.L && ch * 8 < p.D) {
+        T* dst = out_rows.row(i) + ch * 8;
+        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(q_s + (warp * 16 + r) * kRow + ch * 8);
+      }
+    }
+  }
+}
+
+// Host side: whether the kernel applies, and its launch.
+template <typename T>
+constexpr bool kTcDtype = false;
+template <>
+constexpr bool kTcDtype<__half> = true;
+template <>
+constexpr bool kTcDtype<__nv_bfloat16> = true;
+
+constexpr int64_t kTcMaxHeadDim = 160;
+
+template <typename T>
+bool flash_tc_applies(const SpatialParams& p) {
+  return kTcDtype<T> && p.vec16 && p.D % 8 == 0 && p.D > 0 && p.D <= kTcMaxHeadDim;
+}
+
+struct TcLaunch {
+  int kd;       // head dim of the instantiation (D padded)
+  int warps;    // warps per block: 16 * warps query rows per block and keys per tile
+  int stages;   // K/V buffers: 2 when the sequence has more than one tile
+  size_t smem;  // dynamic shared memory bytes per block
+  int64_t nblk;  // row blocks per sequence
+  int64_t grid;  // blocks (1-D; the kernel loops over work items)
+};
+
+inline int tc_head_dim(int64_t D) {
+  return D <= 32 ? 32 : D <= 64 ? 64 : D <= 96 ? 96 : D <= 128 ? 128 : 160;
+}
+
+inline TcLaunch tc_launch(const SpatialParams& p) {
+  TcLaunch l;
+  const int64_t L = seq_len(p);
+  l.kd = tc_head_dim(p.D);
+  l.warps = L <= 16 ? 1 : L <= 32 ? 2 : 4;
+  const int64_t rows = 16 * l.warps;
+  l.stages = L > rows ? 2 : 1;
+  l.smem = static_cast<size_t>(rows * (l.kd + 8) * 2 * (1 + 2 * l.stages));
+  l.nblk = (L + rows - 1) / rows;
+  l.grid = std::min<int64_t>(seq_count(p) * l.nblk, int64_t(1) << 30);
+  return l;
+}
+
+// Calls f(IntTag<kD>(), IntTag<kWarps>()) for the launch's instantiation.
+template <int V>
+struct IntTag {
+  static constexpr int value = V;
+};
+
+template <typename F>
+void dispatch_tc(const TcLaunch& l, F&& f) {
+  auto by_warps = [&](auto kd) {
+    switch (l.warps) {
+      case 1: f(kd, IntTag<1>()); break;
+      case 2: f(kd, IntTag<2>()); break;
+      default: f(kd, IntTag<4>()); break;
+    }
+  };
+  switch (l.kd) {
+    case 32: by_warps(IntTag<32>()); break;
+    case 64: by_warps(IntTag<64>()); break;
+    case 96: by_warps(IntTag<96>()); break;
+    case 128: by_warps(IntTag<128>()); break;
+    default: by_warps(IntTag<160>()); break;
+  }
+}
+
+}  // namespace detail
+}  // namespace temporal_kernels

@@ -1,0 +1,92 @@
+"""A/B of the CUDA backend's forward on the GPU: the tensor-core kernel (csrc/flash_tc.cuh) against
+the scalar kernels it replaces (TEMPORAL_KERNELS_CUDA_TC=0, read per launch) and against the Triton
+backend, on the SPEC §5 shapes in bfloat16, packed-projection views in the "nt" token order as the
+benchmark uses. Every output is checked against the float64 reference first (SPEC §3 bound).
+
+    python scripts/time_cuda_fwd.py [--ops temporal,spatial,spatial_cls,joint,joint_causal]
+
+Times: median of CUDA-graph replays over rotated inputs (scripts/tune_temporal.graph_time_ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import temporal_kernels as tk  # noqa: E402
+from helpers import BOUNDS, rel_err  # noqa: E402
+from temporal_kernels import reference  # noqa: E402
+from tune_temporal import graph_time_ms  # noqa: E402
+
+SHAPES = {
+    "temporal": [(8, 8, 196, 12, 64), (4, 16, 196, 12, 64), (1, 32, 196, 12, 64), (2, 16, 784, 12, 64),
+                 (1, 96, 196, 12, 64), (1, 256, 64, 12, 64), (2, 8, 196, 8, 40), (2, 8, 196, 8, 128)],
+    "temporal_causal": [(8, 8, 196, 12, 64), (2, 16, 784, 12, 64)],
+    "spatial": [(8, 8, 196, 12, 64), (2, 16, 784, 12, 64)],
+    "spatial_cls": [(8, 8, 196, 12, 64), (2, 16, 784, 12, 64)],
+    "joint": [(2, 8, 196, 12, 64)],
+    "joint_causal": [(2, 8, 196, 12, 64)],
+}
+ROTATE = 4
+
+
+def make_call(op, backend, q, k, v, cls):
+    if op.startswith("temporal"):
+        return lambda: tk.temporal_attention(q, k, v, causal=op.endswith("causal"), backend=backend)
+    if op.startswith("spatial"):
+        return lambda: tk.spatial_attention(q, k, v, cls=cls, backend=backend)
+    return lambda: tk.joint_attention(q, k, v, causal=op.endswith("causal"), backend=backend)
+
+
+def reference_out(op, q, k, v, cls):
+    x = [t.double() for t in (q, k, v)]
+    if op.startswith("temporal"):
+        return reference.temporal_attention(*x, causal=op.endswith("causal"))
+    if op.startswith("spatial"):
+        c = tuple(t.double() for t in cls) if cls else None
+        out = reference.spatial_attention(*x, cls=c)
+        return out[0] if cls else out
+    return reference.joint_attention(*x, causal=op.endswith("causal"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ops", default=",".join(SHAPES))
+    args = ap.parse_args()
+    dtype = torch.bfloat16
+    print(f"{'case':40s} {'tc ms':>8s} {'scalar ms':>10s} {'triton ms':>10s} {'scalar/tc':>9s} {'tc/triton':>9s}  err")
+    for op in args.ops.split(","):
+        for B, T, N, H, D in SHAPES[op]:
+            sets = []
+            for _ in range(ROTATE):
+                qkv = torch.randn(B, N, T, 3, H, D, device="cuda", dtype=dtype).transpose(1, 2)  # "nt" views
+                q, k, v = qkv.unbind(3)
+                cls = tuple(torch.randn(B, H, D, device="cuda", dtype=dtype) for _ in range(3)) \
+                    if op == "spatial_cls" else None
+                sets.append((q, k, v, cls))
+            q, k, v, cls = sets[0]
+            os.environ["TEMPORAL_KERNELS_CUDA_TC"] = "1"
+            out = make_call(op, "cuda", q, k, v, cls)()
+            out = out[0] if isinstance(out, tuple) else out
+            err = rel_err(out, reference_out(op, q, k, v, cls)) if B * T * N * H <= 2 ** 21 else float("nan")
+            status = "ok" if not err > BOUNDS[dtype] else f"WRONG (bound {BOUNDS[dtype]:.0e})"
+            times = {}
+            for name, backend, tc in (("tc", "cuda", "1"), ("scalar", "cuda", "0"), ("triton", "triton", "1")):
+                os.environ["TEMPORAL_KERNELS_CUDA_TC"] = tc
+                times[name] = graph_time_ms([make_call(op, backend, *s) for s in sets])
+            os.environ["TEMPORAL_KERNELS_CUDA_TC"] = "1"
+            label = f"{op} B{B} T{T} N{N} H{H} D{D}"
+            print(f"{label:40s} {times['tc']:8.4f} {times['scalar']:10.4f} {times['triton']:10.4f} "
+                  f"{times['scalar'] / times['tc']:9.2f} {times['tc'] / times['triton']:9.2f}  {err:.2e} {status}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

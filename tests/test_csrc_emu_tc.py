@@ -1,0 +1,121 @@
+"""The tensor-core forward of csrc/flash_tc.cuh (float16 / bfloat16) on the host emulation.
+
+tests/csrc_emu/emu.cpp emulates ldmatrix (.trans), mma.sync m16n8k16 and cp.async per warp from
+their PTX fragment layouts, so the real kernel source runs here for temporal, spatial (+CLS) and
+joint attention: every launch shape (1, 2 and 4 warps; one or two K/V stages; several row blocks),
+every layout, causal and frame_lens, head dims padded to 32/64/96/128/160. The checks are those of
+the scalar kernels' emulation tests (out, lse, padded rows exactly 0, lse of rows without keys,
+NaN-poisoned outputs), and the backward that follows reads this forward's lse. Each case asserts
+that the tensor-core kernel ran, and the cases it must not take fall back to the scalar kernels.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import case_id, LAYOUTS, MASKS
+from test_csrc_compiles import _check_emulated
+from test_csrc_emu_spatial import check_joint, check_spatial
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+@pytest.fixture
+def tc(emu):
+    """The emulator with flash_tc_fwd's dispatch on (as on the device), off again afterwards."""
+    emu.emu_set_tc(1)
+    try:
+        yield emu
+    finally:
+        emu.emu_set_tc(0)
+
+
+def _ids(x):
+    if isinstance(x, tuple) and len(x) == 5:
+        return case_id(B=x[0], T=x[1], N=x[2], H=x[3], D=x[4])
+    if isinstance(x, torch.dtype):
+        return case_id(dtype=x)
+    return None
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=_ids)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_temporal_one_warp(tc, layout, dtype):
+    """T=7 in one warp (16 rows, one 16-key tile), every layout and mask."""
+    for causal, lens in MASKS:
+        _check_emulated(tc, (2, 7, 3, 2, 40), layout, causal, lens, dtype)
+        assert tc.emu_last_tc() == 1
+
+
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [
+        ((2, 20, 2, 1, 72), torch.bfloat16),  # 2 warps, head dim 96
+        ((1, 40, 2, 1, 16), torch.float16),  # 4 warps, one tile, head dim 32
+        ((1, 70, 1, 2, 64), torch.bfloat16),  # 2 row blocks x 2 key tiles, 2 stages
+        ((1, 9, 1, 1, 160), torch.float16),  # head dim 160
+        ((2, 16, 1, 1, 128), torch.bfloat16),  # exactly one 16-row block
+    ],
+    ids=_ids,
+)
+def test_temporal_shapes(tc, shape, dtype):
+    for causal, lens in ((False, False), (True, True)):
+        _check_emulated(tc, shape, "packed_tn", causal, lens, dtype)
+        assert tc.emu_last_tc() == 1
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=_ids)
+@pytest.mark.parametrize("with_cls", [False, True], ids=["nocls", "cls"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_spatial(tc, layout, with_cls, dtype):
+    """N=13 (+CLS: 14 tokens) in one warp; the CLS row's output and lse from the same launch."""
+    check_spatial(tc, (2, 2, 13, 2, 40), layout, dtype, with_cls)
+    assert tc.emu_last_tc() == 1
+
+
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [
+        ((1, 2, 30, 2, 72), torch.float16),  # 31 tokens with CLS: 2 warps
+        ((1, 1, 70, 1, 64), torch.bfloat16),  # 71 tokens: 2 row blocks x 2 key tiles, the CLS key in tile 2
+        ((1, 2, 63, 1, 32), torch.bfloat16),  # 64 tokens with CLS: one full 4-warp tile
+    ],
+    ids=_ids,
+)
+def test_spatial_shapes(tc, shape, dtype):
+    check_spatial(tc, shape, "packed_nt", dtype, True, scale=0.3)
+    assert tc.emu_last_tc() == 1
+    check_spatial(tc, shape, "packed_tn", dtype, False)
+    assert tc.emu_last_tc() == 1
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=_ids)
+@pytest.mark.parametrize("mask", MASKS, ids=lambda m: case_id(causal=m[0], lens=m[1]) or "nomask")
+def test_joint(tc, mask, dtype):
+    """21 tokens (2 warps) and 90 tokens (2 row blocks x 2 key tiles, frames split across tiles)."""
+    causal, lens = mask
+    check_joint(tc, (3, 3, 7, 1, 40), "packed_nt", dtype, causal, lens)
+    assert tc.emu_last_tc() == 1
+    check_joint(tc, (2, 3, 30, 1, 32), "packed_tn", dtype, causal, lens)
+    assert tc.emu_last_tc() == 1
+
+
+def test_grid_stride(tc):
+    """A grid capped below the work items walks every one of them."""
+    _check_emulated(tc, (3, 8, 5, 2, 64), "packed_nt", True, True, torch.bfloat16, max_grid=2)
+    assert tc.emu_last_tc() == 1
+    check_joint(tc, (2, 3, 30, 1, 32), "packed_tn", torch.float16, True, True, max_grid=3)
+    assert tc.emu_last_tc() == 1
+
+
+def test_falls_back_where_it_does_not_apply(tc):
+    """float32, D % 8 != 0, unaligned rows: the scalar kernels run (and pass the same checks)."""
+    _check_emulated(tc, (2, 7, 3, 2, 40), "packed_tn", True, True, torch.float32)
+    assert tc.emu_last_tc() == 0
+    _check_emulated(tc, (2, 7, 3, 2, 20), "packed_tn", True, True, torch.bfloat16)
+    assert tc.emu_last_tc() == 0
+    _check_emulated(tc, (2, 7, 3, 2, 40), "packed_tn", True, True, torch.bfloat16, vec16=False)
+    assert tc.emu_last_tc() == 0
+    check_spatial(tc, (2, 2, 13, 2, 40), "packed_nt", torch.float16, True, vec16=False)
+    assert tc.emu_last_tc() == 0
