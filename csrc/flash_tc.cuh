@@ -319,7 +319,10 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps>())
       }
       __syncthreads();  // this stage's buffers are refilled two tiles later
     }
-    cp_async_wait<0>();  // no tile: the Q copy may still be in flight
+    // Without a tile (every row of the block padded) the Q copies may still be in flight, some
+    // into other warps' rows, which those warps are about to overwrite with their output.
+    cp_async_wait<0>();
+    __syncthreads();
 
     // Normalize, stage this warp's 16 output rows in its own Q rows (its Q fragments are in
     // registers), write lse, then the rows with 16-byte stores.

@@ -47,13 +47,14 @@ def make_call(op, backend, q, k, v, cls):
 
 def reference_out(op, q, k, v, cls):
     x = [t.double() for t in (q, k, v)]
+    scale = q.shape[-1] ** -0.5
     if op.startswith("temporal"):
-        return reference.temporal_attention(*x, causal=op.endswith("causal"))
+        return reference.temporal_attention(*x, causal=op.endswith("causal"), scale=scale)
     if op.startswith("spatial"):
         c = tuple(t.double() for t in cls) if cls else None
-        out = reference.spatial_attention(*x, cls=c)
+        out = reference.spatial_attention(*x, cls=c, scale=scale)
         return out[0] if cls else out
-    return reference.joint_attention(*x, causal=op.endswith("causal"))
+    return reference.joint_attention(*x, causal=op.endswith("causal"), scale=scale)
 
 
 def main() -> None:
