@@ -28,16 +28,13 @@ bool launch_fwd(const SpatialParams& p, cudaStream_t stream) {
   if constexpr (detail::kTcDtype<T>) {
     const detail::TcLaunch l = detail::tc_launch(p);
     if (l.grid == 0) return true;
-    detail::dispatch_tc(l, [&](auto kd, auto warps) {
-      constexpr int kD = decltype(kd)::value, kWarps = decltype(warps)::value;
-      auto* kernel = detail::flash_fwd_tc_kernel<T, kD, kWarps>;
-      if (l.smem > 48 * 1024) {
-        C10_CUDA_CHECK(
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(l.smem)));
-      }
-      kernel<<<static_cast<unsigned>(l.grid), kWarps * 32, l.smem, stream>>>(p, l.nblk, l.stages);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    const detail::TcKernel<T> kernel = detail::tc_kernel<T>(l);
+    if (l.smem > 48 * 1024) {
+      C10_CUDA_CHECK(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(l.smem)));
+    }
+    kernel<<<static_cast<unsigned>(l.grid), l.warps * 32, l.smem, stream>>>(p, l.nblk, l.stages);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return true;
 }

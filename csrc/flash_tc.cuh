@@ -162,6 +162,91 @@ constexpr int tc_min_blocks() {
   return kWarps == 4 || kD > 128 ? 1 : (kD <= 64 ? 16 : 12) / kWarps;
 }
 
+// One key tile for one warp's 16 query rows: S = Q K^T (qf: the rows' A fragments, kb: the tile's
+// 8 kNT key rows), scaled to base 2 and masked (row half r sees the keys [tile_begin[r],
+// tile_end[r]) of the tile: element e of a column tile is row g + 8 (e / 2), key 2 tq + e % 2),
+// folded into the running max m, this lane's part of the row sums l and O += P V (vb: the value
+// rows). The accumulators of column tiles 2 kk and 2 kk + 1 are the A fragment of P for keys
+// [16 kk, 16 kk + 16): FlashAttention-2's register reuse.
+template <typename T, int kD, int kNT>
+__device__ __forceinline__ void tc_attend_tile(const uint32_t (&qf)[kD / 16][4], const T* kb, const T* vb,
+                                               const int (&tile_begin)[2], const int (&tile_end)[2], float qk_scale,
+                                               float (&m)[2], float (&l)[2], float (&o)[kD / 8][4]) {
+  constexpr int kRow = tc_row<kD>();
+  constexpr int kDT = kD / 8;
+  const int lane = threadIdx.x % 32, tq = lane % 4;
+  float sc[kNT][4];  // S of the warp's 16 rows x the tile's 8 kNT keys
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) sc[nt][e] = 0.f;
+  }
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk) {
+#pragma unroll
+    for (int np = 0; np < kNT / 2; ++np) {
+      uint32_t kf[4];
+      ldsm_x4(kf, kb + (np * 16 + (lane % 8) + 8 * (lane / 16)) * kRow + kk * 16 + 8 * ((lane / 8) % 2));
+      const uint32_t b0[2] = {kf[0], kf[1]}, b1[2] = {kf[2], kf[3]};
+      mma_16816<T>(sc[2 * np], qf[kk], b0);
+      mma_16816<T>(sc[2 * np + 1], qf[kk], b1);
+    }
+  }
+
+  // Scale, mask, online softmax.
+  float mx[2] = {m[0], m[1]};
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = nt * 8 + 2 * tq + (e % 2);
+      sc[nt][e] = key >= tile_begin[e / 2] && key < tile_end[e / 2] ? sc[nt][e] * qk_scale : -INFINITY;
+      mx[e / 2] = fmaxf(mx[e / 2], sc[nt][e]);
+    }
+  }
+  float base[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    // A row that has seen no key yet keeps m = -inf; exponents then use base 0, so every
+    // probability (and the correction of the zero accumulators) is exactly 0, not NaN.
+    base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
+    const float corr = exp2f(m[r] - base[r]);
+    m[r] = mx[r];
+    l[r] *= corr;
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt) {
+      o[dt][2 * r] *= corr;
+      o[dt][2 * r + 1] *= corr;
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      sc[nt][e] = exp2f(sc[nt][e] - base[e / 2]);
+      l[e / 2] += sc[nt][e];
+    }
+  }
+
+  // O += P V.
+#pragma unroll
+  for (int kk = 0; kk < kNT / 2; ++kk) {
+    const uint32_t pa[4] = {pack2<T>(sc[2 * kk][0], sc[2 * kk][1]), pack2<T>(sc[2 * kk][2], sc[2 * kk][3]),
+                            pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                            pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+#pragma unroll
+    for (int dp = 0; dp < kDT / 2; ++dp) {
+      uint32_t vf[4];
+      ldsm_x4_trans(vf, vb + (kk * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kRow + dp * 16 + 8 * (lane / 16));
+      const uint32_t b0[2] = {vf[0], vf[1]}, b1[2] = {vf[2], vf[3]};
+      mma_16816<T>(o[2 * dp], pa, b0);
+      mma_16816<T>(o[2 * dp + 1], pa, b1);
+    }
+  }
+}
+
 template <typename T, int kD, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps>())
     flash_fwd_tc_kernel(const SpatialParams p, const int64_t nblk, const int stages) {
@@ -188,8 +273,9 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps>())
 
   // The loop bounds depend on the block only, so every thread reaches every barrier.
   for (int64_t w = blockIdx.x; w < total; w += gridDim.x) {
-    const Seq s = seq_of(p, w / nblk);
-    const int64_t i0 = (w % nblk) * kM;
+    const int64_t seq = div_fast(w, nblk);
+    const Seq s = seq_of(p, seq);
+    const int64_t i0 = (w - seq * nblk) * kM;
     const ClsRows<T> cls = cls_rows<T>(p, s);
     const TcRows<const T*> q_rows = tc_rows(p, q, p.q_stride, cls.q, s);
     const TcRows<const T*> k_rows = tc_rows(p, k, p.k_stride, cls.k, s);
@@ -243,80 +329,13 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps>())
       const T* kb = k_s + (t % stages) * kM * kRow;
       const T* vb = v_s + (t % stages) * kM * kRow;
 
-      float sc[kNT][4];  // S of this warp's 16 rows x the tile's kM keys
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) sc[nt][e] = 0.f;
-      }
-#pragma unroll
-      for (int kk = 0; kk < kD / 16; ++kk) {
-#pragma unroll
-        for (int np = 0; np < kNT / 2; ++np) {
-          uint32_t kf[4];
-          ldsm_x4(kf, kb + (np * 16 + (lane % 8) + 8 * (lane / 16)) * kRow + kk * 16 + 8 * ((lane / 8) % 2));
-          const uint32_t b0[2] = {kf[0], kf[1]}, b1[2] = {kf[2], kf[3]};
-          mma_16816<T>(sc[2 * np], qf[kk], b0);
-          mma_16816<T>(sc[2 * np + 1], qf[kk], b1);
-        }
-      }
-
-      // Scale, mask, online softmax. Element e of a column tile is row g + 8 * (e / 2), key
-      // 2 * tq + e % 2 of the tile.
       int tile_end[2];  // keys of this tile the row sees
 #pragma unroll
-      for (int r = 0; r < 2; ++r) tile_end[r] = static_cast<int>(max(int64_t(0), min(int64_t(kM), row_end[r] - t * kM)));
-      float mx[2] = {m[0], m[1]};
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          sc[nt][e] = nt * 8 + 2 * tq + (e % 2) < tile_end[e / 2] ? sc[nt][e] * qk_scale : -INFINITY;
-          mx[e / 2] = fmaxf(mx[e / 2], sc[nt][e]);
-        }
-      }
-      float base[2];
-#pragma unroll
       for (int r = 0; r < 2; ++r) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-        // A row that has seen no key yet keeps m = -inf; exponents then use base 0, so every
-        // probability (and the correction of the zero accumulators) is exactly 0, not NaN.
-        base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
-        const float corr = exp2f(m[r] - base[r]);
-        m[r] = mx[r];
-        l[r] *= corr;
-#pragma unroll
-        for (int dt = 0; dt < kDT; ++dt) {
-          o[dt][2 * r] *= corr;
-          o[dt][2 * r + 1] *= corr;
-        }
+        tile_end[r] = static_cast<int>(max(int64_t(0), min(int64_t(kM), row_end[r] - t * kM)));
       }
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          sc[nt][e] = exp2f(sc[nt][e] - base[e / 2]);
-          l[e / 2] += sc[nt][e];
-        }
-      }
-
-      // O += P V: the accumulators of column tiles 2 kk and 2 kk + 1 are the A fragment of keys
-      // [16 kk, 16 kk + 16).
-#pragma unroll
-      for (int kk = 0; kk < kNT / 2; ++kk) {
-        const uint32_t pa[4] = {pack2<T>(sc[2 * kk][0], sc[2 * kk][1]), pack2<T>(sc[2 * kk][2], sc[2 * kk][3]),
-                                pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
-                                pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
-#pragma unroll
-        for (int dp = 0; dp < kDT / 2; ++dp) {
-          uint32_t vf[4];
-          ldsm_x4_trans(vf, vb + (kk * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kRow + dp * 16 + 8 * (lane / 16));
-          const uint32_t b0[2] = {vf[0], vf[1]}, b1[2] = {vf[2], vf[3]};
-          mma_16816<T>(o[2 * dp], pa, b0);
-          mma_16816<T>(o[2 * dp + 1], pa, b1);
-        }
-      }
+      const int tile_begin[2] = {0, 0};
+      tc_attend_tile<T, kD, kNT>(qf, kb, vb, tile_begin, tile_end, qk_scale, m, l, o);
       __syncthreads();  // this stage's buffers are refilled two tiles later
     }
     // Without a tile (every row of the block padded) the Q copies may still be in flight, some
@@ -357,6 +376,120 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps>())
   }
 }
 
+// Temporal attention with T <= 8: one warp packs two (b, n, h) groups into the 16 rows and 16
+// keys of its tiles (row and key 8 s + t: frame t of group s; with T < 8 the rows t >= T are
+// padding), so every query row and every staged frame of the launch belongs to a group; key
+// tiles are block-diagonal (a row sees only its own group's keys).
+template <typename T, int kD>
+__global__ void __launch_bounds__(32, tc_min_blocks<kD, 1>())
+    temporal_fwd_tc_packed_kernel(const SpatialParams p, const int64_t, const int) {
+  constexpr int kRow = tc_row<kD>();
+  constexpr int kChunks = kD / 8;
+  constexpr int kDT = kD / 8;
+  T* q_s = reinterpret_cast<T*>(dynamic_smem());  // [16, kRow]; at the end, the output rows
+  T* k_s = q_s + 16 * kRow;                        // [16, kRow]
+  T* v_s = k_s + 16 * kRow;                        // [16, kRow]
+
+  const int lane = threadIdx.x % 32;
+  const int g = lane / 4, tq = lane % 4;
+  const T* q = static_cast<const T*>(p.q);
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
+  T* out = static_cast<T*>(p.out);
+  float* lse = static_cast<float*>(p.lse);
+  const float qk_scale = static_cast<float>(p.scale * kLog2e);
+  const int T_ = static_cast<int>(p.T);
+  const int64_t G = p.B * p.N * p.H;
+
+  for (int64_t w = blockIdx.x; 2 * w < G; w += gridDim.x) {
+    // The pair's groups: frames (rows), valid frames (keys), row pointers, lse of frame 0.
+    int rows[2], len[2];
+    int64_t q_off[2], k_off[2], v_off[2], o_off[2], stat[2];
+#pragma unroll
+    for (int sub = 0; sub < 2; ++sub) {
+      const int64_t gi = 2 * w + sub;
+      const bool active = gi < G;
+      const int64_t gh = div_fast(active ? gi : 0, p.H);
+      const int64_t h = (active ? gi : 0) - gh * p.H;
+      const int64_t b = div_fast(gh, p.N);
+      const int64_t n = gh - b * p.N;
+      rows[sub] = active ? T_ : 0;
+      len[sub] = !active ? 0 : p.frame_lens == nullptr ? T_ : static_cast<int>(min(max(p.frame_lens[b], int64_t(0)), p.T));
+      q_off[sub] = group_offset(p.q_stride, b, n, h);
+      k_off[sub] = group_offset(p.k_stride, b, n, h);
+      v_off[sub] = group_offset(p.v_stride, b, n, h);
+      o_off[sub] = group_offset(p.out_stride, b, n, h);
+      stat[sub] = (b * p.H + h) * p.T * p.N + n;
+    }
+
+    __syncwarp();  // the previous pair's output rows have been written out
+    for (int c = lane; c < 16 * kChunks; c += 32) {
+      const int r = c / kChunks, ch = c % kChunks;
+      const int sub = r / 8, t = r % 8;
+      const bool in_d = ch * 8 < p.D;
+      const bool q_ok = in_d && t < (sub ? rows[1] : rows[0]);
+      const bool kv_ok = in_d && t < (sub ? len[1] : len[0]);
+      const T* q_src = q + (sub ? q_off[1] : q_off[0]) + t * p.q_stride[kT] + ch * 8;
+      const T* k_src = k + (sub ? k_off[1] : k_off[0]) + t * p.k_stride[kT] + ch * 8;
+      const T* v_src = v + (sub ? v_off[1] : v_off[0]) + t * p.v_stride[kT] + ch * 8;
+      cp_async16(q_s + r * kRow + ch * 8, q_ok ? q_src : q, q_ok ? 16 : 0);
+      cp_async16(k_s + r * kRow + ch * 8, kv_ok ? k_src : k, kv_ok ? 16 : 0);
+      cp_async16(v_s + r * kRow + ch * 8, kv_ok ? v_src : v, kv_ok ? 16 : 0);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncwarp();
+
+    uint32_t qf[kD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      ldsm_x4(qf[kk], q_s + ((lane % 8) + 8 * ((lane / 8) % 2)) * kRow + kk * 16 + 8 * (lane / 16));
+    }
+    // This lane's rows: frame g of group 0 and frame g of group 1, keys 8 s + [0, end).
+    int tile_begin[2], tile_end[2];
+#pragma unroll
+    for (int sub = 0; sub < 2; ++sub) {
+      const int end = g < len[sub] ? (p.causal ? g + 1 : len[sub]) : 0;
+      tile_begin[sub] = 8 * sub;
+      tile_end[sub] = 8 * sub + end;
+    }
+    float o[kDT][4];
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[dt][e] = 0.f;
+    }
+    float m[2] = {-INFINITY, -INFINITY};
+    float l[2] = {0.f, 0.f};
+    tc_attend_tile<T, kD, 2>(qf, k_s, v_s, tile_begin, tile_end, qk_scale, m, l, o);
+
+    __syncwarp();  // every lane's Q fragments are loaded before the output rows replace them
+#pragma unroll
+    for (int sub = 0; sub < 2; ++sub) {
+      l[sub] += __shfl_xor_sync(0xffffffffu, l[sub], 1);
+      l[sub] += __shfl_xor_sync(0xffffffffu, l[sub], 2);
+      const float inv = l[sub] > 0.f ? 1.f / l[sub] : 0.f;
+      T* orow = q_s + (g + 8 * sub) * kRow + 2 * tq;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        *reinterpret_cast<uint32_t*>(orow + dt * 8) = pack2<T>(o[dt][2 * sub] * inv, o[dt][2 * sub + 1] * inv);
+      }
+      if (tq == 0 && g < rows[sub]) {
+        lse[stat[sub] + g * p.N] = l[sub] > 0.f ? (m[sub] + log2f(l[sub])) * static_cast<float>(kLn2) : -INFINITY;
+      }
+    }
+    __syncwarp();
+    for (int c = lane; c < 16 * kChunks; c += 32) {
+      const int r = c / kChunks, ch = c % kChunks;
+      const int sub = r / 8, t = r % 8;
+      if (t < (sub ? rows[1] : rows[0]) && ch * 8 < p.D) {
+        T* dst = out + (sub ? o_off[1] : o_off[0]) + t * p.out_stride[kT] + ch * 8;
+        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(q_s + r * kRow + ch * 8);
+      }
+    }
+  }
+}
+
 // Host side: whether the kernel applies, and its launch.
 template <typename T>
 constexpr bool kTcDtype = false;
@@ -373,12 +506,13 @@ bool flash_tc_applies(const SpatialParams& p) {
 }
 
 struct TcLaunch {
-  int kd;       // head dim of the instantiation (D padded)
-  int warps;    // warps per block: 16 * warps query rows per block and keys per tile
-  int stages;   // K/V buffers: 2 when the sequence has more than one tile
-  size_t smem;  // dynamic shared memory bytes per block
-  int64_t nblk;  // row blocks per sequence
-  int64_t grid;  // blocks (1-D; the kernel loops over work items)
+  bool packed;   // temporal_fwd_tc_packed_kernel (temporal, T <= 8): two groups per warp
+  int kd;        // head dim of the instantiation (D padded)
+  int warps;     // warps per block: 16 * warps query rows per block and keys per tile
+  int stages;    // K/V buffers: 2 when the sequence has more than one tile
+  size_t smem;   // dynamic shared memory bytes per block
+  int64_t nblk;  // row blocks per sequence (not read by the packed kernel)
+  int64_t grid;  // blocks (1-D; the kernels loop over work items)
 };
 
 inline int tc_head_dim(int64_t D) {
@@ -389,36 +523,36 @@ inline TcLaunch tc_launch(const SpatialParams& p) {
   TcLaunch l;
   const int64_t L = seq_len(p);
   l.kd = tc_head_dim(p.D);
+  l.packed = p.mode == SeqMode::kTemporal && L <= 8;
   l.warps = L <= 16 ? 1 : L <= 32 ? 2 : 4;
   const int64_t rows = 16 * l.warps;
   l.stages = L > rows ? 2 : 1;
   l.smem = static_cast<size_t>(rows * (l.kd + 8) * 2 * (1 + 2 * l.stages));
   l.nblk = (L + rows - 1) / rows;
-  l.grid = std::min<int64_t>(seq_count(p) * l.nblk, int64_t(1) << 30);
+  const int64_t items = l.packed ? (seq_count(p) + 1) / 2 : seq_count(p) * l.nblk;
+  l.grid = std::min<int64_t>(items, int64_t(1) << 30);
   return l;
 }
 
-// Calls f(IntTag<kD>(), IntTag<kWarps>()) for the launch's instantiation.
-template <int V>
-struct IntTag {
-  static constexpr int value = V;
-};
+// The kernel instantiation of a launch (both kernels take the same arguments).
+template <typename T>
+using TcKernel = void (*)(const SpatialParams, const int64_t, const int);
 
-template <typename F>
-void dispatch_tc(const TcLaunch& l, F&& f) {
-  auto by_warps = [&](auto kd) {
-    switch (l.warps) {
-      case 1: f(kd, IntTag<1>()); break;
-      case 2: f(kd, IntTag<2>()); break;
-      default: f(kd, IntTag<4>()); break;
-    }
-  };
+template <typename T, int kD>
+TcKernel<T> tc_kernel_for(const TcLaunch& l) {
+  if (l.packed) return temporal_fwd_tc_packed_kernel<T, kD>;
+  return l.warps == 1 ? flash_fwd_tc_kernel<T, kD, 1> : l.warps == 2 ? flash_fwd_tc_kernel<T, kD, 2>
+                                                                      : flash_fwd_tc_kernel<T, kD, 4>;
+}
+
+template <typename T>
+TcKernel<T> tc_kernel(const TcLaunch& l) {
   switch (l.kd) {
-    case 32: by_warps(IntTag<32>()); break;
-    case 64: by_warps(IntTag<64>()); break;
-    case 96: by_warps(IntTag<96>()); break;
-    case 128: by_warps(IntTag<128>()); break;
-    default: by_warps(IntTag<160>()); break;
+    case 32: return tc_kernel_for<T, 32>(l);
+    case 64: return tc_kernel_for<T, 64>(l);
+    case 96: return tc_kernel_for<T, 96>(l);
+    case 128: return tc_kernel_for<T, 128>(l);
+    default: return tc_kernel_for<T, 160>(l);
   }
 }
 

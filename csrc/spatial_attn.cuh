@@ -55,28 +55,34 @@ __device__ __forceinline__ int64_t n_seqs(const SpatialParams& p) {
   return p.mode == SeqMode::kSpatial ? p.B * p.T * p.H : p.B * p.H;
 }
 
+// a / b, in 32 bits when both fit (a 64-bit division is a long instruction sequence on the GPU).
+__device__ __forceinline__ int64_t div_fast(int64_t a, int64_t b) {
+  return ((a | b) >> 32) == 0 ? static_cast<int64_t>(static_cast<uint32_t>(a) / static_cast<uint32_t>(b)) : a / b;
+}
+
 __device__ __forceinline__ Seq seq_of(const SpatialParams& p, int64_t g) {
   Seq s;
-  s.h = g % p.H;
+  const int64_t gh = div_fast(g, p.H);  // g / H
+  s.h = g - gh * p.H;
   s.n = 0;
   if (p.mode == SeqMode::kTemporal) {
     s.t = 0;
-    s.n = (g / p.H) % p.N;
-    s.b = g / (p.H * p.N);
+    s.b = div_fast(gh, p.N);
+    s.n = gh - s.b * p.N;
     s.n_main = p.T;
     s.L = p.T;
     s.valid = p.frame_lens != nullptr ? min(max(p.frame_lens[s.b], int64_t(0)), p.T) : p.T;
     s.div = 1;  // token i is frame i
   } else if (p.mode == SeqMode::kSpatial) {
-    s.t = (g / p.H) % p.T;
-    s.b = g / (p.H * p.T);
+    s.b = div_fast(gh, p.T);
+    s.t = gh - s.b * p.T;
     s.n_main = p.N;
     s.L = p.N + (p.has_cls ? 1 : 0);
     s.valid = s.L;
     s.div = s.L + 1;  // every token in frame t
   } else {
     s.t = 0;
-    s.b = g / p.H;
+    s.b = gh;
     s.n_main = p.T * p.N;
     s.L = s.n_main;
     int64_t frames = p.T;

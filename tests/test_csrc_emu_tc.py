@@ -6,7 +6,8 @@ joint attention: every launch shape (1, 2 and 4 warps; one or two K/V stages; se
 every layout, causal and frame_lens, head dims padded to 32/64/96/128/160. The checks are those of
 the scalar kernels' emulation tests (out, lse, padded rows exactly 0, lse of rows without keys,
 NaN-poisoned outputs), and the backward that follows reads this forward's lse. Each case asserts
-that the tensor-core kernel ran, and the cases it must not take fall back to the scalar kernels.
+which kernel ran (emu_last_tc: 1 flash_fwd_tc_kernel, 2 temporal_fwd_tc_packed_kernel for T <= 8),
+and the cases it must not take fall back to the scalar kernels (0).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from test_csrc_compiles import _check_emulated
 from test_csrc_emu_spatial import check_joint, check_spatial
 
 HALF = (torch.float16, torch.bfloat16)
+SCALAR, FLASH, PACKED = 0, 1, 2
 
 
 @pytest.fixture
@@ -41,11 +43,36 @@ def _ids(x):
 
 @pytest.mark.parametrize("dtype", HALF, ids=_ids)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_temporal_one_warp(tc, layout, dtype):
-    """T=7 in one warp (16 rows, one 16-key tile), every layout and mask."""
+def test_temporal_packed(tc, layout, dtype):
+    """T=7: two (b, n, h) groups per warp (rows 8 s + t), every layout and mask."""
     for causal, lens in MASKS:
         _check_emulated(tc, (2, 7, 3, 2, 40), layout, causal, lens, dtype)
-        assert tc.emu_last_tc() == 1
+        assert tc.emu_last_tc() == PACKED
+
+
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [
+        ((1, 5, 3, 1, 64), torch.bfloat16),  # 3 groups: the last pair has one
+        ((2, 8, 1, 2, 72), torch.float16),  # T=8 fills the rows; head dim 96
+        ((3, 1, 1, 1, 32), torch.bfloat16),  # T=1
+        ((1, 4, 2, 1, 160), torch.float16),  # head dim 160
+    ],
+    ids=_ids,
+)
+def test_temporal_packed_shapes(tc, shape, dtype):
+    for causal, lens in ((False, False), (True, True)):
+        _check_emulated(tc, shape, "packed_nt", causal, lens, dtype)
+        assert tc.emu_last_tc() == PACKED
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=_ids)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_temporal_one_warp(tc, layout, dtype):
+    """T=13 in one warp (16 rows, one 16-key tile), every layout and mask."""
+    for causal, lens in MASKS:
+        _check_emulated(tc, (2, 13, 3, 1, 40), layout, causal, lens, dtype)
+        assert tc.emu_last_tc() == FLASH
 
 
 @pytest.mark.parametrize(
@@ -62,7 +89,7 @@ def test_temporal_one_warp(tc, layout, dtype):
 def test_temporal_shapes(tc, shape, dtype):
     for causal, lens in ((False, False), (True, True)):
         _check_emulated(tc, shape, "packed_tn", causal, lens, dtype)
-        assert tc.emu_last_tc() == 1
+        assert tc.emu_last_tc() == FLASH
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=_ids)
@@ -71,7 +98,7 @@ def test_temporal_shapes(tc, shape, dtype):
 def test_spatial(tc, layout, with_cls, dtype):
     """N=13 (+CLS: 14 tokens) in one warp; the CLS row's output and lse from the same launch."""
     check_spatial(tc, (2, 2, 13, 2, 40), layout, dtype, with_cls)
-    assert tc.emu_last_tc() == 1
+    assert tc.emu_last_tc() == FLASH
 
 
 @pytest.mark.parametrize(
@@ -85,9 +112,9 @@ def test_spatial(tc, layout, with_cls, dtype):
 )
 def test_spatial_shapes(tc, shape, dtype):
     check_spatial(tc, shape, "packed_nt", dtype, True, scale=0.3)
-    assert tc.emu_last_tc() == 1
+    assert tc.emu_last_tc() == FLASH
     check_spatial(tc, shape, "packed_tn", dtype, False)
-    assert tc.emu_last_tc() == 1
+    assert tc.emu_last_tc() == FLASH
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=_ids)
@@ -96,26 +123,28 @@ def test_joint(tc, mask, dtype):
     """21 tokens (2 warps) and 90 tokens (2 row blocks x 2 key tiles, frames split across tiles)."""
     causal, lens = mask
     check_joint(tc, (3, 3, 7, 1, 40), "packed_nt", dtype, causal, lens)
-    assert tc.emu_last_tc() == 1
+    assert tc.emu_last_tc() == FLASH
     check_joint(tc, (2, 3, 30, 1, 32), "packed_tn", dtype, causal, lens)
-    assert tc.emu_last_tc() == 1
+    assert tc.emu_last_tc() == FLASH
 
 
 def test_grid_stride(tc):
     """A grid capped below the work items walks every one of them."""
     _check_emulated(tc, (3, 8, 5, 2, 64), "packed_nt", True, True, torch.bfloat16, max_grid=2)
-    assert tc.emu_last_tc() == 1
+    assert tc.emu_last_tc() == PACKED
+    _check_emulated(tc, (3, 12, 5, 1, 64), "packed_nt", True, True, torch.float16, max_grid=2)
+    assert tc.emu_last_tc() == FLASH
     check_joint(tc, (2, 3, 30, 1, 32), "packed_tn", torch.float16, True, True, max_grid=3)
-    assert tc.emu_last_tc() == 1
+    assert tc.emu_last_tc() == FLASH
 
 
 def test_falls_back_where_it_does_not_apply(tc):
     """float32, D % 8 != 0, unaligned rows: the scalar kernels run (and pass the same checks)."""
     _check_emulated(tc, (2, 7, 3, 2, 40), "packed_tn", True, True, torch.float32)
-    assert tc.emu_last_tc() == 0
+    assert tc.emu_last_tc() == SCALAR
     _check_emulated(tc, (2, 7, 3, 2, 20), "packed_tn", True, True, torch.bfloat16)
-    assert tc.emu_last_tc() == 0
+    assert tc.emu_last_tc() == SCALAR
     _check_emulated(tc, (2, 7, 3, 2, 40), "packed_tn", True, True, torch.bfloat16, vec16=False)
-    assert tc.emu_last_tc() == 0
+    assert tc.emu_last_tc() == SCALAR
     check_spatial(tc, (2, 2, 13, 2, 40), "packed_nt", torch.float16, True, vec16=False)
-    assert tc.emu_last_tc() == 0
+    assert tc.emu_last_tc() == SCALAR
