@@ -167,8 +167,9 @@ constexpr int tc_min_blocks() {
 // tile_end[r]) of the tile: element e of a column tile is row g + 8 (e / 2), key 2 tq + e % 2),
 // folded into the running max m, this lane's part of the row sums l and O += P V (vb: the value
 // rows). The accumulators of column tiles 2 kk and 2 kk + 1 are the A fragment of P for keys
-// [16 kk, 16 kk + 16): FlashAttention-2's register reuse.
-template <typename T, int kD, int kNT>
+// [16 kk, 16 kk + 16): FlashAttention-2's register reuse. kBlockDiag (kNT = 2): rows g see keys
+// 0-7 and rows g + 8 keys 8-15 only, two independent problems (temporal_fwd_tc_packed_kernel).
+template <typename T, int kD, int kNT, bool kBlockDiag = false>
 __device__ __forceinline__ void tc_attend_tile(const uint32_t (&qf)[kD / 16][4], const T* kb, const T* vb,
                                                const int (&tile_begin)[2], const int (&tile_end)[2], float qk_scale,
                                                float (&m)[2], float (&l)[2], float (&o)[kD / 8][4]) {
@@ -240,9 +241,27 @@ __device__ __forceinline__ void tc_attend_tile(const uint32_t (&qf)[kD / 16][4],
     for (int dp = 0; dp < kDT / 2; ++dp) {
       uint32_t vf[4];
       ldsm_x4_trans(vf, vb + (kk * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kRow + dp * 16 + 8 * (lane / 16));
-      const uint32_t b0[2] = {vf[0], vf[1]}, b1[2] = {vf[2], vf[3]};
-      mma_16816<T>(o[2 * dp], pa, b0);
-      mma_16816<T>(o[2 * dp + 1], pa, b1);
+      if constexpr (kBlockDiag) {
+        // Rows g read keys 0-7 only and rows g + 8 keys 8-15 only: a zero probability times an
+        // inf value of the other problem would be NaN. Each product's other half is dropped.
+        const uint32_t a_lo[4] = {pa[0], 0u, 0u, 0u}, a_hi[4] = {0u, 0u, 0u, pa[3]};
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float(&acc)[4] = o[2 * dp + h];
+          const uint32_t b_lo[2] = {vf[2 * h], 0u}, b_hi[2] = {0u, vf[2 * h + 1]};
+          float lo[4] = {acc[0], acc[1], 0.f, 0.f}, hi[4] = {0.f, 0.f, acc[2], acc[3]};
+          mma_16816<T>(lo, a_lo, b_lo);
+          mma_16816<T>(hi, a_hi, b_hi);
+          acc[0] = lo[0];
+          acc[1] = lo[1];
+          acc[2] = hi[2];
+          acc[3] = hi[3];
+        }
+      } else {
+        const uint32_t b0[2] = {vf[0], vf[1]}, b1[2] = {vf[2], vf[3]};
+        mma_16816<T>(o[2 * dp], pa, b0);
+        mma_16816<T>(o[2 * dp + 1], pa, b1);
+      }
     }
   }
 }
@@ -461,7 +480,7 @@ __global__ void __launch_bounds__(32, tc_min_blocks<kD, 1>())
     }
     float m[2] = {-INFINITY, -INFINITY};
     float l[2] = {0.f, 0.f};
-    tc_attend_tile<T, kD, 2>(qf, k_s, v_s, tile_begin, tile_end, qk_scale, m, l, o);
+    tc_attend_tile<T, kD, 2, true>(qf, k_s, v_s, tile_begin, tile_end, qk_scale, m, l, o);
 
     __syncwarp();  // every lane's Q fragments are loaded before the output rows replace them
 #pragma unroll

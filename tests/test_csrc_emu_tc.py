@@ -15,9 +15,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import case_id, LAYOUTS, MASKS
+from helpers import BOUNDS, case_id, LAYOUTS, MASKS, rel_err, seeded
 from test_csrc_compiles import _check_emulated
 from test_csrc_emu_spatial import check_joint, check_spatial
+
+from temporal_kernels import reference
 
 HALF = (torch.float16, torch.bfloat16)
 SCALAR, FLASH, PACKED = 0, 1, 2
@@ -148,3 +150,22 @@ def test_falls_back_where_it_does_not_apply(tc):
     assert tc.emu_last_tc() == SCALAR
     check_spatial(tc, (2, 2, 13, 2, 40), "packed_nt", torch.float16, True, vec16=False)
     assert tc.emu_last_tc() == SCALAR
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=_ids)
+def test_packed_groups_stay_apart(tc, dtype):
+    """An inf value in one group of a packed pair: the other group's rows never multiply it (a zero
+    probability times inf would be NaN), so its output stays finite and right; the poisoned group's
+    output is non-finite exactly where the float64 reference is."""
+    from test_csrc_compiles import _emu_temporal
+
+    gen = seeded("packed-inf", str(dtype))
+    q, k, v = (torch.randn(1, 8, 2, 1, 64, dtype=torch.float64, generator=gen).to(dtype) for _ in range(3))
+    v[0, 3, 0, 0, 5] = float("inf")
+    dout = torch.randn(1, 8, 2, 1, 64, dtype=torch.float64, generator=gen).to(dtype)
+    out, _, _, _ = _emu_temporal(tc, q, k, v, dout, None, False, 0.125)
+    assert tc.emu_last_tc() == PACKED
+    ref = reference.temporal_attention(q.double(), k.double(), v.double(), scale=0.125)
+    assert torch.equal(torch.isfinite(out), torch.isfinite(ref))
+    assert torch.isfinite(out[:, :, 1]).all()
+    assert rel_err(out[:, :, 1], ref[:, :, 1]) <= BOUNDS[dtype]
