@@ -168,7 +168,7 @@ constexpr int tc_min_blocks() {
 // folded into the running max m, this lane's part of the row sums l and O += P V (vb: the value
 // rows). The accumulators of column tiles 2 kk and 2 kk + 1 are the A fragment of P for keys
 // [16 kk, 16 kk + 16): FlashAttention-2's register reuse. kBlockDiag (kNT = 2): rows g see keys
-// 0-7 and rows g + 8 keys 8-15 only, two independent problems (temporal_fwd_tc_packed_kernel).
+// 0-7 and rows g + 8 keys 8-15 only, two independent problems (temporal_fwd_tc_packed_kernel<., ., 2>).
 template <typename T, int kD, int kNT, bool kBlockDiag = false>
 __device__ __forceinline__ void tc_attend_tile(const uint32_t (&qf)[kD / 16][4], const T* kb, const T* vb,
                                                const int (&tile_begin)[2], const int (&tile_end)[2], float qk_scale,
@@ -395,13 +395,16 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps>())
   }
 }
 
-// Temporal attention with T <= 8: one warp packs two (b, n, h) groups into the 16 rows and 16
-// keys of its tiles (row and key 8 s + t: frame t of group s; with T < 8 the rows t >= T are
-// padding), so every query row and every staged frame of the launch belongs to a group; key
-// tiles are block-diagonal (a row sees only its own group's keys).
-template <typename T, int kD>
+// Temporal attention with T <= 16 in one warp per kPack (b, n, h) groups, without the general
+// kernel's sequence machinery. kPack = 2 (T <= 8): the warp packs two groups into the 16 rows
+// and 16 keys of its tiles (row and key 8 s + t: frame t of group s; with T < 8 the rows t >= T
+// are padding), so no row is padding at T = 8, and the key tile is block-diagonal (a row sees
+// only its own group's keys). kPack = 1 (T <= 16): row and key t are frame t of the one group.
+template <typename T, int kD, int kPack>
 __global__ void __launch_bounds__(32, tc_min_blocks<kD, 1>())
     temporal_fwd_tc_packed_kernel(const SpatialParams p, const int64_t, const int) {
+  static_assert(kPack == 1 || kPack == 2, "groups per warp");
+  constexpr int kGroupRows = 16 / kPack;  // rows (and keys) per group
   constexpr int kRow = tc_row<kD>();
   constexpr int kChunks = kD / 8;
   constexpr int kDT = kD / 8;
@@ -420,14 +423,15 @@ __global__ void __launch_bounds__(32, tc_min_blocks<kD, 1>())
   const int T_ = static_cast<int>(p.T);
   const int64_t G = p.B * p.N * p.H;
 
-  for (int64_t w = blockIdx.x; 2 * w < G; w += gridDim.x) {
-    // The pair's groups: frames (rows), valid frames (keys), row pointers, lse of frame 0.
+  for (int64_t w = blockIdx.x; kPack * w < G; w += gridDim.x) {
+    // The warp's groups: frames (rows), valid frames (keys), row pointers, lse of frame 0. With
+    // kPack = 1, group 1 is inactive (no rows, no keys).
     int rows[2], len[2];
     int64_t q_off[2], k_off[2], v_off[2], o_off[2], stat[2];
 #pragma unroll
     for (int sub = 0; sub < 2; ++sub) {
-      const int64_t gi = 2 * w + sub;
-      const bool active = gi < G;
+      const int64_t gi = kPack * w + sub;
+      const bool active = sub < kPack && gi < G;
       const int64_t gh = div_fast(active ? gi : 0, p.H);
       const int64_t h = (active ? gi : 0) - gh * p.H;
       const int64_t b = div_fast(gh, p.N);
@@ -441,10 +445,10 @@ __global__ void __launch_bounds__(32, tc_min_blocks<kD, 1>())
       stat[sub] = (b * p.H + h) * p.T * p.N + n;
     }
 
-    __syncwarp();  // the previous pair's output rows have been written out
+    __syncwarp();  // the previous item's output rows have been written out
     for (int c = lane; c < 16 * kChunks; c += 32) {
       const int r = c / kChunks, ch = c % kChunks;
-      const int sub = r / 8, t = r % 8;
+      const int sub = r / kGroupRows, t = r % kGroupRows;
       const bool in_d = ch * 8 < p.D;
       const bool q_ok = in_d && t < (sub ? rows[1] : rows[0]);
       const bool kv_ok = in_d && t < (sub ? len[1] : len[0]);
@@ -464,13 +468,17 @@ __global__ void __launch_bounds__(32, tc_min_blocks<kD, 1>())
     for (int kk = 0; kk < kD / 16; ++kk) {
       ldsm_x4(qf[kk], q_s + ((lane % 8) + 8 * ((lane / 8) % 2)) * kRow + kk * 16 + 8 * (lane / 16));
     }
-    // This lane's rows: frame g of group 0 and frame g of group 1, keys 8 s + [0, end).
-    int tile_begin[2], tile_end[2];
+    // This lane's rows g and g + 8: frame g of groups 0 and 1 (kPack = 2), keys 8 s + [0, end);
+    // frames g and g + 8 of group 0 (kPack = 1), keys [0, end).
+    int tile_begin[2], tile_end[2], frame[2], grp[2];
 #pragma unroll
-    for (int sub = 0; sub < 2; ++sub) {
-      const int end = g < len[sub] ? (p.causal ? g + 1 : len[sub]) : 0;
-      tile_begin[sub] = 8 * sub;
-      tile_end[sub] = 8 * sub + end;
+    for (int r = 0; r < 2; ++r) {
+      grp[r] = kPack == 2 ? r : 0;
+      frame[r] = kPack == 2 ? g : g + 8 * r;
+      const int n_keys = grp[r] ? len[1] : len[0];
+      const int end = frame[r] < n_keys ? (p.causal ? frame[r] + 1 : n_keys) : 0;
+      tile_begin[r] = kGroupRows * grp[r];
+      tile_end[r] = tile_begin[r] + end;
     }
     float o[kDT][4];
 #pragma unroll
@@ -480,27 +488,28 @@ __global__ void __launch_bounds__(32, tc_min_blocks<kD, 1>())
     }
     float m[2] = {-INFINITY, -INFINITY};
     float l[2] = {0.f, 0.f};
-    tc_attend_tile<T, kD, 2, true>(qf, k_s, v_s, tile_begin, tile_end, qk_scale, m, l, o);
+    tc_attend_tile<T, kD, 2, kPack == 2>(qf, k_s, v_s, tile_begin, tile_end, qk_scale, m, l, o);
 
     __syncwarp();  // every lane's Q fragments are loaded before the output rows replace them
 #pragma unroll
-    for (int sub = 0; sub < 2; ++sub) {
-      l[sub] += __shfl_xor_sync(0xffffffffu, l[sub], 1);
-      l[sub] += __shfl_xor_sync(0xffffffffu, l[sub], 2);
-      const float inv = l[sub] > 0.f ? 1.f / l[sub] : 0.f;
-      T* orow = q_s + (g + 8 * sub) * kRow + 2 * tq;
+    for (int r = 0; r < 2; ++r) {
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+      const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+      T* orow = q_s + (g + 8 * r) * kRow + 2 * tq;
 #pragma unroll
       for (int dt = 0; dt < kDT; ++dt) {
-        *reinterpret_cast<uint32_t*>(orow + dt * 8) = pack2<T>(o[dt][2 * sub] * inv, o[dt][2 * sub + 1] * inv);
+        *reinterpret_cast<uint32_t*>(orow + dt * 8) = pack2<T>(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
       }
-      if (tq == 0 && g < rows[sub]) {
-        lse[stat[sub] + g * p.N] = l[sub] > 0.f ? (m[sub] + log2f(l[sub])) * static_cast<float>(kLn2) : -INFINITY;
+      if (tq == 0 && frame[r] < (grp[r] ? rows[1] : rows[0])) {
+        lse[(grp[r] ? stat[1] : stat[0]) + frame[r] * p.N] =
+            l[r] > 0.f ? (m[r] + log2f(l[r])) * static_cast<float>(kLn2) : -INFINITY;
       }
     }
     __syncwarp();
     for (int c = lane; c < 16 * kChunks; c += 32) {
       const int r = c / kChunks, ch = c % kChunks;
-      const int sub = r / 8, t = r % 8;
+      const int sub = r / kGroupRows, t = r % kGroupRows;
       if (t < (sub ? rows[1] : rows[0]) && ch * 8 < p.D) {
         T* dst = out + (sub ? o_off[1] : o_off[0]) + t * p.out_stride[kT] + ch * 8;
         *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(q_s + r * kRow + ch * 8);
@@ -525,7 +534,7 @@ bool flash_tc_applies(const SpatialParams& p) {
 }
 
 struct TcLaunch {
-  bool packed;   // temporal_fwd_tc_packed_kernel (temporal, T <= 8): two groups per warp
+  int pack;      // temporal_fwd_tc_packed_kernel (temporal, T <= 16): groups per warp (1 or 2); 0: flash
   int kd;        // head dim of the instantiation (D padded)
   int warps;     // warps per block: 16 * warps query rows per block and keys per tile
   int stages;    // K/V buffers: 2 when the sequence has more than one tile
@@ -542,13 +551,13 @@ inline TcLaunch tc_launch(const SpatialParams& p) {
   TcLaunch l;
   const int64_t L = seq_len(p);
   l.kd = tc_head_dim(p.D);
-  l.packed = p.mode == SeqMode::kTemporal && L <= 8;
+  l.pack = p.mode != SeqMode::kTemporal || L > 16 ? 0 : L <= 8 ? 2 : 1;
   l.warps = L <= 16 ? 1 : L <= 32 ? 2 : 4;
   const int64_t rows = 16 * l.warps;
   l.stages = L > rows ? 2 : 1;
   l.smem = static_cast<size_t>(rows * (l.kd + 8) * 2 * (1 + 2 * l.stages));
   l.nblk = (L + rows - 1) / rows;
-  const int64_t items = l.packed ? (seq_count(p) + 1) / 2 : seq_count(p) * l.nblk;
+  const int64_t items = l.pack > 0 ? (seq_count(p) + l.pack - 1) / l.pack : seq_count(p) * l.nblk;
   l.grid = std::min<int64_t>(items, int64_t(1) << 30);
   return l;
 }
@@ -559,7 +568,8 @@ using TcKernel = void (*)(const SpatialParams, const int64_t, const int);
 
 template <typename T, int kD>
 TcKernel<T> tc_kernel_for(const TcLaunch& l) {
-  if (l.packed) return temporal_fwd_tc_packed_kernel<T, kD>;
+  if (l.pack == 2) return temporal_fwd_tc_packed_kernel<T, kD, 2>;
+  if (l.pack == 1) return temporal_fwd_tc_packed_kernel<T, kD, 1>;
   return l.warps == 1 ? flash_fwd_tc_kernel<T, kD, 1> : l.warps == 2 ? flash_fwd_tc_kernel<T, kD, 2>
                                                                       : flash_fwd_tc_kernel<T, kD, 4>;
 }

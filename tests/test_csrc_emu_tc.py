@@ -6,7 +6,7 @@ joint attention: every launch shape (1, 2 and 4 warps; one or two K/V stages; se
 every layout, causal and frame_lens, head dims padded to 32/64/96/128/160. The checks are those of
 the scalar kernels' emulation tests (out, lse, padded rows exactly 0, lse of rows without keys,
 NaN-poisoned outputs), and the backward that follows reads this forward's lse. Each case asserts
-which kernel ran (emu_last_tc: 1 flash_fwd_tc_kernel, 2 temporal_fwd_tc_packed_kernel for T <= 8),
+which kernel ran (emu_last_tc: 1 flash_fwd_tc_kernel, 2 temporal_fwd_tc_packed_kernel for T <= 16),
 and the cases it must not take fall back to the scalar kernels (0).
 """
 
@@ -70,11 +70,11 @@ def test_temporal_packed_shapes(tc, shape, dtype):
 
 @pytest.mark.parametrize("dtype", HALF, ids=_ids)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_temporal_one_warp(tc, layout, dtype):
-    """T=13 in one warp (16 rows, one 16-key tile), every layout and mask."""
+def test_temporal_one_group_per_warp(tc, layout, dtype):
+    """T=13: one group per warp (rows t, one 16-key tile), every layout and mask."""
     for causal, lens in MASKS:
         _check_emulated(tc, (2, 13, 3, 1, 40), layout, causal, lens, dtype)
-        assert tc.emu_last_tc() == FLASH
+        assert tc.emu_last_tc() == PACKED
 
 
 @pytest.mark.parametrize(
@@ -83,15 +83,16 @@ def test_temporal_one_warp(tc, layout, dtype):
         ((2, 20, 2, 1, 72), torch.bfloat16),  # 2 warps, head dim 96
         ((1, 40, 2, 1, 16), torch.float16),  # 4 warps, one tile, head dim 32
         ((1, 70, 1, 2, 64), torch.bfloat16),  # 2 row blocks x 2 key tiles, 2 stages
-        ((1, 9, 1, 1, 160), torch.float16),  # head dim 160
-        ((2, 16, 1, 1, 128), torch.bfloat16),  # exactly one 16-row block
+        ((1, 9, 1, 1, 160), torch.float16),  # one group per warp, head dim 160
+        ((2, 16, 1, 1, 128), torch.bfloat16),  # one group per warp, 16 frames
+        ((1, 17, 2, 1, 64), torch.float16),  # 2 warps, one tile
     ],
     ids=_ids,
 )
 def test_temporal_shapes(tc, shape, dtype):
     for causal, lens in ((False, False), (True, True)):
         _check_emulated(tc, shape, "packed_tn", causal, lens, dtype)
-        assert tc.emu_last_tc() == FLASH
+        assert tc.emu_last_tc() == (PACKED if shape[1] <= 16 else FLASH)
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=_ids)
@@ -135,6 +136,8 @@ def test_grid_stride(tc):
     _check_emulated(tc, (3, 8, 5, 2, 64), "packed_nt", True, True, torch.bfloat16, max_grid=2)
     assert tc.emu_last_tc() == PACKED
     _check_emulated(tc, (3, 12, 5, 1, 64), "packed_nt", True, True, torch.float16, max_grid=2)
+    assert tc.emu_last_tc() == PACKED
+    _check_emulated(tc, (2, 40, 3, 1, 32), "packed_nt", True, True, torch.float16, max_grid=2)
     assert tc.emu_last_tc() == FLASH
     check_joint(tc, (2, 3, 30, 1, 32), "packed_tn", torch.float16, True, True, max_grid=3)
     assert tc.emu_last_tc() == FLASH

@@ -287,7 +287,7 @@ void run_grid(Kernel kernel, const tk::AttnParams& p, const td::Launch& l, int64
 // device (off by default: the scalar kernels' tests keep their launch shapes), and whether the
 // last forward did.
 int g_use_tc = 0;
-int g_last_tc = 0;  // 0: scalar kernel, 1: flash_fwd_tc_kernel, 2: temporal_fwd_tc_packed_kernel
+int g_last_tc = 0;  // 0: scalar kernel, 1: flash_fwd_tc_kernel, 2: temporal_fwd_tc_packed_kernel (T <= 16)
 
 extern "C" void emu_set_tc(int on) { g_use_tc = on; }
 extern "C" int emu_last_tc() { return g_last_tc; }
@@ -305,7 +305,7 @@ bool run_tc(const tk::SpatialParams& p, int64_t max_grid) {
     const int64_t grid = max_grid > 0 ? std::min(l.grid, max_grid) : l.grid;
     const td::TcKernel<T> kernel = td::tc_kernel<T>(l);
     run_blocks(grid, l.smem, [&] { kernel(p, l.nblk, l.stages); }, l.warps * 32);
-    g_last_tc = l.packed ? 2 : 1;
+    g_last_tc = l.pack > 0 ? 2 : 1;
   }
   return true;
 }
