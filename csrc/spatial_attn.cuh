@@ -5,8 +5,10 @@
 // with a CLS token, token N is the CLS token, read from its own [B, H, D] pointer as query and as
 // key, its output going to cls_out[b, t, h]) or of one (b, h) for joint attention (token i is
 // (frame i / N, patch i % N); frame-causal masking compares i / N, frame_lens cuts the sequence
-// at frame_lens[b] * N: later rows output 0 and are never keys). Tokens are addressed through
-// the per-axis (b, t, n, h, d) strides of params.h, so any layout is read in place.
+// at frame_lens[b] * N: later rows output 0 and are never keys). flash_tc.cuh's tensor-core
+// forward also walks temporal sequences (SeqMode::kTemporal: token i is frame i of one (b, n, h),
+// Seq.n the patch). Tokens are addressed through the per-axis (b, t, n, h, d) strides of
+// params.h, so any layout is read in place.
 //
 // A block of 256 threads owns one row block of one sequence: R rows of S lanes, the S lanes
 // splitting the head dim into 8-element chunks (S * 8 >= D, S a power of two, R = 256 / S).
