@@ -5,9 +5,11 @@
 // key_end, stat_view), so this kernel computes exactly what spatial_fwd_kernel and
 // temporal_fwd_kernel compute, with the products on the tensor cores.
 //
-// A block of kWarps warps owns 16 * kWarps query rows of one sequence, each warp 16 of them; the
-// block walks the keys in tiles of 16 * kWarps tokens: kWarps = 1 serves T <= 16 (one warp per
-// (b, n, h), no lane idle on the TimeSformer shapes), 2 serves T <= 32, 4 everything longer.
+// flash_fwd_tc_kernel: a block of kWarps warps owns 16 * kWarps query rows of one sequence, each
+// warp 16 of them; the block walks the keys in tiles of 16 * kWarps tokens (kWarps = 1 for
+// sequences of up to 16 tokens, 2 up to 32, 4 beyond). Temporal attention with T <= 16 runs
+// temporal_fwd_tc_packed_kernel instead: one warp per (b, n, h) group, two groups per warp when
+// T <= 8, without the sequence machinery (the memory-bound TimeSformer shapes).
 // Q, K and V reach shared memory by 16-byte cp.async (zero-filled past the sequence and the head
 // dim), two K/V stages when the sequence has more than one tile; rows are padded by 16 bytes so
 // the ldmatrix row addresses of one 8x8 matrix fall in different banks. Per tile: S = Q K^T by
@@ -19,8 +21,8 @@
 // (natural log; a row that sees no key: -inf for temporal, +inf for spatial/joint).
 //
 // Applies (flash_tc_applies) to 16-bit inputs whose rows are 16-byte aligned (vec16) with
-// D % 8 == 0 and D <= 160 (padded to 32, 64, 96, 128 or 160); everything else runs the scalar
-// kernels. The CPU CI runs this source through tests/csrc_emu/ (ldmatrix, mma.sync and cp.async
+// D % 8 == 0 and D <= 160 (padded to 32, 64, 96, 128 or 160); everything else, and every
+// backward, runs the scalar kernels. The CPU CI runs this source through tests/csrc_emu/ (ldmatrix, mma.sync and cp.async
 // emulated per warp).
 #pragma once
 
@@ -100,12 +102,6 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
 template <int kD>
 constexpr int tc_row() {
   return kD + 8;
-}
-
-// Shared memory of one launch: the Q rows and `stages` K and V tiles.
-template <int kD, int kWarps>
-constexpr int64_t tc_smem_bytes(int stages) {
-  return int64_t(16 * kWarps) * tc_row<kD>() * 2 * (1 + 2 * stages);
 }
 
 // The rows of one token tensor of one sequence: token j's row without spatial_attn.cuh's 64-bit
