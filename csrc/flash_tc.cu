@@ -1,7 +1,7 @@
-// Launcher of the tensor-core flash forward (flash_tc.cuh), called first by the forward
+// Launchers of the tensor-core flash forward and backward (flash_tc.cuh), called first by the
 // launchers of temporal_attn.cu and spatial_attn.cu: dtype and instantiation dispatch, shared
 // memory opt-in past 48 KiB, current stream (the caller holds the device guard), launch check.
-// TEMPORAL_KERNELS_CUDA_TC=0 turns it off (the scalar kernels then run every forward), for A/B
+// TEMPORAL_KERNELS_CUDA_TC=0 turns both off (the scalar kernels then run every pass), for A/B
 // runs and as a fallback.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -11,6 +11,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "flash_tc.cuh"
 
@@ -39,7 +40,35 @@ bool launch_fwd(const SpatialParams& p, cudaStream_t stream) {
   return true;
 }
 
+template <typename T>
+bool launch_bwd(const SpatialParams& p, cudaStream_t stream) {
+  if (!detail::flash_tc_bwd_applies<T>(p) || !tc_enabled()) return false;
+  if constexpr (detail::kTcDtype<T>) {
+    const detail::TcBwdLaunch l = detail::tc_bwd_launch<T>(p);
+    if (l.grid == 0) return true;
+    // dQ first: it writes the delta scratch that the dK/dV kernel reads (same stream, in order).
+    const std::pair<detail::TcKernel<void>, size_t> kernels[2] = {{l.dq, l.smem_dq}, {l.dkdv, l.smem_dkdv}};
+    for (const auto& [kernel, smem] : kernels) {
+      if (smem > 48 * 1024) {
+        C10_CUDA_CHECK(
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+      }
+      kernel<<<static_cast<unsigned>(l.grid), l.warps * 32, smem, stream>>>(p, l.nblk, l.stages);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  }
+  return true;
+}
+
 }  // namespace
+
+bool flash_tc_bwd(const SpatialParams& p, DType dtype, void* stream) {
+  bool launched = false;
+  detail::dispatch_dtype(dtype, [&](auto tag) {
+    launched = launch_bwd<typename decltype(tag)::type>(p, static_cast<cudaStream_t>(stream));
+  });
+  return launched;
+}
 
 bool flash_tc_fwd(const SpatialParams& p, DType dtype, void* stream) {
   bool launched = false;

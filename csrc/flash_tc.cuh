@@ -514,6 +514,345 @@ __global__ void __launch_bounds__(32, tc_min_blocks<kD, 1>())
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Backward (head dims up to 64): FlashAttention-2's two passes on the tensor cores, over the same
+// sequences and masks as the forward. delta = rowsum(P * dP) stays exact in 16-bit, as in the
+// scalar kernels: the dQ kernel sums it in fp32 from the recomputed P and dP in a first loop over
+// the keys, writes it to the delta scratch, and only then forms dS = P (dP - delta) (rounded to
+// the input dtype for the products) in a second loop. The dK/dV kernel reads lse and delta per
+// query. The CLS token's rows go to the per-frame partial buffers (compute dtype) that
+// spatial_cls_sum_kernel sums over frames.
+
+// acc[kNT][4] += A B^T: a holds the A fragments of the warp's 16 rows (kD columns), b_rows the
+// 8 kNT rows of B (kD columns) in shared memory (S = Q K^T, dP = dO V^T, their transposes).
+template <typename T, int kD, int kNT>
+__device__ __forceinline__ void tc_gemm_abt(float (&acc)[kNT][4], const uint32_t (&a)[kD / 16][4], const T* b_rows) {
+  constexpr int kRow = tc_row<kD>();
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk) {
+#pragma unroll
+    for (int np = 0; np < kNT / 2; ++np) {
+      uint32_t bf[4];
+      ldsm_x4(bf, b_rows + (np * 16 + (lane % 8) + 8 * (lane / 16)) * kRow + kk * 16 + 8 * ((lane / 8) % 2));
+      const uint32_t b0[2] = {bf[0], bf[1]}, b1[2] = {bf[2], bf[3]};
+      mma_16816<T>(acc[2 * np], a[kk], b0);
+      mma_16816<T>(acc[2 * np + 1], a[kk], b1);
+    }
+  }
+}
+
+// acc[kD / 8][4] += X B: x holds a 16 x 8 kNT product in accumulator layout (rounded to T here),
+// b_rows its 8 kNT rows of B (kD columns) in shared memory (O = P V, dV = P^T dO, dQ = dS K,
+// dK = dS^T Q).
+template <typename T, int kD, int kNT>
+__device__ __forceinline__ void tc_gemm_xb(float (&acc)[kD / 8][4], const float (&x)[kNT][4], const T* b_rows) {
+  constexpr int kRow = tc_row<kD>();
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int kk = 0; kk < kNT / 2; ++kk) {
+    const uint32_t xa[4] = {pack2<T>(x[2 * kk][0], x[2 * kk][1]), pack2<T>(x[2 * kk][2], x[2 * kk][3]),
+                            pack2<T>(x[2 * kk + 1][0], x[2 * kk + 1][1]),
+                            pack2<T>(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+#pragma unroll
+    for (int dp = 0; dp < kD / 16; ++dp) {
+      uint32_t bf[4];
+      ldsm_x4_trans(bf, b_rows + (kk * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kRow + dp * 16 + 8 * (lane / 16));
+      const uint32_t b0[2] = {bf[0], bf[1]}, b1[2] = {bf[2], bf[3]};
+      mma_16816<T>(acc[2 * dp], xa, b0);
+      mma_16816<T>(acc[2 * dp + 1], xa, b1);
+    }
+  }
+}
+
+// The A fragments of 16 rows in shared memory.
+template <typename T, int kD>
+__device__ __forceinline__ void tc_load_a(uint32_t (&a)[kD / 16][4], const T* rows) {
+  constexpr int kRow = tc_row<kD>();
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk) {
+    ldsm_x4(a[kk], rows + ((lane % 8) + 8 * ((lane / 8) % 2)) * kRow + kk * 16 + 8 * (lane / 16));
+  }
+}
+
+template <int kN, int kM>
+__device__ __forceinline__ void tc_zero(float (&x)[kN][kM]) {
+#pragma unroll
+  for (int i = 0; i < kN; ++i) {
+#pragma unroll
+    for (int j = 0; j < kM; ++j) x[i][j] = 0.f;
+  }
+}
+
+// Writes the warp's 16 rows [row0, row0 + 16) of acc * mul: patch rows (< L, not the CLS token)
+// to dst in T through the warp's 16 staging rows (16-byte stores), the CLS row in float to
+// cls_part (D values).
+template <typename T, int kD>
+__device__ __forceinline__ void tc_store_rows(const float (&acc)[kD / 8][4], float mul, T* stage,
+                                              const TcRows<T*>& dst, int64_t row0, int64_t L, float* cls_part,
+                                              int64_t D) {
+  constexpr int kRow = tc_row<kD>();
+  constexpr int kChunks = kD / 8;
+  const int lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    T* srow = stage + (g + 8 * h) * kRow + 2 * tq;
+    const bool cls_row = row0 + g + 8 * h == dst.cls_token;
+#pragma unroll
+    for (int dt = 0; dt < kD / 8; ++dt) {
+      const float x0 = acc[dt][2 * h] * mul, x1 = acc[dt][2 * h + 1] * mul;
+      *reinterpret_cast<uint32_t*>(srow + dt * 8) = pack2<T>(x0, x1);
+      const int d = dt * 8 + 2 * tq;
+      if (cls_row && d < D) {
+        cls_part[d] = x0;
+        if (d + 1 < D) cls_part[d + 1] = x1;
+      }
+    }
+  }
+  __syncwarp();
+  for (int c = lane; c < 16 * kChunks; c += 32) {
+    const int r = c / kChunks, ch = c % kChunks;
+    const int64_t i = row0 + r;
+    if (i < L && i != dst.cls_token && ch * 8 < D) {
+      *reinterpret_cast<uint4*>(dst.row(i) + ch * 8) = *reinterpret_cast<const uint4*>(stage + r * kRow + ch * 8);
+    }
+  }
+}
+
+// delta and dQ of 16 * kWarps query rows, in two loops over the key tiles (see above).
+template <typename T, int kD, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32) flash_bwd_dq_tc_kernel(const SpatialParams p, const int64_t nblk, const int stages) {
+  constexpr int kM = 16 * kWarps;
+  constexpr int kRow = tc_row<kD>();
+  constexpr int kNT = kM / 8;
+  constexpr int kDT = kD / 8;
+  T* q_s = reinterpret_cast<T*>(dynamic_smem());  // [kM, kRow]; at the end, the dQ rows
+  T* do_s = q_s + kM * kRow;                       // [kM, kRow]
+  T* k_s = do_s + kM * kRow;                       // [stages, kM, kRow]
+  T* v_s = k_s + stages * kM * kRow;               // [stages, kM, kRow]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, tq = lane % 4;
+  const BwdInputs<T> in = bwd_inputs<T>(p);
+  const float qk_scale = static_cast<float>(in.qk_scale), log2e = static_cast<float>(in.log2e);
+  float* delta = static_cast<float*>(p.delta);
+  float* delta_cls = static_cast<float*>(p.delta_cls);
+  const int64_t total = n_seqs(p) * nblk;
+
+  for (int64_t w = blockIdx.x; w < total; w += gridDim.x) {
+    const int64_t seq = div_fast(w, nblk);
+    const Seq s = seq_of(p, seq);
+    const int64_t i0 = (w - seq * nblk) * kM;
+    const ClsRows<T> cls = cls_rows<T>(p, s);
+    const StatView sv = stat_view(p, s);
+    const TcRows<const T*> q_rows = tc_rows(p, in.q, p.q_stride, cls.q, s);
+    const TcRows<const T*> do_rows = tc_rows(p, in.dout, p.dout_stride, cls.dout, s);
+    const TcRows<const T*> k_rows = tc_rows(p, in.k, p.k_stride, cls.k, s);
+    const TcRows<const T*> v_rows = tc_rows(p, in.v, p.v_stride, cls.v, s);
+    const int64_t last = min(i0 + kM, s.valid) - 1;
+    const int64_t blk_end = last >= i0 ? key_end(p, s, last) : 0;
+    const int64_t n_tiles = (blk_end + kM - 1) / kM;
+
+    int64_t row_end[2];
+    float lse2[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t i = i0 + warp * 16 + g + 8 * r;
+      const bool live = i < s.valid;
+      row_end[r] = live ? key_end(p, s, i) : 0;
+      lse2[r] = live && row_end[r] > 0 ? stat_at(in.lse, in.lse_cls, sv, s, i) * log2e : 0.f;
+    }
+
+    __syncthreads();  // the previous work item's dQ rows have been written out
+    tc_stage<T, kD, kWarps>(q_s, q_rows, i0, s.valid, p.D);
+    tc_stage<T, kD, kWarps>(do_s, do_rows, i0, s.valid, p.D);
+    cp_async_commit();
+    uint32_t qf[kD / 16][4], dof[kD / 16][4];
+    float dlt[2] = {0.f, 0.f};  // this lane's part of delta, then the row's delta
+    float dq[kDT][4];
+    tc_zero(dq);
+
+    // Loop 0 sums delta; loop 1 accumulates dQ with it.
+    for (int pass = 0; pass < 2; ++pass) {
+      if (n_tiles > 0) {
+        tc_stage<T, kD, kWarps>(k_s, k_rows, 0, blk_end, p.D);
+        tc_stage<T, kD, kWarps>(v_s, v_rows, 0, blk_end, p.D);
+      }
+      cp_async_commit();
+      for (int64_t t = 0; t < n_tiles; ++t) {
+        if (t + 1 < n_tiles) {
+          const int nb = static_cast<int>((t + 1) % stages);
+          tc_stage<T, kD, kWarps>(k_s + nb * kM * kRow, k_rows, (t + 1) * kM, blk_end, p.D);
+          tc_stage<T, kD, kWarps>(v_s + nb * kM * kRow, v_rows, (t + 1) * kM, blk_end, p.D);
+          cp_async_commit();
+          cp_async_wait<1>();
+        } else {
+          cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (pass == 0 && t == 0) {
+          tc_load_a<T, kD>(qf, q_s + warp * 16 * kRow);
+          tc_load_a<T, kD>(dof, do_s + warp * 16 * kRow);
+        }
+        const T* kb = k_s + (t % stages) * kM * kRow;
+        const T* vb = v_s + (t % stages) * kM * kRow;
+        float sc[kNT][4], dp[kNT][4];
+        tc_zero(sc);
+        tc_zero(dp);
+        tc_gemm_abt<T, kD, kNT>(sc, qf, kb);
+        tc_gemm_abt<T, kD, kNT>(dp, dof, vb);
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int64_t j = t * kM + nt * 8 + 2 * tq + (e % 2);
+            const float pr = j < row_end[e / 2] ? exp2f(sc[nt][e] * qk_scale - lse2[e / 2]) : 0.f;
+            if (pass == 0) {
+              dlt[e / 2] += pr * dp[nt][e];
+            } else {
+              sc[nt][e] = pr * (dp[nt][e] - dlt[e / 2]);  // dS
+            }
+          }
+        }
+        if (pass == 1) tc_gemm_xb<T, kD, kNT>(dq, sc, kb);
+        __syncthreads();  // this stage's buffers are refilled two tiles later
+      }
+      cp_async_wait<0>();
+      __syncthreads();
+      if (pass == 0) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          dlt[r] += __shfl_xor_sync(0xffffffffu, dlt[r], 1);
+          dlt[r] += __shfl_xor_sync(0xffffffffu, dlt[r], 2);
+          const int64_t i = i0 + warp * 16 + g + 8 * r;
+          if (tq == 0 && i < s.L) *stat_ptr(delta, delta_cls, sv, s, i) = dlt[r];
+        }
+      }
+    }
+
+    float* cls_part = p.has_cls ? static_cast<float*>(p.dq_cls_part) + cls_part_off(p, s) : nullptr;
+    const TcRows<T*> dq_rows = tc_rows(p, static_cast<T*>(p.dq), p.dq_stride, static_cast<T*>(nullptr), s);
+    tc_store_rows<T, kD>(dq, static_cast<float>(in.scale), q_s + warp * 16 * kRow, dq_rows, i0 + warp * 16, s.L,
+                         cls_part, p.D);
+  }
+}
+
+// dK and dV of 16 * kWarps key rows, in one loop over the query tiles that see them.
+template <typename T, int kD, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32) flash_bwd_dkdv_tc_kernel(const SpatialParams p, const int64_t nblk, const int stages) {
+  constexpr int kM = 16 * kWarps;
+  constexpr int kRow = tc_row<kD>();
+  constexpr int kNT = kM / 8;
+  constexpr int kDT = kD / 8;
+  T* k_s = reinterpret_cast<T*>(dynamic_smem());  // [kM, kRow]; at the end, the dK rows
+  T* v_s = k_s + kM * kRow;                        // [kM, kRow]; at the end, the dV rows
+  T* q_s = v_s + kM * kRow;                        // [stages, kM, kRow]
+  T* do_s = q_s + stages * kM * kRow;              // [stages, kM, kRow]
+  float* lse2_s = reinterpret_cast<float*>(do_s + stages * kM * kRow);  // [stages, kM]
+  float* dlt_s = lse2_s + stages * kM;                                  // [stages, kM]
+  int* kend_s = reinterpret_cast<int*>(dlt_s + stages * kM);            // [stages, kM]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, tq = lane % 4;
+  const BwdInputs<T> in = bwd_inputs<T>(p);
+  const float qk_scale = static_cast<float>(in.qk_scale), log2e = static_cast<float>(in.log2e);
+  const float* delta = static_cast<const float*>(p.delta);
+  const float* delta_cls = static_cast<const float*>(p.delta_cls);
+  const int64_t total = n_seqs(p) * nblk;
+
+  for (int64_t w = blockIdx.x; w < total; w += gridDim.x) {
+    const int64_t seq = div_fast(w, nblk);
+    const Seq s = seq_of(p, seq);
+    const int64_t j0 = (w - seq * nblk) * kM;
+    const ClsRows<T> cls = cls_rows<T>(p, s);
+    const StatView sv = stat_view(p, s);
+    const TcRows<const T*> q_rows = tc_rows(p, in.q, p.q_stride, cls.q, s);
+    const TcRows<const T*> do_rows = tc_rows(p, in.dout, p.dout_stride, cls.dout, s);
+    const TcRows<const T*> k_rows = tc_rows(p, in.k, p.k_stride, cls.k, s);
+    const TcRows<const T*> v_rows = tc_rows(p, in.v, p.v_stride, cls.v, s);
+    // Queries that see a key of the block: from the first key's first query to the last valid row.
+    const bool any_key = j0 < s.valid;
+    const int64_t t_first = any_key ? query_begin(p, s, j0) / kM : 0;
+    const int64_t t_end = any_key ? (s.valid + kM - 1) / kM : 0;
+
+    auto stage_queries = [&](int64_t t, int buf) {
+      const int64_t r0 = t * kM;
+      tc_stage<T, kD, kWarps>(q_s + buf * kM * kRow, q_rows, r0, s.valid, p.D);
+      tc_stage<T, kD, kWarps>(do_s + buf * kM * kRow, do_rows, r0, s.valid, p.D);
+      for (int c = threadIdx.x; c < kM; c += kWarps * 32) {
+        const int64_t i = r0 + c;
+        const bool live = i < s.valid;
+        const int64_t end = live ? key_end(p, s, i) : 0;
+        kend_s[buf * kM + c] = static_cast<int>(end);
+        lse2_s[buf * kM + c] = end > 0 ? stat_at(in.lse, in.lse_cls, sv, s, i) * log2e : 0.f;
+        dlt_s[buf * kM + c] = end > 0 ? stat_at(delta, delta_cls, sv, s, i) : 0.f;
+      }
+    };
+
+    __syncthreads();  // the previous work item's dK/dV rows have been written out
+    tc_stage<T, kD, kWarps>(k_s, k_rows, j0, s.valid, p.D);
+    tc_stage<T, kD, kWarps>(v_s, v_rows, j0, s.valid, p.D);
+    if (t_first < t_end) stage_queries(t_first, 0);
+    cp_async_commit();
+    uint32_t kf[kD / 16][4], vf[kD / 16][4];
+    float dk[kDT][4], dv[kDT][4];
+    tc_zero(dk);
+    tc_zero(dv);
+    const int64_t key0 = j0 + warp * 16;  // this warp's first key
+
+    for (int64_t t = t_first; t < t_end; ++t) {
+      const int buf = static_cast<int>((t - t_first) % stages);
+      if (t + 1 < t_end) {
+        stage_queries(t + 1, static_cast<int>((t + 1 - t_first) % stages));
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+      if (t == t_first) {
+        tc_load_a<T, kD>(kf, k_s + warp * 16 * kRow);
+        tc_load_a<T, kD>(vf, v_s + warp * 16 * kRow);
+      }
+      const T* qb = q_s + buf * kM * kRow;
+      const T* dob = do_s + buf * kM * kRow;
+      const float* lse2_b = lse2_s + buf * kM;
+      const float* dlt_b = dlt_s + buf * kM;
+      const int* kend_b = kend_s + buf * kM;
+      float st[kNT][4], dpt[kNT][4];  // S^T, dP^T: this warp's 16 keys x the tile's kM queries
+      tc_zero(st);
+      tc_zero(dpt);
+      tc_gemm_abt<T, kD, kNT>(st, kf, qb);
+      tc_gemm_abt<T, kD, kNT>(dpt, vf, dob);
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int c = nt * 8 + 2 * tq + (e % 2);  // the query column
+          const int64_t j = key0 + g + 8 * (e / 2);
+          const float pr = j < kend_b[c] ? exp2f(st[nt][e] * qk_scale - lse2_b[c]) : 0.f;
+          st[nt][e] = pr;
+          dpt[nt][e] = pr * (dpt[nt][e] - dlt_b[c]);  // dS^T
+        }
+      }
+      tc_gemm_xb<T, kD, kNT>(dv, st, dob);
+      tc_gemm_xb<T, kD, kNT>(dk, dpt, qb);
+      __syncthreads();  // this stage's buffers are refilled two tiles later
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    const int64_t part = p.has_cls ? cls_part_off(p, s) : 0;
+    float* dk_part = p.has_cls ? static_cast<float*>(p.dk_cls_part) + part : nullptr;
+    float* dv_part = p.has_cls ? static_cast<float*>(p.dv_cls_part) + part : nullptr;
+    const TcRows<T*> dk_rows = tc_rows(p, static_cast<T*>(p.dk), p.dk_stride, static_cast<T*>(nullptr), s);
+    const TcRows<T*> dv_rows = tc_rows(p, static_cast<T*>(p.dv), p.dv_stride, static_cast<T*>(nullptr), s);
+    tc_store_rows<T, kD>(dk, static_cast<float>(in.scale), k_s + warp * 16 * kRow, dk_rows, key0, s.L, dk_part, p.D);
+    tc_store_rows<T, kD>(dv, 1.f, v_s + warp * 16 * kRow, dv_rows, key0, s.L, dv_part, p.D);
+  }
+}
+
 // Host side: whether the kernel applies, and its launch.
 template <typename T>
 constexpr bool kTcDtype = false;
@@ -568,6 +907,51 @@ TcKernel<T> tc_kernel_for(const TcLaunch& l) {
   if (l.pack == 1) return temporal_fwd_tc_packed_kernel<T, kD, 1>;
   return l.warps == 1 ? flash_fwd_tc_kernel<T, kD, 1> : l.warps == 2 ? flash_fwd_tc_kernel<T, kD, 2>
                                                                       : flash_fwd_tc_kernel<T, kD, 4>;
+}
+
+// The backward (head dims up to 64): the flash kernels' shapes for every sequence length.
+constexpr int64_t kTcBwdMaxHeadDim = 64;
+
+template <typename T>
+bool flash_tc_bwd_applies(const SpatialParams& p) {
+  return flash_tc_applies<T>(p) && p.D <= kTcBwdMaxHeadDim;
+}
+
+struct TcBwdLaunch {
+  int kd, warps, stages;
+  size_t smem_dq, smem_dkdv;
+  int64_t nblk, grid;
+  TcKernel<void> dq, dkdv;
+};
+
+template <typename T, int kD, int kWarps>
+void tc_bwd_kernels(TcBwdLaunch& l) {
+  l.dq = flash_bwd_dq_tc_kernel<T, kD, kWarps>;
+  l.dkdv = flash_bwd_dkdv_tc_kernel<T, kD, kWarps>;
+}
+
+template <typename T>
+TcBwdLaunch tc_bwd_launch(const SpatialParams& p) {
+  TcBwdLaunch l;
+  const int64_t L = seq_len(p);
+  l.kd = p.D <= 32 ? 32 : 64;
+  l.warps = L <= 16 ? 1 : L <= 32 ? 2 : 4;
+  const int64_t rows = 16 * l.warps;
+  l.stages = L > rows ? 2 : 1;
+  const int64_t tile = rows * (l.kd + 8) * 2;
+  l.smem_dq = static_cast<size_t>(tile * (2 + 2 * l.stages));
+  l.smem_dkdv = static_cast<size_t>(tile * (2 + 2 * l.stages) + l.stages * rows * 12);
+  l.nblk = (L + rows - 1) / rows;
+  l.grid = std::min<int64_t>(seq_count(p) * l.nblk, int64_t(1) << 30);
+  l.dq = l.dkdv = nullptr;
+  if constexpr (kTcDtype<T>) {
+    if (l.kd == 32) {
+      l.warps == 1 ? tc_bwd_kernels<T, 32, 1>(l) : l.warps == 2 ? tc_bwd_kernels<T, 32, 2>(l) : tc_bwd_kernels<T, 32, 4>(l);
+    } else {
+      l.warps == 1 ? tc_bwd_kernels<T, 64, 1>(l) : l.warps == 2 ? tc_bwd_kernels<T, 64, 2>(l) : tc_bwd_kernels<T, 64, 4>(l);
+    }
+  }
+  return l;
 }
 
 template <typename T>

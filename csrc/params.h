@@ -107,5 +107,8 @@ void spatial_attn_bwd(const SpatialParams& p, DType dtype, void* stream);
 // The tensor-core forward of flash_tc.cuh for any SeqMode. Returns false, launching nothing,
 // where it does not apply (see flash_tc_applies); the caller then runs its own forward kernel.
 bool flash_tc_fwd(const SpatialParams& p, DType dtype, void* stream);
+// Its backward (head dims up to 64): dQ and delta, then dK/dV (the caller still sums the CLS
+// partial gradients). Returns false, launching nothing, where it does not apply.
+bool flash_tc_bwd(const SpatialParams& p, DType dtype, void* stream);
 
 }  // namespace temporal_kernels

@@ -39,6 +39,15 @@ void launch_fwd(const SpatialParams& p, cudaStream_t stream) {
 }
 
 template <typename T>
+void launch_cls_sum(const SpatialParams& p, cudaStream_t stream) {
+  const int64_t sgrid = detail::cls_sum_grid(p);
+  if (p.has_cls && sgrid > 0) {
+    detail::spatial_cls_sum_kernel<T><<<static_cast<unsigned>(sgrid), detail::kThreads, 0, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+template <typename T>
 void launch_bwd(const SpatialParams& p, cudaStream_t stream) {
   // dQ first: it writes the delta scratch that the dK/dV pass reads (same stream, in order).
   const detail::SpatialLaunch lq = detail::spatial_fwd_launch<T>(p);
@@ -53,11 +62,7 @@ void launch_bwd(const SpatialParams& p, cudaStream_t stream) {
         <<<static_cast<unsigned>(lkv.grid), detail::kThreads, lkv.smem, stream>>>(p, lkv.sh, lkv.nblk);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  const int64_t sgrid = detail::cls_sum_grid(p);
-  if (p.has_cls && sgrid > 0) {
-    detail::spatial_cls_sum_kernel<T><<<static_cast<unsigned>(sgrid), detail::kThreads, 0, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  launch_cls_sum<T>(p, stream);
 }
 
 }  // namespace
@@ -70,6 +75,10 @@ void spatial_attn_fwd(const SpatialParams& p, DType dtype, void* stream) {
 
 void spatial_attn_bwd(const SpatialParams& p, DType dtype, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
+  if (flash_tc_bwd(p, dtype, stream)) {  // 16-bit aligned inputs, D <= 64: the tensor-core backward
+    detail::dispatch_dtype(dtype, [&](auto tag) { launch_cls_sum<typename decltype(tag)::type>(p, s); });
+    return;
+  }
   detail::dispatch_dtype(dtype, [&](auto tag) { launch_bwd<typename decltype(tag)::type>(p, s); });
 }
 

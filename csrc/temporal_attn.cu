@@ -40,6 +40,10 @@ void temporal_attn_fwd(const AttnParams& p, DType dtype, void* stream) {
 
 void temporal_attn_bwd(const AttnParams& p, DType dtype, void* stream) {
   if (p.B * p.N * p.H * p.T == 0) return;
+  SpatialParams sp;
+  static_cast<AttnParams&>(sp) = p;
+  sp.mode = SeqMode::kTemporal;
+  if (flash_tc_bwd(sp, dtype, stream)) return;
   auto s = static_cast<cudaStream_t>(stream);
   detail::dispatch_dtype(dtype, [&](auto tag) { launch_bwd<typename decltype(tag)::type>(p, s); });
 }

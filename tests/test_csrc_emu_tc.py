@@ -25,6 +25,12 @@ HALF = (torch.float16, torch.bfloat16)
 SCALAR, FLASH, PACKED = 0, 1, 2
 
 
+def _ran(tc, forward, D):
+    """The forward kernel that ran, and the tensor-core backward wherever it applies (D <= 64)."""
+    assert tc.emu_last_tc() == forward
+    assert tc.emu_last_tc_bwd() == int(forward != SCALAR and D <= 64)
+
+
 @pytest.fixture
 def tc(emu):
     """The emulator with flash_tc_fwd's dispatch on (as on the device), off again afterwards."""
@@ -49,7 +55,7 @@ def test_temporal_packed(tc, layout, dtype):
     """T=7: two (b, n, h) groups per warp (rows 8 s + t), every layout and mask."""
     for causal, lens in MASKS:
         _check_emulated(tc, (2, 7, 3, 2, 40), layout, causal, lens, dtype)
-        assert tc.emu_last_tc() == PACKED
+        _ran(tc, PACKED, 40)
 
 
 @pytest.mark.parametrize(
@@ -65,7 +71,7 @@ def test_temporal_packed(tc, layout, dtype):
 def test_temporal_packed_shapes(tc, shape, dtype):
     for causal, lens in ((False, False), (True, True)):
         _check_emulated(tc, shape, "packed_nt", causal, lens, dtype)
-        assert tc.emu_last_tc() == PACKED
+        _ran(tc, PACKED, shape[4])
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=_ids)
@@ -74,7 +80,7 @@ def test_temporal_one_group_per_warp(tc, layout, dtype):
     """T=13: one group per warp (rows t, one 16-key tile), every layout and mask."""
     for causal, lens in MASKS:
         _check_emulated(tc, (2, 13, 3, 1, 40), layout, causal, lens, dtype)
-        assert tc.emu_last_tc() == PACKED
+        _ran(tc, PACKED, 40)
 
 
 @pytest.mark.parametrize(
@@ -92,7 +98,7 @@ def test_temporal_one_group_per_warp(tc, layout, dtype):
 def test_temporal_shapes(tc, shape, dtype):
     for causal, lens in ((False, False), (True, True)):
         _check_emulated(tc, shape, "packed_tn", causal, lens, dtype)
-        assert tc.emu_last_tc() == (PACKED if shape[1] <= 16 else FLASH)
+        _ran(tc, (PACKED if shape[1] <= 16 else FLASH), shape[4])
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=_ids)
@@ -101,7 +107,7 @@ def test_temporal_shapes(tc, shape, dtype):
 def test_spatial(tc, layout, with_cls, dtype):
     """N=13 (+CLS: 14 tokens) in one warp; the CLS row's output and lse from the same launch."""
     check_spatial(tc, (2, 2, 13, 2, 40), layout, dtype, with_cls)
-    assert tc.emu_last_tc() == FLASH
+    _ran(tc, FLASH, 40)
 
 
 @pytest.mark.parametrize(
@@ -115,9 +121,9 @@ def test_spatial(tc, layout, with_cls, dtype):
 )
 def test_spatial_shapes(tc, shape, dtype):
     check_spatial(tc, shape, "packed_nt", dtype, True, scale=0.3)
-    assert tc.emu_last_tc() == FLASH
+    _ran(tc, FLASH, shape[4])
     check_spatial(tc, shape, "packed_tn", dtype, False)
-    assert tc.emu_last_tc() == FLASH
+    _ran(tc, FLASH, shape[4])
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=_ids)
@@ -126,33 +132,33 @@ def test_joint(tc, mask, dtype):
     """21 tokens (2 warps) and 90 tokens (2 row blocks x 2 key tiles, frames split across tiles)."""
     causal, lens = mask
     check_joint(tc, (3, 3, 7, 1, 40), "packed_nt", dtype, causal, lens)
-    assert tc.emu_last_tc() == FLASH
+    _ran(tc, FLASH, 40)
     check_joint(tc, (2, 3, 30, 1, 32), "packed_tn", dtype, causal, lens)
-    assert tc.emu_last_tc() == FLASH
+    _ran(tc, FLASH, 32)
 
 
 def test_grid_stride(tc):
     """A grid capped below the work items walks every one of them."""
     _check_emulated(tc, (3, 8, 5, 2, 64), "packed_nt", True, True, torch.bfloat16, max_grid=2)
-    assert tc.emu_last_tc() == PACKED
+    _ran(tc, PACKED, 64)
     _check_emulated(tc, (3, 12, 5, 1, 64), "packed_nt", True, True, torch.float16, max_grid=2)
-    assert tc.emu_last_tc() == PACKED
+    _ran(tc, PACKED, 64)
     _check_emulated(tc, (2, 40, 3, 1, 32), "packed_nt", True, True, torch.float16, max_grid=2)
-    assert tc.emu_last_tc() == FLASH
+    _ran(tc, FLASH, 32)
     check_joint(tc, (2, 3, 30, 1, 32), "packed_tn", torch.float16, True, True, max_grid=3)
-    assert tc.emu_last_tc() == FLASH
+    _ran(tc, FLASH, 32)
 
 
 def test_falls_back_where_it_does_not_apply(tc):
     """float32, D % 8 != 0, unaligned rows: the scalar kernels run (and pass the same checks)."""
     _check_emulated(tc, (2, 7, 3, 2, 40), "packed_tn", True, True, torch.float32)
-    assert tc.emu_last_tc() == SCALAR
+    _ran(tc, SCALAR, 40)
     _check_emulated(tc, (2, 7, 3, 2, 20), "packed_tn", True, True, torch.bfloat16)
-    assert tc.emu_last_tc() == SCALAR
+    _ran(tc, SCALAR, 20)
     _check_emulated(tc, (2, 7, 3, 2, 40), "packed_tn", True, True, torch.bfloat16, vec16=False)
-    assert tc.emu_last_tc() == SCALAR
+    _ran(tc, SCALAR, 40)
     check_spatial(tc, (2, 2, 13, 2, 40), "packed_nt", torch.float16, True, vec16=False)
-    assert tc.emu_last_tc() == SCALAR
+    _ran(tc, SCALAR, 40)
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=_ids)

@@ -310,16 +310,32 @@ bool run_tc(const tk::SpatialParams& p, int64_t max_grid) {
   return true;
 }
 
+// flash_tc.cu's backward launches on the emulator (dQ and delta, then dK/dV); false where they do
+// not apply. g_last_tc_bwd: whether the last backward ran them.
+int g_last_tc_bwd = 0;
+extern "C" int emu_last_tc_bwd() { return g_last_tc_bwd; }
+
+template <typename T>
+bool run_tc_bwd(const tk::SpatialParams& p, int64_t max_grid) {
+  g_last_tc_bwd = 0;
+  if (!g_use_tc || !td::flash_tc_bwd_applies<T>(p)) return false;
+  const td::TcBwdLaunch l = td::tc_bwd_launch<T>(p);
+  const int64_t grid = max_grid > 0 ? std::min(l.grid, max_grid) : l.grid;
+  run_blocks(grid, l.smem_dq, [&] { l.dq(p, l.nblk, l.stages); }, l.warps * 32);
+  run_blocks(grid, l.smem_dkdv, [&] { l.dkdv(p, l.nblk, l.stages); }, l.warps * 32);
+  g_last_tc_bwd = 1;
+  return true;
+}
+
 // Runs the forward or backward kernel over its grid; returns the launch shape it used.
 template <typename T>
 td::Launch run(bool backward, const tk::AttnParams& p, int64_t max_grid) {
   const td::Launch l = backward ? td::bwd_launch<T>(p) : td::fwd_launch<T>(p);
-  if (!backward) {
-    tk::SpatialParams sp;
-    static_cast<tk::AttnParams&>(sp) = p;
-    sp.mode = tk::SeqMode::kTemporal;
-    if (run_tc<T>(sp, max_grid)) return l;
-  }
+  tk::SpatialParams sp;
+  static_cast<tk::AttnParams&>(sp) = p;
+  sp.mode = tk::SeqMode::kTemporal;
+  if (!backward && run_tc<T>(sp, max_grid)) return l;
+  if (backward && run_tc_bwd<T>(sp, max_grid)) return l;
   if (backward) {
     run_grid(td::temporal_bwd_kernel<T>, p, l, max_grid);
   } else {
@@ -395,9 +411,11 @@ td::SpatialLaunch run_spatial(bool backward, const tk::SpatialParams& p, int64_t
     run_blocks(capped(lf.grid, max_grid), lf.smem, [&] { td::spatial_fwd_kernel<T>(p, lf.sh, lf.nblk); });
     return lf;
   }
-  run_blocks(capped(lf.grid, max_grid), lf.smem, [&] { td::spatial_bwd_dq_kernel<T>(p, lf.sh, lf.nblk); });
   const td::SpatialLaunch lkv = td::spatial_dkdv_launch<T>(p);
-  run_blocks(capped(lkv.grid, max_grid), lkv.smem, [&] { td::spatial_bwd_dkdv_kernel<T>(p, lkv.sh, lkv.nblk); });
+  if (!run_tc_bwd<T>(p, max_grid)) {
+    run_blocks(capped(lf.grid, max_grid), lf.smem, [&] { td::spatial_bwd_dq_kernel<T>(p, lf.sh, lf.nblk); });
+    run_blocks(capped(lkv.grid, max_grid), lkv.smem, [&] { td::spatial_bwd_dkdv_kernel<T>(p, lkv.sh, lkv.nblk); });
+  }
   if (p.has_cls) run_blocks(capped(td::cls_sum_grid(p), max_grid), 0, [&] { td::spatial_cls_sum_kernel<T>(p); });
   return lkv;
 }
