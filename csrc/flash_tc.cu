@@ -49,6 +49,7 @@ bool launch_bwd(const SpatialParams& p, cudaStream_t stream) {
     // dQ first: it writes the delta scratch that the dK/dV kernel reads (same stream, in order).
     const std::pair<detail::TcKernel<void>, size_t> kernels[2] = {{l.dq, l.smem_dq}, {l.dkdv, l.smem_dkdv}};
     for (const auto& [kernel, smem] : kernels) {
+      if (kernel == nullptr) continue;  // the fused temporal kernel is one launch
       if (smem > 48 * 1024) {
         C10_CUDA_CHECK(
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));

@@ -544,9 +544,11 @@ __device__ __forceinline__ void tc_gemm_abt(float (&acc)[kNT][4], const uint32_t
 
 // acc[kD / 8][4] += X B: x holds a 16 x 8 kNT product in accumulator layout (rounded to T here),
 // b_rows its 8 kNT rows of B (kD columns) in shared memory (O = P V, dV = P^T dO, dQ = dS K,
-// dK = dS^T Q).
-template <typename T, int kD, int kNT>
+// dK = dS^T Q). kBlockDiag (kNT = 2): rows g take B rows 0-7 only and rows g + 8 B rows 8-15 only
+// (two independent problems; a zero of X times a non-finite B row of the other would be NaN).
+template <typename T, int kD, int kNT, bool kBlockDiag = false>
 __device__ __forceinline__ void tc_gemm_xb(float (&acc)[kD / 8][4], const float (&x)[kNT][4], const T* b_rows) {
+  static_assert(!kBlockDiag || kNT == 2, "block-diagonal products are 16 x 16");
   constexpr int kRow = tc_row<kD>();
   const int lane = threadIdx.x % 32;
 #pragma unroll
@@ -558,9 +560,25 @@ __device__ __forceinline__ void tc_gemm_xb(float (&acc)[kD / 8][4], const float 
     for (int dp = 0; dp < kD / 16; ++dp) {
       uint32_t bf[4];
       ldsm_x4_trans(bf, b_rows + (kk * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kRow + dp * 16 + 8 * (lane / 16));
-      const uint32_t b0[2] = {bf[0], bf[1]}, b1[2] = {bf[2], bf[3]};
-      mma_16816<T>(acc[2 * dp], xa, b0);
-      mma_16816<T>(acc[2 * dp + 1], xa, b1);
+      if constexpr (kBlockDiag) {
+        const uint32_t a_lo[4] = {xa[0], 0u, 0u, 0u}, a_hi[4] = {0u, 0u, 0u, xa[3]};
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float(&c)[4] = acc[2 * dp + h];
+          const uint32_t b_lo[2] = {bf[2 * h], 0u}, b_hi[2] = {0u, bf[2 * h + 1]};
+          float lo[4] = {c[0], c[1], 0.f, 0.f}, hi[4] = {0.f, 0.f, c[2], c[3]};
+          mma_16816<T>(lo, a_lo, b_lo);
+          mma_16816<T>(hi, a_hi, b_hi);
+          c[0] = lo[0];
+          c[1] = lo[1];
+          c[2] = hi[2];
+          c[3] = hi[3];
+        }
+      } else {
+        const uint32_t b0[2] = {bf[0], bf[1]}, b1[2] = {bf[2], bf[3]};
+        mma_16816<T>(acc[2 * dp], xa, b0);
+        mma_16816<T>(acc[2 * dp + 1], xa, b1);
+      }
     }
   }
 }
@@ -853,6 +871,191 @@ __global__ void __launch_bounds__(kWarps * 32) flash_bwd_dkdv_tc_kernel(const Sp
   }
 }
 
+// Temporal backward with T <= 16, one warp per kPack (b, n, h) groups (the forward's lean kernel's
+// rows: 8 s + t with kPack = 2, t with kPack = 1), fused: q, k, v, dout and lse are read once and
+// dq, dk, dv written once; delta = rowsum(P * dP) (fp32, quad sums) never leaves the warp. dQ from
+// S = Q K^T and dP = dO V^T; dK and dV from the transposed products S^T = K Q^T and dP^T = V dO^T,
+// recomputed rather than transposed (the probabilities of a key row need each query column's lse
+// and delta, kept in shared memory). Masked elements are selected to 0, never multiplied, and with
+// kPack = 2 every product is block-diagonal (tc_gemm_xb), so no value of one group reaches the
+// other's gradients.
+template <typename T, int kD, int kPack>
+__global__ void __launch_bounds__(32) temporal_bwd_tc_packed_kernel(const SpatialParams p, const int64_t, const int) {
+  static_assert(kPack == 1 || kPack == 2, "groups per warp");
+  static_assert(kD <= 64, "the backward's head dims");
+  constexpr int kGroupRows = 16 / kPack;
+  constexpr int kRow = tc_row<kD>();
+  constexpr int kChunks = kD / 8;
+  constexpr int kDT = kD / 8;
+  constexpr bool kDiag = kPack == 2;
+  T* q_s = reinterpret_cast<T*>(dynamic_smem());  // [16, kRow] each
+  T* k_s = q_s + 16 * kRow;                        // at the end, the dK rows
+  T* v_s = k_s + 16 * kRow;                        // at the end, the dV rows
+  T* do_s = v_s + 16 * kRow;
+  T* dq_s = do_s + 16 * kRow;                      // the dQ rows
+  float* lse2_s = reinterpret_cast<float*>(dq_s + 16 * kRow);  // [16] per query slot
+  float* dlt_s = lse2_s + 16;                                  // [16]
+  int* lo_s = reinterpret_cast<int*>(dlt_s + 16);              // [16]: the slot's visible keys [lo, hi)
+  int* hi_s = lo_s + 16;
+
+  const int lane = threadIdx.x % 32;
+  const int g = lane / 4, tq = lane % 4;
+  const BwdInputs<T> in = bwd_inputs<T>(p);
+  const float qk_scale = static_cast<float>(in.qk_scale), log2e = static_cast<float>(in.log2e);
+  const float scale = static_cast<float>(in.scale);
+  const int T_ = static_cast<int>(p.T);
+  const int64_t G = p.B * p.N * p.H;
+
+  for (int64_t w = blockIdx.x; kPack * w < G; w += gridDim.x) {
+    int rows[2], len[2];
+    int64_t b_[2], n_[2], h_[2];
+#pragma unroll
+    for (int sub = 0; sub < 2; ++sub) {
+      const int64_t gi = kPack * w + sub;
+      const bool active = sub < kPack && gi < G;
+      const int64_t gh = div_fast(active ? gi : 0, p.H);
+      h_[sub] = (active ? gi : 0) - gh * p.H;
+      b_[sub] = div_fast(gh, p.N);
+      n_[sub] = gh - b_[sub] * p.N;
+      rows[sub] = active ? T_ : 0;
+      len[sub] = !active ? 0
+                         : p.frame_lens == nullptr ? T_
+                                                   : static_cast<int>(min(max(p.frame_lens[b_[sub]], int64_t(0)), p.T));
+    }
+    auto off = [&](const int64_t(&st)[5], int sub) {
+      return sub ? group_offset(st, b_[1], n_[1], h_[1]) : group_offset(st, b_[0], n_[0], h_[0]);
+    };
+    auto stat = [&](int sub) { return sub ? (b_[1] * p.H + h_[1]) * p.T * p.N + n_[1] : (b_[0] * p.H + h_[0]) * p.T * p.N + n_[0]; };
+
+    __syncwarp();  // the previous item's gradient rows have been written out
+    for (int c = lane; c < 16 * kChunks; c += 32) {
+      const int r = c / kChunks, ch = c % kChunks;
+      const int sub = r / kGroupRows, t = r % kGroupRows;
+      const bool ok = ch * 8 < p.D && t < (sub ? len[1] : len[0]);  // padded frames: neither queries nor keys
+      const int64_t e = ch * 8;
+      cp_async16(q_s + r * kRow + ch * 8, ok ? in.q + off(p.q_stride, sub) + t * p.q_stride[kT] + e : in.q, ok ? 16 : 0);
+      cp_async16(k_s + r * kRow + ch * 8, ok ? in.k + off(p.k_stride, sub) + t * p.k_stride[kT] + e : in.k, ok ? 16 : 0);
+      cp_async16(v_s + r * kRow + ch * 8, ok ? in.v + off(p.v_stride, sub) + t * p.v_stride[kT] + e : in.v, ok ? 16 : 0);
+      cp_async16(do_s + r * kRow + ch * 8, ok ? in.dout + off(p.dout_stride, sub) + t * p.dout_stride[kT] + e : in.dout,
+                 ok ? 16 : 0);
+    }
+    cp_async_commit();
+    if (lane < 16) {
+      const int sub = lane / kGroupRows, t = lane % kGroupRows;
+      const int n_keys = sub ? len[1] : len[0];
+      const int end = t < n_keys ? (p.causal ? t + 1 : n_keys) : 0;
+      lo_s[lane] = kGroupRows * sub;
+      hi_s[lane] = kGroupRows * sub + end;
+      lse2_s[lane] = end > 0 ? in.lse[stat(sub) + t * p.N] * log2e : 0.f;
+    }
+    cp_async_wait<0>();
+    __syncwarp();
+
+    // dQ side: rows are query slots g and g + 8.
+    int lo[2], hi[2];
+    float lse2[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      lo[h] = lo_s[g + 8 * h];
+      hi[h] = hi_s[g + 8 * h];
+      lse2[h] = lse2_s[g + 8 * h];
+    }
+    float sc[2][4], dp[2][4], dq[kDT][4];
+    tc_zero(sc);
+    tc_zero(dp);
+    tc_zero(dq);
+    {
+      uint32_t qf[kD / 16][4], dof[kD / 16][4];
+      tc_load_a<T, kD>(qf, q_s);
+      tc_load_a<T, kD>(dof, do_s);
+      tc_gemm_abt<T, kD, 2>(sc, qf, k_s);
+      tc_gemm_abt<T, kD, 2>(dp, dof, v_s);
+    }
+    float dlt[2] = {0.f, 0.f};
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = nt * 8 + 2 * tq + (e % 2), h = e / 2;
+        const bool vis = key >= lo[h] && key < hi[h];
+        sc[nt][e] = vis ? exp2f(sc[nt][e] * qk_scale - lse2[h]) : 0.f;  // P
+        dlt[h] += vis ? sc[nt][e] * dp[nt][e] : 0.f;
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      dlt[h] += __shfl_xor_sync(0xffffffffu, dlt[h], 1);
+      dlt[h] += __shfl_xor_sync(0xffffffffu, dlt[h], 2);
+      if (tq == 0) dlt_s[g + 8 * h] = dlt[h];
+    }
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = nt * 8 + 2 * tq + (e % 2), h = e / 2;
+        sc[nt][e] = key >= lo[h] && key < hi[h] ? sc[nt][e] * (dp[nt][e] - dlt[h]) : 0.f;  // dS
+      }
+    }
+    tc_gemm_xb<T, kD, 2, kDiag>(dq, sc, k_s);
+    __syncwarp();  // dlt_s is complete
+
+    // dK/dV side: rows are key slots g and g + 8, columns query slots.
+    float st[2][4], dpt[2][4], dk[kDT][4], dv[kDT][4];
+    tc_zero(st);
+    tc_zero(dpt);
+    tc_zero(dk);
+    tc_zero(dv);
+    {
+      uint32_t kf[kD / 16][4], vf[kD / 16][4];
+      tc_load_a<T, kD>(kf, k_s);
+      tc_load_a<T, kD>(vf, v_s);
+      tc_gemm_abt<T, kD, 2>(st, kf, q_s);
+      tc_gemm_abt<T, kD, 2>(dpt, vf, do_s);
+    }
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int qc = nt * 8 + 2 * tq + (e % 2), key = g + 8 * (e / 2);
+        const bool vis = key >= lo_s[qc] && key < hi_s[qc];
+        const float pr = vis ? exp2f(st[nt][e] * qk_scale - lse2_s[qc]) : 0.f;
+        st[nt][e] = pr;                                                 // P^T
+        dpt[nt][e] = vis ? pr * (dpt[nt][e] - dlt_s[qc]) : 0.f;         // dS^T
+      }
+    }
+    tc_gemm_xb<T, kD, 2, kDiag>(dv, st, do_s);
+    tc_gemm_xb<T, kD, 2, kDiag>(dk, dpt, q_s);
+    __syncwarp();  // every lane's K and V fragments are loaded before dK / dV replace them
+
+    // Stage the three gradients' rows, then write the rows of real frames (padded frames: 0).
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = g + 8 * h;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        const int col = dt * 8 + 2 * tq;
+        *reinterpret_cast<uint32_t*>(dq_s + r * kRow + col) = pack2<T>(dq[dt][2 * h] * scale, dq[dt][2 * h + 1] * scale);
+        *reinterpret_cast<uint32_t*>(k_s + r * kRow + col) = pack2<T>(dk[dt][2 * h] * scale, dk[dt][2 * h + 1] * scale);
+        *reinterpret_cast<uint32_t*>(v_s + r * kRow + col) = pack2<T>(dv[dt][2 * h], dv[dt][2 * h + 1]);
+      }
+    }
+    __syncwarp();
+    for (int c = lane; c < 16 * kChunks; c += 32) {
+      const int r = c / kChunks, ch = c % kChunks;
+      const int sub = r / kGroupRows, t = r % kGroupRows;
+      if (t < (sub ? rows[1] : rows[0]) && ch * 8 < p.D) {
+        const int e = ch * 8;
+        T* dq_g = static_cast<T*>(p.dq) + off(p.dq_stride, sub) + t * p.dq_stride[kT] + e;
+        T* dk_g = static_cast<T*>(p.dk) + off(p.dk_stride, sub) + t * p.dk_stride[kT] + e;
+        T* dv_g = static_cast<T*>(p.dv) + off(p.dv_stride, sub) + t * p.dv_stride[kT] + e;
+        *reinterpret_cast<uint4*>(dq_g) = *reinterpret_cast<const uint4*>(dq_s + r * kRow + e);
+        *reinterpret_cast<uint4*>(dk_g) = *reinterpret_cast<const uint4*>(k_s + r * kRow + e);
+        *reinterpret_cast<uint4*>(dv_g) = *reinterpret_cast<const uint4*>(v_s + r * kRow + e);
+      }
+    }
+  }
+}
+
 // Host side: whether the kernel applies, and its launch.
 template <typename T>
 constexpr bool kTcDtype = false;
@@ -918,6 +1121,7 @@ bool flash_tc_bwd_applies(const SpatialParams& p) {
 }
 
 struct TcBwdLaunch {
+  int pack;  // temporal_bwd_tc_packed_kernel (temporal, T <= 16): groups per warp; 0: the two flash kernels
   int kd, warps, stages;
   size_t smem_dq, smem_dkdv;
   int64_t nblk, grid;
@@ -944,6 +1148,23 @@ TcBwdLaunch tc_bwd_launch(const SpatialParams& p) {
   l.nblk = (L + rows - 1) / rows;
   l.grid = std::min<int64_t>(seq_count(p) * l.nblk, int64_t(1) << 30);
   l.dq = l.dkdv = nullptr;
+  l.pack = p.mode != SeqMode::kTemporal || L > 16 ? 0 : L <= 8 ? 2 : 1;
+  if (l.pack > 0) {
+    // One fused kernel (in l.dq): Q, K, V, dO and the gradient rows of 16 slots, 4 statistics each.
+    l.warps = 1;
+    l.stages = 1;
+    l.smem_dq = static_cast<size_t>(5 * 16 * (l.kd + 8) * 2 + 16 * 16);
+    l.smem_dkdv = 0;
+    l.grid = std::min<int64_t>((seq_count(p) + l.pack - 1) / l.pack, int64_t(1) << 30);
+    if constexpr (kTcDtype<T>) {
+      if (l.kd == 32) {
+        l.dq = l.pack == 2 ? temporal_bwd_tc_packed_kernel<T, 32, 2> : temporal_bwd_tc_packed_kernel<T, 32, 1>;
+      } else {
+        l.dq = l.pack == 2 ? temporal_bwd_tc_packed_kernel<T, 64, 2> : temporal_bwd_tc_packed_kernel<T, 64, 1>;
+      }
+    }
+    return l;
+  }
   if constexpr (kTcDtype<T>) {
     if (l.kd == 32) {
       l.warps == 1 ? tc_bwd_kernels<T, 32, 1>(l) : l.warps == 2 ? tc_bwd_kernels<T, 32, 2>(l) : tc_bwd_kernels<T, 32, 4>(l);

@@ -26,9 +26,10 @@ SCALAR, FLASH, PACKED = 0, 1, 2
 
 
 def _ran(tc, forward, D):
-    """The forward kernel that ran, and the tensor-core backward wherever it applies (D <= 64)."""
+    """The forward kernel that ran, and the tensor-core backward wherever it applies (D <= 64):
+    the fused temporal kernel where the forward was the packed one (T <= 16), else the flash pair."""
     assert tc.emu_last_tc() == forward
-    assert tc.emu_last_tc_bwd() == int(forward != SCALAR and D <= 64)
+    assert tc.emu_last_tc_bwd() == (SCALAR if forward == SCALAR or D > 64 else forward)
 
 
 @pytest.fixture
@@ -161,20 +162,27 @@ def test_falls_back_where_it_does_not_apply(tc):
     _ran(tc, SCALAR, 40)
 
 
+@pytest.mark.parametrize("poison", [("v", float("inf")), ("k", float("nan"))], ids=["v-inf", "k-nan"])
 @pytest.mark.parametrize("dtype", HALF, ids=_ids)
-def test_packed_groups_stay_apart(tc, dtype):
-    """An inf value in one group of a packed pair: the other group's rows never multiply it (a zero
-    probability times inf would be NaN), so its output stays finite and right; the poisoned group's
-    output is non-finite exactly where the float64 reference is."""
+def test_packed_groups_stay_apart(tc, dtype, poison):
+    """An inf value or a NaN key in one group of a packed pair: the other group's rows never multiply
+    it (a zero probability, or a zero dS, times inf or NaN would be NaN), so its output and
+    gradients stay finite and right; the poisoned group's output is non-finite exactly where the
+    float64 reference is."""
     from test_csrc_compiles import _emu_temporal
 
     gen = seeded("packed-inf", str(dtype))
     q, k, v = (torch.randn(1, 8, 2, 1, 64, dtype=torch.float64, generator=gen).to(dtype) for _ in range(3))
-    v[0, 3, 0, 0, 5] = float("inf")
+    {"k": k, "v": v}[poison[0]][0, 3, 0, 0, 5] = poison[1]
     dout = torch.randn(1, 8, 2, 1, 64, dtype=torch.float64, generator=gen).to(dtype)
-    out, _, _, _ = _emu_temporal(tc, q, k, v, dout, None, False, 0.125)
-    assert tc.emu_last_tc() == PACKED
-    ref = reference.temporal_attention(q.double(), k.double(), v.double(), scale=0.125)
+    out, _, grads, _ = _emu_temporal(tc, q, k, v, dout, None, False, 0.125)
+    _ran(tc, PACKED, 64)
+    x64 = [x.double().requires_grad_() for x in (q, k, v)]
+    ref = reference.temporal_attention(*x64, scale=0.125)
+    ref_grads = torch.autograd.grad(ref, x64, dout.double())
     assert torch.equal(torch.isfinite(out), torch.isfinite(ref))
     assert torch.isfinite(out[:, :, 1]).all()
     assert rel_err(out[:, :, 1], ref[:, :, 1]) <= BOUNDS[dtype]
+    for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):  # the fused backward's pair too
+        assert torch.isfinite(g[:, :, 1]).all(), name
+        assert rel_err(g[:, :, 1], r[:, :, 1]) <= BOUNDS[dtype], name

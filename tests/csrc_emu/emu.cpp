@@ -311,7 +311,8 @@ bool run_tc(const tk::SpatialParams& p, int64_t max_grid) {
 }
 
 // flash_tc.cu's backward launches on the emulator (dQ and delta, then dK/dV); false where they do
-// not apply. g_last_tc_bwd: whether the last backward ran them.
+// not apply. g_last_tc_bwd: the last backward's kernels (0 scalar, 1 the flash pair, 2 the fused
+// temporal kernel for T <= 16).
 int g_last_tc_bwd = 0;
 extern "C" int emu_last_tc_bwd() { return g_last_tc_bwd; }
 
@@ -322,8 +323,8 @@ bool run_tc_bwd(const tk::SpatialParams& p, int64_t max_grid) {
   const td::TcBwdLaunch l = td::tc_bwd_launch<T>(p);
   const int64_t grid = max_grid > 0 ? std::min(l.grid, max_grid) : l.grid;
   run_blocks(grid, l.smem_dq, [&] { l.dq(p, l.nblk, l.stages); }, l.warps * 32);
-  run_blocks(grid, l.smem_dkdv, [&] { l.dkdv(p, l.nblk, l.stages); }, l.warps * 32);
-  g_last_tc_bwd = 1;
+  if (l.dkdv != nullptr) run_blocks(grid, l.smem_dkdv, [&] { l.dkdv(p, l.nblk, l.stages); }, l.warps * 32);
+  g_last_tc_bwd = l.pack > 0 ? 2 : 1;
   return true;
 }
 
