@@ -882,7 +882,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_bwd_dkdv_tc_kernel(const Sp
 template <typename T, int kD, int kPack>
 __global__ void __launch_bounds__(32) temporal_bwd_tc_packed_kernel(const SpatialParams p, const int64_t, const int) {
   static_assert(kPack == 1 || kPack == 2, "groups per warp");
-  static_assert(kD <= 64, "the backward's head dims");
+  static_assert(kD <= 128, "the fused backward's head dims");
   constexpr int kGroupRows = 16 / kPack;
   constexpr int kRow = tc_row<kD>();
   constexpr int kChunks = kD / 8;
@@ -963,7 +963,7 @@ __global__ void __launch_bounds__(32) temporal_bwd_tc_packed_kernel(const Spatia
     float sc[2][4], dp[2][4], dq[kDT][4];
     tc_zero(sc);
     tc_zero(dp);
-    tc_zero(dq);
+    tc_zero(dq);  // dQ / scale
     {
       uint32_t qf[kD / 16][4], dof[kD / 16][4];
       tc_load_a<T, kD>(qf, q_s);
@@ -997,6 +997,14 @@ __global__ void __launch_bounds__(32) temporal_bwd_tc_packed_kernel(const Spatia
       }
     }
     tc_gemm_xb<T, kD, 2, kDiag>(dq, sc, k_s);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // staged now: its registers are free for dK and dV
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        *reinterpret_cast<uint32_t*>(dq_s + (g + 8 * h) * kRow + dt * 8 + 2 * tq) =
+            pack2<T>(dq[dt][2 * h] * scale, dq[dt][2 * h + 1] * scale);
+      }
+    }
     __syncwarp();  // dlt_s is complete
 
     // dK/dV side: rows are key slots g and g + 8, columns query slots.
@@ -1027,14 +1035,13 @@ __global__ void __launch_bounds__(32) temporal_bwd_tc_packed_kernel(const Spatia
     tc_gemm_xb<T, kD, 2, kDiag>(dk, dpt, q_s);
     __syncwarp();  // every lane's K and V fragments are loaded before dK / dV replace them
 
-    // Stage the three gradients' rows, then write the rows of real frames (padded frames: 0).
+    // Stage dK and dV beside dQ, then write the rows of real frames (padded frames: 0).
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = g + 8 * h;
 #pragma unroll
       for (int dt = 0; dt < kDT; ++dt) {
         const int col = dt * 8 + 2 * tq;
-        *reinterpret_cast<uint32_t*>(dq_s + r * kRow + col) = pack2<T>(dq[dt][2 * h] * scale, dq[dt][2 * h + 1] * scale);
         *reinterpret_cast<uint32_t*>(k_s + r * kRow + col) = pack2<T>(dk[dt][2 * h] * scale, dk[dt][2 * h + 1] * scale);
         *reinterpret_cast<uint32_t*>(v_s + r * kRow + col) = pack2<T>(dv[dt][2 * h], dv[dt][2 * h + 1]);
       }
@@ -1112,12 +1119,16 @@ TcKernel<T> tc_kernel_for(const TcLaunch& l) {
                                                                       : flash_fwd_tc_kernel<T, kD, 4>;
 }
 
-// The backward (head dims up to 64): the flash kernels' shapes for every sequence length.
+// The backward: the flash pair for head dims up to 64 (their registers), the fused temporal kernel
+// (T <= 16) up to 128.
 constexpr int64_t kTcBwdMaxHeadDim = 64;
+constexpr int64_t kTcFusedBwdMaxHeadDim = 128;
+
+inline bool tc_bwd_fused(const SpatialParams& p) { return p.mode == SeqMode::kTemporal && p.T <= 16; }
 
 template <typename T>
 bool flash_tc_bwd_applies(const SpatialParams& p) {
-  return flash_tc_applies<T>(p) && p.D <= kTcBwdMaxHeadDim;
+  return flash_tc_applies<T>(p) && p.D <= (tc_bwd_fused(p) ? kTcFusedBwdMaxHeadDim : kTcBwdMaxHeadDim);
 }
 
 struct TcBwdLaunch {
@@ -1134,6 +1145,11 @@ void tc_bwd_kernels(TcBwdLaunch& l) {
   l.dkdv = flash_bwd_dkdv_tc_kernel<T, kD, kWarps>;
 }
 
+template <typename T, int kD>
+TcKernel<void> tc_fused_bwd_kernel(int pack) {
+  return pack == 2 ? temporal_bwd_tc_packed_kernel<T, kD, 2> : temporal_bwd_tc_packed_kernel<T, kD, 1>;
+}
+
 template <typename T>
 TcBwdLaunch tc_bwd_launch(const SpatialParams& p) {
   TcBwdLaunch l;
@@ -1148,8 +1164,9 @@ TcBwdLaunch tc_bwd_launch(const SpatialParams& p) {
   l.nblk = (L + rows - 1) / rows;
   l.grid = std::min<int64_t>(seq_count(p) * l.nblk, int64_t(1) << 30);
   l.dq = l.dkdv = nullptr;
-  l.pack = p.mode != SeqMode::kTemporal || L > 16 ? 0 : L <= 8 ? 2 : 1;
+  l.pack = !tc_bwd_fused(p) ? 0 : L <= 8 ? 2 : 1;
   if (l.pack > 0) {
+    l.kd = tc_head_dim(p.D);
     // One fused kernel (in l.dq): Q, K, V, dO and the gradient rows of 16 slots, 4 statistics each.
     l.warps = 1;
     l.stages = 1;
@@ -1157,10 +1174,11 @@ TcBwdLaunch tc_bwd_launch(const SpatialParams& p) {
     l.smem_dkdv = 0;
     l.grid = std::min<int64_t>((seq_count(p) + l.pack - 1) / l.pack, int64_t(1) << 30);
     if constexpr (kTcDtype<T>) {
-      if (l.kd == 32) {
-        l.dq = l.pack == 2 ? temporal_bwd_tc_packed_kernel<T, 32, 2> : temporal_bwd_tc_packed_kernel<T, 32, 1>;
-      } else {
-        l.dq = l.pack == 2 ? temporal_bwd_tc_packed_kernel<T, 64, 2> : temporal_bwd_tc_packed_kernel<T, 64, 1>;
+      switch (l.kd) {
+        case 32: l.dq = tc_fused_bwd_kernel<T, 32>(l.pack); break;
+        case 64: l.dq = tc_fused_bwd_kernel<T, 64>(l.pack); break;
+        case 96: l.dq = tc_fused_bwd_kernel<T, 96>(l.pack); break;
+        default: l.dq = tc_fused_bwd_kernel<T, 128>(l.pack); break;
       }
     }
     return l;

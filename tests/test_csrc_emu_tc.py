@@ -26,10 +26,12 @@ SCALAR, FLASH, PACKED = 0, 1, 2
 
 
 def _ran(tc, forward, D):
-    """The forward kernel that ran, and the tensor-core backward wherever it applies (D <= 64):
-    the fused temporal kernel where the forward was the packed one (T <= 16), else the flash pair."""
+    """The forward kernel that ran, and the tensor-core backward wherever it applies: the fused
+    temporal kernel where the forward was the packed one (T <= 16; D <= 128), else the flash pair
+    (D <= 64)."""
     assert tc.emu_last_tc() == forward
-    assert tc.emu_last_tc_bwd() == (SCALAR if forward == SCALAR or D > 64 else forward)
+    applies = forward != SCALAR and D <= (128 if forward == PACKED else 64)
+    assert tc.emu_last_tc_bwd() == (forward if applies else SCALAR)
 
 
 @pytest.fixture
