@@ -1,9 +1,9 @@
-// Tensor-core flash-attention forward for float16 / bfloat16, shared by every op: temporal
-// attention (one sequence per (b, n, h): the T frames of patch n), spatial attention with the
-// optional CLS token, and joint attention (frame-causal, frame_lens). Sequences, token addressing
-// through the (b, t, n, h, d) strides, masks and statistics are spatial_attn.cuh's (Seq, tok_ptr,
-// key_end, stat_view), so this kernel computes exactly what spatial_fwd_kernel and
-// temporal_fwd_kernel compute, with the products on the tensor cores.
+// Tensor-core flash attention for float16 / bfloat16 (the forward here, the backward in its own
+// section below), shared by every op: temporal attention (one sequence per (b, n, h): the T frames
+// of patch n), spatial attention with the optional CLS token, and joint attention (frame-causal,
+// frame_lens). Sequences, token addressing through the (b, t, n, h, d) strides, masks and
+// statistics are spatial_attn.cuh's (Seq, tok_ptr, key_end, stat_view), so these kernels compute
+// exactly what the scalar kernels compute, with the products on the tensor cores.
 //
 // flash_fwd_tc_kernel: a block of kWarps warps owns 16 * kWarps query rows of one sequence, each
 // warp 16 of them; the block walks the keys in tiles of 16 * kWarps tokens (kWarps = 1 for
@@ -20,9 +20,10 @@
 // block's Q rows and written with 16-byte stores; lse as the other forward kernels store it
 // (natural log; a row that sees no key: -inf for temporal, +inf for spatial/joint).
 //
-// Applies (flash_tc_applies) to 16-bit inputs whose rows are 16-byte aligned (vec16) with
-// D % 8 == 0 and D <= 160 (padded to 32, 64, 96, 128 or 160); everything else, and every
-// backward, runs the scalar kernels. The CPU CI runs this source through tests/csrc_emu/ (ldmatrix, mma.sync and cp.async
+// The forward applies (flash_tc_applies) to 16-bit inputs whose rows are 16-byte aligned (vec16)
+// with D % 8 == 0 and D <= 160 (padded to 32, 64, 96, 128 or 160), the backward (see its section)
+// to those with D <= 64, or D <= 128 for temporal T <= 16; everything else runs the scalar
+// kernels. The CPU CI runs this source through tests/csrc_emu/ (ldmatrix, mma.sync and cp.async
 // emulated per warp).
 #pragma once
 
