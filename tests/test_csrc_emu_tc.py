@@ -54,10 +54,12 @@ def _ids(x):
 
 @pytest.mark.parametrize("dtype", HALF, ids=_ids)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_temporal_packed(tc, layout, dtype):
-    """T=7: two (b, n, h) groups per warp (rows 8 s + t), every layout and mask."""
+@pytest.mark.parametrize("T", [7, 13], ids=["T7-two-groups-per-warp", "T13-one-group-per-warp"])
+def test_temporal_short(tc, layout, dtype, T):
+    """T <= 16, every layout and mask: two (b, n, h) groups per warp at T=7 (rows 8 s + t), one at
+    T=13 (rows t, one 16-key tile)."""
     for causal, lens in MASKS:
-        _check_emulated(tc, (2, 7, 3, 2, 40), layout, causal, lens, dtype)
+        _check_emulated(tc, (2, T, 3, 2, 40), layout, causal, lens, dtype)
         _ran(tc, PACKED, 40)
 
 
@@ -75,15 +77,6 @@ def test_temporal_packed_shapes(tc, shape, dtype):
     for causal, lens in ((False, False), (True, True)):
         _check_emulated(tc, shape, "packed_nt", causal, lens, dtype)
         _ran(tc, PACKED, shape[4])
-
-
-@pytest.mark.parametrize("dtype", HALF, ids=_ids)
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_temporal_one_group_per_warp(tc, layout, dtype):
-    """T=13: one group per warp (rows t, one 16-key tile), every layout and mask."""
-    for causal, lens in MASKS:
-        _check_emulated(tc, (2, 13, 3, 1, 40), layout, causal, lens, dtype)
-        _ran(tc, PACKED, 40)
 
 
 @pytest.mark.parametrize(
