@@ -88,6 +88,14 @@ template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
+
+// 2^x in one MUFU.EX2 (exp2f adds range fix-ups around it); results below 2^-126 flush to 0,
+// -inf gives 0. Probabilities that small vanish against the row sums anyway.
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
 #endif
 
 // Two floats rounded to T, packed low element first (one mma operand register).
@@ -143,7 +151,29 @@ template <typename T, int kD, int kWarps>
 __device__ __forceinline__ void tc_stage(T* tile, const TcRows<const T*>& x, int64_t j0, int64_t end, int64_t D) {
   constexpr int kChunks = kD / 8;
   constexpr int kRows = 16 * kWarps;
-  for (int c = threadIdx.x; c < kRows * kChunks; c += kWarps * 32) {
+  constexpr int kThreads = 32 * kWarps;
+  if constexpr (kThreads % kChunks == 0) {
+    // Tokens on one axis (spatial, temporal): a thread copies one chunk column of rows kStep
+    // apart, so one row pointer per tile and a stride step per chunk replace row()'s arithmetic.
+    if (x.div == 0) {
+      constexpr int kStep = kThreads / kChunks;
+      const int ch = static_cast<int>(threadIdx.x) % kChunks, r0 = static_cast<int>(threadIdx.x) / kChunks;
+      const int rows = static_cast<int>(min(max(end - j0, int64_t(0)), int64_t(kRows)));  // rows with a token
+      const int cls_r = x.cls_token >= j0 && x.cls_token < j0 + kRows ? static_cast<int>(x.cls_token - j0) : -1;
+      const bool in_d = ch * 8 < D;
+      const T* src = x.base + (j0 + r0) * x.st_token + ch * 8;
+      const int64_t step = kStep * x.st_token;
+#pragma unroll
+      for (int i = 0; i < kRows / kStep; ++i, src += step) {
+        const int r = r0 + i * kStep;
+        const bool ok = in_d && r < rows;
+        const T* from = r == cls_r ? x.cls + ch * 8 : src;
+        cp_async16(tile + r * tc_row<kD>() + ch * 8, ok ? from : x.base, ok ? 16 : 0);
+      }
+      return;
+    }
+  }
+  for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
     const int r = c / kChunks, ch = c % kChunks;
     const int64_t j = j0 + r;
     const bool ok = j < end && ch * 8 < D;
@@ -153,23 +183,27 @@ __device__ __forceinline__ void tc_stage(T* tile, const TcRows<const T*>& x, int
 }
 
 // Blocks per SM the compiler must fit (a register cap): the short temporal launches are memory
-// bound and need many warps in flight; the 4-warp tiles keep the registers FlashAttention uses.
+// bound and need many warps in flight. The 4-warp tiles of head dims up to 64 fit 3 blocks
+// (<= 168 registers) without spills (4 spill), where the uncapped build took 207-223 registers
+// and 2 blocks, 8 warps per SM, too few to hide the latencies of a tile's dependent steps;
+// larger head dims keep the registers FlashAttention uses.
 template <int kD, int kWarps>
 constexpr int tc_min_blocks() {
-  return kWarps == 4 || kD > 128 ? 1 : (kD <= 64 ? 16 : 12) / kWarps;
+  return kWarps == 4 ? (kD <= 64 ? 3 : 1) : kD > 128 ? 1 : (kD <= 64 ? 16 : 12) / kWarps;
 }
 
 // One key tile for one warp's 16 query rows: S = Q K^T (qf: the rows' A fragments, kb: the tile's
-// 8 kNT key rows), scaled to base 2 and masked (row half r sees the keys [tile_begin[r],
-// tile_end[r]) of the tile: element e of a column tile is row g + 8 (e / 2), key 2 tq + e % 2),
+// 8 kNT key rows), scaled to base 2 and, when `masked` (warp-uniform; false: every row sees every
+// key of the tile), masked (row half r sees the keys [tile_begin[r], tile_end[r]) of the tile:
+// element e of a column tile is row g + 8 (e / 2), key 2 tq + e % 2),
 // folded into the running max m, this lane's part of the row sums l and O += P V (vb: the value
 // rows). The accumulators of column tiles 2 kk and 2 kk + 1 are the A fragment of P for keys
 // [16 kk, 16 kk + 16): FlashAttention-2's register reuse. kBlockDiag (kNT = 2): rows g see keys
 // 0-7 and rows g + 8 keys 8-15 only, two independent problems (temporal_fwd_tc_packed_kernel<., ., 2>).
 template <typename T, int kD, int kNT, bool kBlockDiag = false>
 __device__ __forceinline__ void tc_attend_tile(const uint32_t (&qf)[kD / 16][4], const T* kb, const T* vb,
-                                               const int (&tile_begin)[2], const int (&tile_end)[2], float qk_scale,
-                                               float (&m)[2], float (&l)[2], float (&o)[kD / 8][4]) {
+                                               const int (&tile_begin)[2], const int (&tile_end)[2], bool masked,
+                                               float qk_scale, float (&m)[2], float (&l)[2], float (&o)[kD / 8][4]) {
   constexpr int kRow = tc_row<kD>();
   constexpr int kDT = kD / 8;
   const int lane = threadIdx.x % 32, tq = lane % 4;
@@ -193,14 +227,26 @@ __device__ __forceinline__ void tc_attend_tile(const uint32_t (&qf)[kD / 16][4],
 
   // Scale, mask, online softmax.
   float mx[2] = {m[0], m[1]};
+  if (masked) {
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = nt * 8 + 2 * tq + (e % 2);
+        sc[nt][e] = key >= tile_begin[e / 2] && key < tile_end[e / 2] ? sc[nt][e] * qk_scale : -INFINITY;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[nt][e] *= qk_scale;
+    }
+  }
 #pragma unroll
   for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int key = nt * 8 + 2 * tq + (e % 2);
-      sc[nt][e] = key >= tile_begin[e / 2] && key < tile_end[e / 2] ? sc[nt][e] * qk_scale : -INFINITY;
-      mx[e / 2] = fmaxf(mx[e / 2], sc[nt][e]);
-    }
+    for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], sc[nt][e]);
   }
   float base[2];
 #pragma unroll
@@ -210,7 +256,7 @@ __device__ __forceinline__ void tc_attend_tile(const uint32_t (&qf)[kD / 16][4],
     // A row that has seen no key yet keeps m = -inf; exponents then use base 0, so every
     // probability (and the correction of the zero accumulators) is exactly 0, not NaN.
     base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
-    const float corr = exp2f(m[r] - base[r]);
+    const float corr = exp2_approx(m[r] - base[r]);
     m[r] = mx[r];
     l[r] *= corr;
 #pragma unroll
@@ -223,7 +269,7 @@ __device__ __forceinline__ void tc_attend_tile(const uint32_t (&qf)[kD / 16][4],
   for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      sc[nt][e] = exp2f(sc[nt][e] - base[e / 2]);
+      sc[nt][e] = exp2_approx(sc[nt][e] - base[e / 2]);
       l[e / 2] += sc[nt][e];
     }
   }
@@ -324,10 +370,12 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps>())
     float m[2] = {-INFINITY, -INFINITY};
     float l[2] = {0.f, 0.f};  // this lane's part of the row sums
     uint32_t qf[kD / 16][4];
+    const bool warp_live = i0 + warp * 16 < s.valid;  // a row of the warp sees keys
 
+    // Tile t sits in buffer t % stages = t & 1 (stages is 2 whenever there is a second tile).
     for (int64_t t = 0; t < n_tiles; ++t) {
       if (t + 1 < n_tiles) {
-        const int nb = static_cast<int>((t + 1) % stages);
+        const int nb = static_cast<int>((t + 1) & 1);
         tc_stage<T, kD, kWarps>(k_s + nb * kM * kRow, k_rows, (t + 1) * kM, blk_end, p.D);
         tc_stage<T, kD, kWarps>(v_s + nb * kM * kRow, v_rows, (t + 1) * kM, blk_end, p.D);
         cp_async_commit();
@@ -336,14 +384,14 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps>())
         cp_async_wait<0>();
       }
       __syncthreads();
-      if (t == 0) {
+      if (t == 0 && warp_live) {
 #pragma unroll
         for (int kk = 0; kk < kD / 16; ++kk) {
           ldsm_x4(qf[kk], q_s + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kRow + kk * 16 + 8 * (lane / 16));
         }
       }
-      const T* kb = k_s + (t % stages) * kM * kRow;
-      const T* vb = v_s + (t % stages) * kM * kRow;
+      const T* kb = k_s + static_cast<int>(t & 1) * kM * kRow;
+      const T* vb = v_s + static_cast<int>(t & 1) * kM * kRow;
 
       int tile_end[2];  // keys of this tile the row sees
 #pragma unroll
@@ -351,7 +399,20 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps>())
         tile_end[r] = static_cast<int>(max(int64_t(0), min(int64_t(kM), row_end[r] - t * kM)));
       }
       const int tile_begin[2] = {0, 0};
-      tc_attend_tile<T, kD, kNT>(qf, kb, vb, tile_begin, tile_end, qk_scale, m, l, o);
+      // Tiles that every row of the warp sees whole (all but the last, and the diagonal ones of
+      // causal sequences, in a warp without padded rows) skip the masks. A last tile of at most
+      // 16 keys (N = 196: 4 of 64) runs as a 16-key tile (a 32-key variant spilled). A warp
+      // whose rows are all padding computes nothing (its m, l and O stay those of a row that
+      // sees no key).
+      const bool masked = !__all_sync(0xffffffffu, tile_end[0] == kM && tile_end[1] == kM);
+      const int64_t tile_keys = blk_end - t * kM;
+      if (warp_live) {
+        if (kNT >= 4 && tile_keys <= 16) {
+          tc_attend_tile<T, kD, 2>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
+        } else {
+          tc_attend_tile<T, kD, kNT>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
+        }
+      }
       __syncthreads();  // this stage's buffers are refilled two tiles later
     }
     // Without a tile (every row of the block padded) the Q copies may still be in flight, some
@@ -485,7 +546,7 @@ __global__ void __launch_bounds__(32, tc_min_blocks<kD, 1>())
     }
     float m[2] = {-INFINITY, -INFINITY};
     float l[2] = {0.f, 0.f};
-    tc_attend_tile<T, kD, 2, kPack == 2>(qf, k_s, v_s, tile_begin, tile_end, qk_scale, m, l, o);
+    tc_attend_tile<T, kD, 2, kPack == 2>(qf, k_s, v_s, tile_begin, tile_end, true, qk_scale, m, l, o);
 
     __syncwarp();  // every lane's Q fragments are loaded before the output rows replace them
 #pragma unroll
@@ -639,6 +700,37 @@ __device__ __forceinline__ void tc_store_rows(const float (&acc)[kD / 8][4], flo
   }
 }
 
+// One key tile of the dQ kernel for the warp's 16 rows: S = Q K^T, dP = dO V^T, P from lse; pass 0
+// adds rowsum(P * dP) to this lane's part of delta (dlt), pass 1 forms dS = P (dP - delta) and
+// dQ += dS K. Row half r sees the tile's keys [0, tile_end[r]) (all of them unless `masked`).
+template <typename T, int kD, int kNT>
+__device__ __forceinline__ void tc_dq_tile(int pass, const uint32_t (&qf)[kD / 16][4], const uint32_t (&dof)[kD / 16][4],
+                                           const T* kb, const T* vb, const int (&tile_end)[2], bool masked,
+                                           float qk_scale, const float (&lse2)[2], float (&dlt)[2],
+                                           float (&dq)[kD / 8][4]) {
+  const int tq = threadIdx.x % 4;
+  float sc[kNT][4], dp[kNT][4];
+  tc_zero(sc);
+  tc_zero(dp);
+  tc_gemm_abt<T, kD, kNT>(sc, qf, kb);
+  tc_gemm_abt<T, kD, kNT>(dp, dof, vb);
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = nt * 8 + 2 * tq + (e % 2);
+      const float pr =
+          !masked || key < tile_end[e / 2] ? exp2_approx(fmaf(sc[nt][e], qk_scale, -lse2[e / 2])) : 0.f;
+      if (pass == 0) {
+        dlt[e / 2] += pr * dp[nt][e];
+      } else {
+        sc[nt][e] = pr * (dp[nt][e] - dlt[e / 2]);  // dS
+      }
+    }
+  }
+  if (pass == 1) tc_gemm_xb<T, kD, kNT>(dq, sc, kb);
+}
+
 // delta and dQ of 16 * kWarps query rows, in two loops over the key tiles (see above).
 template <typename T, int kD, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32) flash_bwd_dq_tc_kernel(const SpatialParams p, const int64_t nblk, const int stages) {
@@ -688,6 +780,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_bwd_dq_tc_kernel(const Spat
     tc_stage<T, kD, kWarps>(do_s, do_rows, i0, s.valid, p.D);
     cp_async_commit();
     uint32_t qf[kD / 16][4], dof[kD / 16][4];
+    const bool warp_live = i0 + warp * 16 < s.valid;  // a row of the warp sees keys
     float dlt[2] = {0.f, 0.f};  // this lane's part of delta, then the row's delta
     float dq[kDT][4];
     tc_zero(dq);
@@ -701,7 +794,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_bwd_dq_tc_kernel(const Spat
       cp_async_commit();
       for (int64_t t = 0; t < n_tiles; ++t) {
         if (t + 1 < n_tiles) {
-          const int nb = static_cast<int>((t + 1) % stages);
+          const int nb = static_cast<int>((t + 1) & 1);  // stages is 2 whenever there is a second tile
           tc_stage<T, kD, kWarps>(k_s + nb * kM * kRow, k_rows, (t + 1) * kM, blk_end, p.D);
           tc_stage<T, kD, kWarps>(v_s + nb * kM * kRow, v_rows, (t + 1) * kM, blk_end, p.D);
           cp_async_commit();
@@ -710,31 +803,28 @@ __global__ void __launch_bounds__(kWarps * 32) flash_bwd_dq_tc_kernel(const Spat
           cp_async_wait<0>();
         }
         __syncthreads();
-        if (pass == 0 && t == 0) {
+        if (pass == 0 && t == 0 && warp_live) {
           tc_load_a<T, kD>(qf, q_s + warp * 16 * kRow);
           tc_load_a<T, kD>(dof, do_s + warp * 16 * kRow);
         }
-        const T* kb = k_s + (t % stages) * kM * kRow;
-        const T* vb = v_s + (t % stages) * kM * kRow;
-        float sc[kNT][4], dp[kNT][4];
-        tc_zero(sc);
-        tc_zero(dp);
-        tc_gemm_abt<T, kD, kNT>(sc, qf, kb);
-        tc_gemm_abt<T, kD, kNT>(dp, dof, vb);
+        const T* kb = k_s + static_cast<int>(t & 1) * kM * kRow;
+        const T* vb = v_s + static_cast<int>(t & 1) * kM * kRow;
+        int tile_end[2];  // keys of this tile the row sees
 #pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int64_t j = t * kM + nt * 8 + 2 * tq + (e % 2);
-            const float pr = j < row_end[e / 2] ? exp2f(sc[nt][e] * qk_scale - lse2[e / 2]) : 0.f;
-            if (pass == 0) {
-              dlt[e / 2] += pr * dp[nt][e];
-            } else {
-              sc[nt][e] = pr * (dp[nt][e] - dlt[e / 2]);  // dS
-            }
+        for (int r = 0; r < 2; ++r) {
+          tile_end[r] = static_cast<int>(max(int64_t(0), min(int64_t(kM), row_end[r] - t * kM)));
+        }
+        // As in the forward: full tiles skip the masks, a last tile of at most 16 keys runs as
+        // one of 16, a warp of padded rows only (delta 0, dQ 0) computes nothing.
+        const bool masked = !__all_sync(0xffffffffu, tile_end[0] == kM && tile_end[1] == kM);
+        const int64_t tile_keys = blk_end - t * kM;
+        if (warp_live) {
+          if (kNT >= 4 && tile_keys <= 16) {
+            tc_dq_tile<T, kD, 2>(pass, qf, dof, kb, vb, tile_end, masked, qk_scale, lse2, dlt, dq);
+          } else {
+            tc_dq_tile<T, kD, kNT>(pass, qf, dof, kb, vb, tile_end, masked, qk_scale, lse2, dlt, dq);
           }
         }
-        if (pass == 1) tc_gemm_xb<T, kD, kNT>(dq, sc, kb);
         __syncthreads();  // this stage's buffers are refilled two tiles later
       }
       cp_async_wait<0>();
@@ -757,6 +847,34 @@ __global__ void __launch_bounds__(kWarps * 32) flash_bwd_dq_tc_kernel(const Spat
   }
 }
 
+// One query tile of the dK/dV kernel for the warp's 16 keys (key: this lane's two): S^T = K Q^T,
+// dP^T = V dO^T, P^T from each query column's lse (lse2_b, base 2), dS^T = P^T (dP^T - delta),
+// dV += P^T dO, dK += dS^T Q. Column c sees the keys below kend_b[c].
+template <typename T, int kD, int kNT>
+__device__ __forceinline__ void tc_dkdv_tile(const uint32_t (&kf)[kD / 16][4], const uint32_t (&vf)[kD / 16][4],
+                                             const T* qb, const T* dob, const float* lse2_b, const float* dlt_b,
+                                             const int* kend_b, const int (&key)[2], float qk_scale,
+                                             float (&dk)[kD / 8][4], float (&dv)[kD / 8][4]) {
+  const int tq = threadIdx.x % 4;
+  float st[kNT][4], dpt[kNT][4];  // S^T, dP^T: the warp's 16 keys x 8 kNT query columns
+  tc_zero(st);
+  tc_zero(dpt);
+  tc_gemm_abt<T, kD, kNT>(st, kf, qb);
+  tc_gemm_abt<T, kD, kNT>(dpt, vf, dob);
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = nt * 8 + 2 * tq + (e % 2);  // the query column
+      const float pr = key[e / 2] < kend_b[c] ? exp2_approx(fmaf(st[nt][e], qk_scale, -lse2_b[c])) : 0.f;
+      st[nt][e] = pr;
+      dpt[nt][e] = pr * (dpt[nt][e] - dlt_b[c]);  // dS^T
+    }
+  }
+  tc_gemm_xb<T, kD, kNT>(dv, st, dob);
+  tc_gemm_xb<T, kD, kNT>(dk, dpt, qb);
+}
+
 // dK and dV of 16 * kWarps key rows, in one loop over the query tiles that see them.
 template <typename T, int kD, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32) flash_bwd_dkdv_tc_kernel(const SpatialParams p, const int64_t nblk, const int stages) {
@@ -773,7 +891,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_bwd_dkdv_tc_kernel(const Sp
   int* kend_s = reinterpret_cast<int*>(dlt_s + stages * kM);            // [stages, kM]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g = lane / 4, tq = lane % 4;
+  const int g = lane / 4;
   const BwdInputs<T> in = bwd_inputs<T>(p);
   const float qk_scale = static_cast<float>(in.qk_scale), log2e = static_cast<float>(in.log2e);
   const float* delta = static_cast<const float*>(p.delta);
@@ -819,18 +937,22 @@ __global__ void __launch_bounds__(kWarps * 32) flash_bwd_dkdv_tc_kernel(const Sp
     tc_zero(dk);
     tc_zero(dv);
     const int64_t key0 = j0 + warp * 16;  // this warp's first key
+    const bool warp_live = key0 < s.valid;
+    const int key[2] = {static_cast<int>(key0) + g, static_cast<int>(key0) + g + 8};  // a sequence has < 2^31 tokens
 
+    // Query tile t sits in buffer (t - t_first) % stages = (t - t_first) & 1 (stages is 2 whenever
+    // there is a second tile).
     for (int64_t t = t_first; t < t_end; ++t) {
-      const int buf = static_cast<int>((t - t_first) % stages);
+      const int buf = static_cast<int>((t - t_first) & 1);
       if (t + 1 < t_end) {
-        stage_queries(t + 1, static_cast<int>((t + 1 - t_first) % stages));
+        stage_queries(t + 1, buf ^ 1);
         cp_async_commit();
         cp_async_wait<1>();
       } else {
         cp_async_wait<0>();
       }
       __syncthreads();
-      if (t == t_first) {
+      if (t == t_first && warp_live) {
         tc_load_a<T, kD>(kf, k_s + warp * 16 * kRow);
         tc_load_a<T, kD>(vf, v_s + warp * 16 * kRow);
       }
@@ -839,24 +961,15 @@ __global__ void __launch_bounds__(kWarps * 32) flash_bwd_dkdv_tc_kernel(const Sp
       const float* lse2_b = lse2_s + buf * kM;
       const float* dlt_b = dlt_s + buf * kM;
       const int* kend_b = kend_s + buf * kM;
-      float st[kNT][4], dpt[kNT][4];  // S^T, dP^T: this warp's 16 keys x the tile's kM queries
-      tc_zero(st);
-      tc_zero(dpt);
-      tc_gemm_abt<T, kD, kNT>(st, kf, qb);
-      tc_gemm_abt<T, kD, kNT>(dpt, vf, dob);
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int c = nt * 8 + 2 * tq + (e % 2);  // the query column
-          const int64_t j = key0 + g + 8 * (e / 2);
-          const float pr = j < kend_b[c] ? exp2f(st[nt][e] * qk_scale - lse2_b[c]) : 0.f;
-          st[nt][e] = pr;
-          dpt[nt][e] = pr * (dpt[nt][e] - dlt_b[c]);  // dS^T
+      // A last query tile of at most 16 rows (the others are zero-filled and see no key) runs as
+      // one of 16; a warp whose keys are all padding (dK, dV 0) computes nothing.
+      if (warp_live) {
+        if (kNT >= 4 && s.valid - t * kM <= 16) {
+          tc_dkdv_tile<T, kD, 2>(kf, vf, qb, dob, lse2_b, dlt_b, kend_b, key, qk_scale, dk, dv);
+        } else {
+          tc_dkdv_tile<T, kD, kNT>(kf, vf, qb, dob, lse2_b, dlt_b, kend_b, key, qk_scale, dk, dv);
         }
       }
-      tc_gemm_xb<T, kD, kNT>(dv, st, dob);
-      tc_gemm_xb<T, kD, kNT>(dk, dpt, qb);
       __syncthreads();  // this stage's buffers are refilled two tiles later
     }
     cp_async_wait<0>();

@@ -3,8 +3,11 @@ the scalar kernels it replaces (TEMPORAL_KERNELS_CUDA_TC=0, read per launch) and
 backend, on the SPEC §5 shapes in bfloat16, packed-projection views in the "nt" token order as the
 benchmark uses. Every output is checked against the float64 reference first (SPEC §3 bound).
 
-    python scripts/time_cuda_fwd.py [--ops temporal,spatial,spatial_cls,joint,joint_causal]
+    python scripts/time_cuda_fwd.py [--ops temporal,spatial,spatial_cls,joint,joint_causal] [--bwd] [--no-scalar]
 
+--bwd also times forward+backward (torch.autograd.grad of q, k, v and the CLS tensors against a
+fixed random dout) for the tensor-core kernels and Triton, after checking every gradient against
+the float64 reference. --no-scalar skips the scalar kernels (minutes at the long shapes).
 Times: median of CUDA-graph replays over rotated inputs (scripts/tune_temporal.graph_time_ms).
 """
 
@@ -45,7 +48,7 @@ def make_call(op, backend, q, k, v, cls):
     return lambda: tk.joint_attention(q, k, v, causal=op.endswith("causal"), backend=backend)
 
 
-def reference_out(op, q, k, v, cls):
+def reference_out(op, q, k, v, cls, keep_cls=False):
     x = [t.double() for t in (q, k, v)]
     scale = q.shape[-1] ** -0.5
     if op.startswith("temporal"):
@@ -53,16 +56,61 @@ def reference_out(op, q, k, v, cls):
     if op.startswith("spatial"):
         c = tuple(t.double() for t in cls) if cls else None
         out = reference.spatial_attention(*x, cls=c, scale=scale)
-        return out[0] if cls else out
+        return out[0] if cls and not keep_cls else out
     return reference.joint_attention(*x, causal=op.endswith("causal"), scale=scale)
+
+
+def make_fwd_bwd(op, backend, q, k, v, cls, douts):
+    leaves = (q, k, v) + (cls or ())
+    fwd = make_call(op, backend, q, k, v, cls)
+
+    def call():
+        outs = fwd()
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        return torch.autograd.grad(outs, leaves, douts)
+    return call
+
+
+def reference_grads(op, q, k, v, cls, douts):
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v) + (cls or ())]
+    outs = reference_out(op, *leaves[:3], tuple(leaves[3:]) if cls else None, keep_cls=True)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    return torch.autograd.grad(outs, leaves, [d.double() for d in douts])
+
+
+def time_bwd(op, shape, dtype) -> None:
+    B, T, N, H, D = shape
+    sets = []
+    for _ in range(ROTATE):
+        qkv = torch.randn(B, N, T, 3, H, D, device="cuda", dtype=dtype).transpose(1, 2)
+        q, k, v = (x.detach().requires_grad_() for x in qkv.unbind(3))  # strided views, as the benchmark's
+        cls = tuple(torch.randn(B, H, D, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3)) \
+            if op == "spatial_cls" else None
+        douts = (torch.randn(q.shape, device="cuda", dtype=dtype),)
+        if cls:
+            douts += (torch.randn(B, T, H, D, device="cuda", dtype=dtype),)
+        sets.append((q, k, v, cls, douts))
+    q, k, v, cls, douts = sets[0]
+    if B * T * N * H <= 2 ** 21:
+        got = make_fwd_bwd(op, "cuda", q, k, v, cls, douts)()
+        err = max(rel_err(g, r) for g, r in zip(got, reference_grads(op, q, k, v, cls, douts)))
+    else:
+        err = float("nan")
+    status = "unchecked" if err != err else "ok" if err <= BOUNDS[dtype] else f"WRONG (bound {BOUNDS[dtype]:.0e})"
+    times = {name: graph_time_ms([make_fwd_bwd(op, name, *s) for s in sets]) for name in ("cuda", "triton")}
+    label = f"{op} B{B} T{T} N{N} H{H} D{D} fwd+bwd"
+    print(f"{label:48s} {times['cuda']:8.4f} {'':>10s} {times['triton']:10.4f} {'':>9s} "
+          f"{times['cuda'] / times['triton']:9.2f}  {err:.2e} {status}", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ops", default=",".join(SHAPES))
+    ap.add_argument("--bwd", action="store_true", help="also time forward+backward")
+    ap.add_argument("--no-scalar", action="store_true", help="skip the scalar kernels")
     args = ap.parse_args()
     dtype = torch.bfloat16
-    print(f"{'case':40s} {'tc ms':>8s} {'scalar ms':>10s} {'triton ms':>10s} {'scalar/tc':>9s} {'tc/triton':>9s}  err")
+    print(f"{'case':48s} {'tc ms':>8s} {'scalar ms':>10s} {'triton ms':>10s} {'scalar/tc':>9s} {'tc/triton':>9s}  err")
     for op in args.ops.split(","):
         for B, T, N, H, D in SHAPES[op]:
             sets = []
@@ -78,15 +126,19 @@ def main() -> None:
             out = out[0] if isinstance(out, tuple) else out
             err = rel_err(out, reference_out(op, q, k, v, cls)) if B * T * N * H <= 2 ** 21 else float("nan")
             status = "unchecked" if err != err else "ok" if err <= BOUNDS[dtype] else f"WRONG (bound {BOUNDS[dtype]:.0e})"
-            times = {}
+            times = {"scalar": float("nan")}
             for name, backend, tc in (("tc", "cuda", "1"), ("scalar", "cuda", "0"), ("triton", "triton", "1")):
+                if name == "scalar" and args.no_scalar:
+                    continue
                 os.environ["TEMPORAL_KERNELS_CUDA_TC"] = tc
                 times[name] = graph_time_ms([make_call(op, backend, *s) for s in sets])
             os.environ["TEMPORAL_KERNELS_CUDA_TC"] = "1"
             label = f"{op} B{B} T{T} N{N} H{H} D{D}"
-            print(f"{label:40s} {times['tc']:8.4f} {times['scalar']:10.4f} {times['triton']:10.4f} "
+            print(f"{label:48s} {times['tc']:8.4f} {times['scalar']:10.4f} {times['triton']:10.4f} "
                   f"{times['scalar'] / times['tc']:9.2f} {times['tc'] / times['triton']:9.2f}  {err:.2e} {status}",
                   flush=True)
+            if args.bwd:
+                time_bwd(op, (B, T, N, H, D), dtype)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,14 @@ def test_joint(tc, mask, dtype):
     _ran(tc, FLASH, 32)
 
 
+@pytest.mark.parametrize("dtype", HALF, ids=_ids)
+def test_joint_frame_edge_inside_a_warp(tc, dtype):
+    """N=40, frame-causal: rows 32-39 (frame 0) see keys [0, 40), rows 40-47 (frame 1) the whole
+    first 64-key tile, so one row half of warp 2 needs the tile's mask and the other does not."""
+    check_joint(tc, (1, 2, 40, 1, 32), "packed_nt", dtype, True, False)
+    _ran(tc, FLASH, 32)
+
+
 def test_grid_stride(tc):
     """A grid capped below the work items walks every one of them."""
     _check_emulated(tc, (3, 8, 5, 2, 64), "packed_nt", True, True, torch.bfloat16, max_grid=2)

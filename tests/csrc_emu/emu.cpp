@@ -195,6 +195,17 @@ inline void cp_async_commit() {}
 template <int kPending>
 void cp_async_wait() {}
 
+// ex2.approx.ftz: the emulation computes 2^x exactly (the kernels' bounds are far above its error).
+inline float exp2_approx(float x) { return std::exp2(x); }
+
+// A vote over the mask's lanes, through the emulated shuffles (every lane of the mask must reach it).
+inline bool __all_sync(unsigned mask, int pred) {
+  if (mask != 0xffffffffu) emu_fail("__all_sync: the kernels vote with the full warp only");
+  double all = pred ? 1.0 : 0.0;
+  for (int off = 1; off < 32; off *= 2) all = std::min(all, __shfl_xor_sync(mask, all, off));
+  return all != 0.0;
+}
+
 void fiber_main() {
   ctx->body();
   ctx->fibers[ctx->current].wait = Wait::kDone;
