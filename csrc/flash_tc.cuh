@@ -153,32 +153,40 @@ __device__ __forceinline__ void tc_stage(T* tile, const TcRows<const T*>& x, int
   constexpr int kRows = 16 * kWarps;
   constexpr int kThreads = 32 * kWarps;
   if constexpr (kThreads % kChunks == 0) {
-    // Tokens on one axis (spatial, temporal): a thread copies one chunk column of rows kStep
-    // apart, so one row pointer per tile and a stride step per chunk replace row()'s arithmetic.
-    if (x.div == 0) {
-      constexpr int kStep = kThreads / kChunks;
-      const int ch = static_cast<int>(threadIdx.x) % kChunks, r0 = static_cast<int>(threadIdx.x) / kChunks;
-      const int rows = static_cast<int>(min(max(end - j0, int64_t(0)), int64_t(kRows)));  // rows with a token
-      const int cls_r = x.cls_token >= j0 && x.cls_token < j0 + kRows ? static_cast<int>(x.cls_token - j0) : -1;
-      const bool in_d = ch * 8 < D;
-      const T* src = x.base + (j0 + r0) * x.st_token + ch * 8;
-      const int64_t step = kStep * x.st_token;
+    // A thread copies one chunk column of rows kStep apart: the row pointer is computed once per
+    // tile and then stepped (joint tokens j = f N + n: n by kStep, wrapping to the next frame),
+    // instead of row()'s arithmetic per chunk.
+    constexpr int kStep = kThreads / kChunks;
+    const int ch = static_cast<int>(threadIdx.x) % kChunks, r0 = static_cast<int>(threadIdx.x) / kChunks;
+    const int rows = static_cast<int>(min(max(end - j0, int64_t(0)), int64_t(kRows)));  // rows with a token
+    const int cls_r = x.cls_token >= j0 && x.cls_token < j0 + kRows ? static_cast<int>(x.cls_token - j0) : -1;
+    const bool in_d = ch * 8 < D;
+    const uint32_t j = static_cast<uint32_t>(j0 + r0);  // a sequence has < 2^31 tokens
+    const uint32_t f = x.div == 0 ? 0u : j / x.div;
+    uint32_t n = j - f * x.div;
+    const T* src = x.base + f * x.st_frame + n * x.st_token + ch * 8;
+    const int64_t step = kStep * x.st_token, wrap = x.st_frame - x.div * x.st_token;
 #pragma unroll
-      for (int i = 0; i < kRows / kStep; ++i, src += step) {
-        const int r = r0 + i * kStep;
-        const bool ok = in_d && r < rows;
-        const T* from = r == cls_r ? x.cls + ch * 8 : src;
-        cp_async16(tile + r * tc_row<kD>() + ch * 8, ok ? from : x.base, ok ? 16 : 0);
+    for (int i = 0; i < kRows / kStep; ++i) {
+      const int r = r0 + i * kStep;
+      const bool ok = in_d && r < rows;
+      const T* from = r == cls_r ? x.cls + ch * 8 : src;
+      cp_async16(tile + r * tc_row<kD>() + ch * 8, ok ? from : x.base, ok ? 16 : 0);
+      src += step;
+      n += kStep;
+      while (x.div != 0 && n >= x.div) {
+        n -= x.div;
+        src += wrap;
       }
-      return;
     }
-  }
-  for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
-    const int r = c / kChunks, ch = c % kChunks;
-    const int64_t j = j0 + r;
-    const bool ok = j < end && ch * 8 < D;
-    const T* src = ok ? x.row(j) + ch * 8 : x.base;
-    cp_async16(tile + r * tc_row<kD>() + ch * 8, src, ok ? 16 : 0);
+  } else {
+    for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
+      const int r = c / kChunks, ch = c % kChunks;
+      const int64_t j = j0 + r;
+      const bool ok = j < end && ch * 8 < D;
+      const T* src = ok ? x.row(j) + ch * 8 : x.base;
+      cp_async16(tile + r * tc_row<kD>() + ch * 8, src, ok ? 16 : 0);
+    }
   }
 }
 
