@@ -795,7 +795,8 @@ __global__ void __launch_bounds__(kWarps * 32) flash_bwd_dq_tc_kernel(const Spat
 
     // Loop 0 sums delta; loop 1 accumulates dQ with it.
     for (int pass = 0; pass < 2; ++pass) {
-      if (n_tiles > 0) {
+      // A single key tile (temporal T <= 32, short sequences) stays in its buffer for pass 1.
+      if (n_tiles > 1 || (n_tiles == 1 && pass == 0)) {
         tc_stage<T, kD, kWarps>(k_s, k_rows, 0, blk_end, p.D);
         tc_stage<T, kD, kWarps>(v_s, v_rows, 0, blk_end, p.D);
       }

@@ -1,6 +1,6 @@
 """The workload scripts/sanitize.sh runs under compute-sanitizer: every op of every kernel backend
 (Triton: temporal short and tiled paths, spatial with and without CLS, packed forms, joint,
-factorized; CUDA: the temporal ops), forward and backward through the public API, on tiny
+factorized; CUDA: the same but factorized), forward and backward through the public API, on tiny
 shapes covering every dtype, causal + frame_lens (incl. a fully padded batch element), partial
 head-dim blocks and unaligned base pointers (one element into a flat buffer)."""
 
@@ -68,24 +68,24 @@ def run_backend(backend: str) -> None:
             for causal, frame_lens in ((False, None), (True, lens)):
                 backward(tk.temporal_attention(q, k, v, causal=causal, frame_lens=frame_lens, backend=backend))
                 backward(tk.temporal_attention_qkvpacked(qkv, causal=causal, frame_lens=frame_lens, backend=backend))
-                if backend != "triton":
-                    continue  # the CUDA extension serves the temporal ops only (issue 6)
                 backward(tk.joint_attention(q, k, v, causal=causal, frame_lens=frame_lens, backend=backend))
-                backward(tk.factorized_attention(q, k, v, temporal_heads=H // 2, causal=causal, backend=backend))
-            if backend != "triton" or T * N > 400:
+                if backend == "triton":  # the CUDA extension has no factorized op
+                    backward(tk.factorized_attention(q, k, v, temporal_heads=H // 2, causal=causal, backend=backend))
+            if T * N > 400:
                 continue
             cls_qkv = randn(B, 3, H, D, dtype=dtype).requires_grad_()
             backward(tk.spatial_attention(q, k, v, backend=backend))
             backward(*tk.spatial_attention(q, k, v, cls=tuple(cls_qkv.unbind(1)), backend=backend))
             backward(tk.spatial_attention_qkvpacked(qkv, backend=backend))
             backward(*tk.spatial_attention_qkvpacked(qkv, cls_qkv=cls_qkv, backend=backend))
-    # Spatial tiles over N beyond one block, with the CLS key (N = 197); factorized with several
-    # spatial row blocks per frame behind the temporal heads' programs (short path at T = 8).
+    # Spatial tiles over N beyond one block, with the CLS key (N = 197: the tensor-core kernels'
+    # 16-key last tile and warps of padded rows), joint over several key tiles; factorized with
+    # several spatial row blocks per frame behind the temporal heads' programs (short path at T = 8).
     qkv = packed(1, 2, 197, 2, 64, torch.bfloat16, patch_major=True)
     cls_qkv = randn(1, 3, 2, 64, dtype=torch.bfloat16).requires_grad_()
+    backward(*tk.spatial_attention_qkvpacked(qkv, cls_qkv=cls_qkv, backend=backend))
+    backward(tk.joint_attention(*qkv.unbind(3), causal=True, backend=backend))
     if backend == "triton":
-        backward(*tk.spatial_attention_qkvpacked(qkv, cls_qkv=cls_qkv, backend=backend))
-        backward(tk.joint_attention(*qkv.unbind(3), causal=True, backend=backend))
         qkv = packed(1, 8, 197, 4, 64, torch.bfloat16, patch_major=False)
         backward(tk.factorized_attention(*qkv.unbind(3), temporal_heads=2, backend=backend))
 

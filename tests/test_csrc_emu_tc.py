@@ -133,6 +133,15 @@ def test_joint(tc, mask, dtype):
     _ran(tc, FLASH, 32)
 
 
+def test_three_key_tiles(tc):
+    """150 tokens: three 64-key tiles, so pass 1 of the dQ kernel must restage tile 0 (pass 0 left
+    tile 2 in its buffer), and both K/V buffers are reused."""
+    _check_emulated(tc, (1, 150, 1, 1, 32), "packed_tn", False, False, torch.bfloat16)
+    _ran(tc, FLASH, 32)
+    check_joint(tc, (1, 5, 30, 1, 32), "packed_nt", torch.float16, True, True)
+    _ran(tc, FLASH, 32)
+
+
 @pytest.mark.parametrize("dtype", HALF, ids=_ids)
 def test_joint_frame_edge_inside_a_warp(tc, dtype):
     """N=40, frame-causal: rows 32-39 (frame 0) see keys [0, 40), rows 40-47 (frame 1) the whole
