@@ -994,34 +994,49 @@ __global__ void __launch_bounds__(kWarps * 32) flash_bwd_dkdv_tc_kernel(const Sp
   }
 }
 
-// Temporal backward with T <= 16, one warp per kPack (b, n, h) groups (the forward's lean kernel's
-// rows: 8 s + t with kPack = 2, t with kPack = 1), fused: q, k, v, dout and lse are read once and
-// dq, dk, dv written once; delta = rowsum(P * dP) (fp32, quad sums) never leaves the warp. dQ from
-// S = Q K^T and dP = dO V^T; dK and dV from the transposed products S^T = K Q^T and dP^T = V dO^T,
+// Temporal backward with T <= 32 in one block of kWarps warps per kPack (b, n, h) groups (16
+// kWarps slots: with one warp the forward's lean kernel's rows, 8 s + t with kPack = 2, t with
+// kPack = 1; with two warps (16 < T <= 32, kPack = 1) slot t is frame t), fused: q, k, v, dout and
+// lse are read once and dq, dk, dv written once; delta = rowsum(P * dP) (fp32, quad sums) is
+// summed by the warp that owns the query row and passed to the dK/dV side in shared memory. Warp
+// w owns query slots and key slots [16 w, 16 w + 16): dQ from S = Q K^T and dP = dO V^T over all
+// keys; dK and dV from the transposed products S^T = K Q^T and dP^T = V dO^T over all queries,
 // recomputed rather than transposed (the probabilities of a key row need each query column's lse
-// and delta, kept in shared memory). Masked elements are selected to 0, never multiplied, and with
-// kPack = 2 every product is block-diagonal (tc_gemm_xb), so no value of one group reaches the
-// other's gradients.
-template <typename T, int kD, int kPack>
-__global__ void __launch_bounds__(32) temporal_bwd_tc_packed_kernel(const SpatialParams p, const int64_t, const int) {
-  static_assert(kPack == 1 || kPack == 2, "groups per warp");
+// and delta). Masked elements are selected to 0, never multiplied, and with kPack = 2 every
+// product is block-diagonal (tc_gemm_xb), so no value of one group reaches the other's gradients.
+template <int kWarps>
+__device__ __forceinline__ void tc_block_sync() {
+  if constexpr (kWarps == 1) {
+    __syncwarp();
+  } else {
+    __syncthreads();
+  }
+}
+
+template <typename T, int kD, int kPack, int kWarps>
+__global__ void __launch_bounds__(32 * kWarps) temporal_bwd_tc_packed_kernel(const SpatialParams p, const int64_t, const int) {
+  static_assert(kPack == 1 || kPack == 2, "groups per block");
+  static_assert(kWarps == 1 || (kWarps == 2 && kPack == 1), "two warps: one group of up to 32 frames");
   static_assert(kD <= 128, "the fused backward's head dims");
-  constexpr int kGroupRows = 16 / kPack;
+  constexpr int kSlots = 16 * kWarps;
+  constexpr int kGroupRows = kSlots / kPack;
+  constexpr int kNT = kSlots / 8;  // 8-column tiles of S (keys) and S^T (queries)
   constexpr int kRow = tc_row<kD>();
   constexpr int kChunks = kD / 8;
   constexpr int kDT = kD / 8;
   constexpr bool kDiag = kPack == 2;
-  T* q_s = reinterpret_cast<T*>(dynamic_smem());  // [16, kRow] each
-  T* k_s = q_s + 16 * kRow;                        // at the end, the dK rows
-  T* v_s = k_s + 16 * kRow;                        // at the end, the dV rows
-  T* do_s = v_s + 16 * kRow;
-  T* dq_s = do_s + 16 * kRow;                      // the dQ rows
-  float* lse2_s = reinterpret_cast<float*>(dq_s + 16 * kRow);  // [16] per query slot
-  float* dlt_s = lse2_s + 16;                                  // [16]
-  int* lo_s = reinterpret_cast<int*>(dlt_s + 16);              // [16]: the slot's visible keys [lo, hi)
-  int* hi_s = lo_s + 16;
+  T* q_s = reinterpret_cast<T*>(dynamic_smem());  // [kSlots, kRow] each
+  T* k_s = q_s + kSlots * kRow;                    // at the end, the dK rows
+  T* v_s = k_s + kSlots * kRow;                    // at the end, the dV rows
+  T* do_s = v_s + kSlots * kRow;
+  T* dq_s = do_s + kSlots * kRow;                  // the dQ rows
+  float* lse2_s = reinterpret_cast<float*>(dq_s + kSlots * kRow);  // [kSlots] per query slot
+  float* dlt_s = lse2_s + kSlots;                                  // [kSlots]
+  int* lo_s = reinterpret_cast<int*>(dlt_s + kSlots);              // [kSlots]: the slot's visible keys [lo, hi)
+  int* hi_s = lo_s + kSlots;
 
-  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row0 = kWarps == 1 ? 0 : 16 * warp;  // the warp's query slots and key slots
   const int g = lane / 4, tq = lane % 4;
   const BwdInputs<T> in = bwd_inputs<T>(p);
   const float qk_scale = static_cast<float>(in.qk_scale), log2e = static_cast<float>(in.log2e);
@@ -1050,8 +1065,8 @@ __global__ void __launch_bounds__(32) temporal_bwd_tc_packed_kernel(const Spatia
     };
     auto stat = [&](int sub) { return sub ? (b_[1] * p.H + h_[1]) * p.T * p.N + n_[1] : (b_[0] * p.H + h_[0]) * p.T * p.N + n_[0]; };
 
-    __syncwarp();  // the previous item's gradient rows have been written out
-    for (int c = lane; c < 16 * kChunks; c += 32) {
+    tc_block_sync<kWarps>();  // the previous item's gradient rows have been written out
+    for (int c = threadIdx.x; c < kSlots * kChunks; c += 32 * kWarps) {
       const int r = c / kChunks, ch = c % kChunks;
       const int sub = r / kGroupRows, t = r % kGroupRows;
       const bool ok = ch * 8 < p.D && t < (sub ? len[1] : len[0]);  // padded frames: neither queries nor keys
@@ -1063,40 +1078,40 @@ __global__ void __launch_bounds__(32) temporal_bwd_tc_packed_kernel(const Spatia
                  ok ? 16 : 0);
     }
     cp_async_commit();
-    if (lane < 16) {
-      const int sub = lane / kGroupRows, t = lane % kGroupRows;
+    if (threadIdx.x < kSlots) {
+      const int slot = threadIdx.x, sub = slot / kGroupRows, t = slot % kGroupRows;
       const int n_keys = sub ? len[1] : len[0];
       const int end = t < n_keys ? (p.causal ? t + 1 : n_keys) : 0;
-      lo_s[lane] = kGroupRows * sub;
-      hi_s[lane] = kGroupRows * sub + end;
-      lse2_s[lane] = end > 0 ? in.lse[stat(sub) + t * p.N] * log2e : 0.f;
+      lo_s[slot] = kGroupRows * sub;
+      hi_s[slot] = kGroupRows * sub + end;
+      lse2_s[slot] = end > 0 ? in.lse[stat(sub) + t * p.N] * log2e : 0.f;
     }
     cp_async_wait<0>();
-    __syncwarp();
+    tc_block_sync<kWarps>();
 
-    // dQ side: rows are query slots g and g + 8.
+    // dQ side: rows are query slots row0 + g and row0 + g + 8, columns all key slots.
     int lo[2], hi[2];
     float lse2[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      lo[h] = lo_s[g + 8 * h];
-      hi[h] = hi_s[g + 8 * h];
-      lse2[h] = lse2_s[g + 8 * h];
+      lo[h] = lo_s[row0 + g + 8 * h];
+      hi[h] = hi_s[row0 + g + 8 * h];
+      lse2[h] = lse2_s[row0 + g + 8 * h];
     }
-    float sc[2][4], dp[2][4], dq[kDT][4];
+    float sc[kNT][4], dp[kNT][4], dq[kDT][4];
     tc_zero(sc);
     tc_zero(dp);
     tc_zero(dq);  // dQ / scale
     {
       uint32_t qf[kD / 16][4], dof[kD / 16][4];
-      tc_load_a<T, kD>(qf, q_s);
-      tc_load_a<T, kD>(dof, do_s);
-      tc_gemm_abt<T, kD, 2>(sc, qf, k_s);
-      tc_gemm_abt<T, kD, 2>(dp, dof, v_s);
+      tc_load_a<T, kD>(qf, q_s + row0 * kRow);
+      tc_load_a<T, kD>(dof, do_s + row0 * kRow);
+      tc_gemm_abt<T, kD, kNT>(sc, qf, k_s);
+      tc_gemm_abt<T, kD, kNT>(dp, dof, v_s);
     }
     float dlt[2] = {0.f, 0.f};
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
+    for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = nt * 8 + 2 * tq + (e % 2), h = e / 2;
@@ -1109,59 +1124,61 @@ __global__ void __launch_bounds__(32) temporal_bwd_tc_packed_kernel(const Spatia
     for (int h = 0; h < 2; ++h) {
       dlt[h] += __shfl_xor_sync(0xffffffffu, dlt[h], 1);
       dlt[h] += __shfl_xor_sync(0xffffffffu, dlt[h], 2);
-      if (tq == 0) dlt_s[g + 8 * h] = dlt[h];
+      if (tq == 0) dlt_s[row0 + g + 8 * h] = dlt[h];
     }
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
+    for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = nt * 8 + 2 * tq + (e % 2), h = e / 2;
         sc[nt][e] = key >= lo[h] && key < hi[h] ? sc[nt][e] * (dp[nt][e] - dlt[h]) : 0.f;  // dS
       }
     }
-    tc_gemm_xb<T, kD, 2, kDiag>(dq, sc, k_s);
+    tc_gemm_xb<T, kD, kNT, kDiag>(dq, sc, k_s);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {  // staged now: its registers are free for dK and dV
 #pragma unroll
       for (int dt = 0; dt < kDT; ++dt) {
-        *reinterpret_cast<uint32_t*>(dq_s + (g + 8 * h) * kRow + dt * 8 + 2 * tq) =
+        *reinterpret_cast<uint32_t*>(dq_s + (row0 + g + 8 * h) * kRow + dt * 8 + 2 * tq) =
             pack2<T>(dq[dt][2 * h] * scale, dq[dt][2 * h + 1] * scale);
       }
     }
-    __syncwarp();  // dlt_s is complete
+    tc_block_sync<kWarps>();  // dlt_s is complete
 
-    // dK/dV side: rows are key slots g and g + 8, columns query slots.
-    float st[2][4], dpt[2][4], dk[kDT][4], dv[kDT][4];
+    // dK/dV side: rows are key slots row0 + g and row0 + g + 8, columns all query slots.
+    float st[kNT][4], dpt[kNT][4], dk[kDT][4], dv[kDT][4];
     tc_zero(st);
     tc_zero(dpt);
     tc_zero(dk);
     tc_zero(dv);
     {
       uint32_t kf[kD / 16][4], vf[kD / 16][4];
-      tc_load_a<T, kD>(kf, k_s);
-      tc_load_a<T, kD>(vf, v_s);
-      tc_gemm_abt<T, kD, 2>(st, kf, q_s);
-      tc_gemm_abt<T, kD, 2>(dpt, vf, do_s);
+      tc_load_a<T, kD>(kf, k_s + row0 * kRow);
+      tc_load_a<T, kD>(vf, v_s + row0 * kRow);
+      tc_gemm_abt<T, kD, kNT>(st, kf, q_s);
+      tc_gemm_abt<T, kD, kNT>(dpt, vf, do_s);
     }
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
+    for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int qc = nt * 8 + 2 * tq + (e % 2), key = g + 8 * (e / 2);
+        const int qc = nt * 8 + 2 * tq + (e % 2), key = row0 + g + 8 * (e / 2);
         const bool vis = key >= lo_s[qc] && key < hi_s[qc];
         const float pr = vis ? exp2f(st[nt][e] * qk_scale - lse2_s[qc]) : 0.f;
         st[nt][e] = pr;                                                 // P^T
         dpt[nt][e] = vis ? pr * (dpt[nt][e] - dlt_s[qc]) : 0.f;         // dS^T
       }
     }
-    tc_gemm_xb<T, kD, 2, kDiag>(dv, st, do_s);
-    tc_gemm_xb<T, kD, 2, kDiag>(dk, dpt, q_s);
-    __syncwarp();  // every lane's K and V fragments are loaded before dK / dV replace them
+    tc_gemm_xb<T, kD, kNT, kDiag>(dv, st, do_s);
+    tc_gemm_xb<T, kD, kNT, kDiag>(dk, dpt, q_s);
+    // Every lane's K and V fragments are loaded before dK / dV replace the warp's own rows (the
+    // other warp reads only its own K and V rows, Q and dO after the barrier above).
+    __syncwarp();
 
-    // Stage dK and dV beside dQ, then write the rows of real frames (padded frames: 0).
+    // Stage dK and dV beside dQ, then write the warp's rows of real frames (padded frames: 0).
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int r = g + 8 * h;
+      const int r = row0 + g + 8 * h;
 #pragma unroll
       for (int dt = 0; dt < kDT; ++dt) {
         const int col = dt * 8 + 2 * tq;
@@ -1171,7 +1188,7 @@ __global__ void __launch_bounds__(32) temporal_bwd_tc_packed_kernel(const Spatia
     }
     __syncwarp();
     for (int c = lane; c < 16 * kChunks; c += 32) {
-      const int r = c / kChunks, ch = c % kChunks;
+      const int r = row0 + c / kChunks, ch = c % kChunks;
       const int sub = r / kGroupRows, t = r % kGroupRows;
       if (t < (sub ? rows[1] : rows[0]) && ch * 8 < p.D) {
         const int e = ch * 8;
@@ -1243,11 +1260,11 @@ TcKernel<T> tc_kernel_for(const TcLaunch& l) {
 }
 
 // The backward: the flash pair for head dims up to 64 (their registers), the fused temporal kernel
-// (T <= 16) up to 128.
+// (T <= 32) up to 128.
 constexpr int64_t kTcBwdMaxHeadDim = 64;
 constexpr int64_t kTcFusedBwdMaxHeadDim = 128;
 
-inline bool tc_bwd_fused(const SpatialParams& p) { return p.mode == SeqMode::kTemporal && p.T <= 16; }
+inline bool tc_bwd_fused(const SpatialParams& p) { return p.mode == SeqMode::kTemporal && p.T <= 32; }
 
 template <typename T>
 bool flash_tc_bwd_applies(const SpatialParams& p) {
@@ -1269,8 +1286,10 @@ void tc_bwd_kernels(TcBwdLaunch& l) {
 }
 
 template <typename T, int kD>
-TcKernel<void> tc_fused_bwd_kernel(int pack) {
-  return pack == 2 ? temporal_bwd_tc_packed_kernel<T, kD, 2> : temporal_bwd_tc_packed_kernel<T, kD, 1>;
+TcKernel<void> tc_fused_bwd_kernel(int pack, int warps) {
+  return warps == 2  ? temporal_bwd_tc_packed_kernel<T, kD, 1, 2>
+         : pack == 2 ? temporal_bwd_tc_packed_kernel<T, kD, 2, 1>
+                     : temporal_bwd_tc_packed_kernel<T, kD, 1, 1>;
 }
 
 template <typename T>
@@ -1290,18 +1309,19 @@ TcBwdLaunch tc_bwd_launch(const SpatialParams& p) {
   l.pack = !tc_bwd_fused(p) ? 0 : L <= 8 ? 2 : 1;
   if (l.pack > 0) {
     l.kd = tc_head_dim(p.D);
-    // One fused kernel (in l.dq): Q, K, V, dO and the gradient rows of 16 slots, 4 statistics each.
-    l.warps = 1;
+    // One fused kernel (in l.dq): Q, K, V, dO and the gradient rows of 16 slots per warp, 4
+    // statistics each.
+    l.warps = L <= 16 ? 1 : 2;
     l.stages = 1;
-    l.smem_dq = static_cast<size_t>(5 * 16 * (l.kd + 8) * 2 + 16 * 16);
+    l.smem_dq = static_cast<size_t>(16 * l.warps * (5 * (l.kd + 8) * 2 + 16));
     l.smem_dkdv = 0;
     l.grid = std::min<int64_t>((seq_count(p) + l.pack - 1) / l.pack, int64_t(1) << 30);
     if constexpr (kTcDtype<T>) {
       switch (l.kd) {
-        case 32: l.dq = tc_fused_bwd_kernel<T, 32>(l.pack); break;
-        case 64: l.dq = tc_fused_bwd_kernel<T, 64>(l.pack); break;
-        case 96: l.dq = tc_fused_bwd_kernel<T, 96>(l.pack); break;
-        default: l.dq = tc_fused_bwd_kernel<T, 128>(l.pack); break;
+        case 32: l.dq = tc_fused_bwd_kernel<T, 32>(l.pack, l.warps); break;
+        case 64: l.dq = tc_fused_bwd_kernel<T, 64>(l.pack, l.warps); break;
+        case 96: l.dq = tc_fused_bwd_kernel<T, 96>(l.pack, l.warps); break;
+        default: l.dq = tc_fused_bwd_kernel<T, 128>(l.pack, l.warps); break;
       }
     }
     return l;

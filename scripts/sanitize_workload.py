@@ -46,11 +46,12 @@ CASES = [  # (B, T, N, H, D, dtype)
     (1, 100, 2, 2, 64, torch.bfloat16),  # tiled temporal path (forward and FA2 backward)
     (1, 70, 1, 1, 72, torch.float32),
     (2, 1, 4, 2, 8, torch.float16),     # T = 1
+    (2, 27, 3, 2, 64, torch.bfloat16),  # CUDA: the 2-warp fused temporal backward (16 < T <= 32)
 ]
 
 
 if os.environ.get("TK_SANITIZE_QUICK") == "1":  # a subset for a short device call: short, tiled, partial D
-    CASES = [CASES[0], CASES[2], CASES[4]]
+    CASES = [CASES[0], CASES[2], CASES[4], CASES[7]]
 
 
 def run_backend(backend: str) -> None:

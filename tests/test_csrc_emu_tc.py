@@ -25,13 +25,14 @@ HALF = (torch.float16, torch.bfloat16)
 SCALAR, FLASH, PACKED = 0, 1, 2
 
 
-def _ran(tc, forward, D):
+def _ran(tc, forward, D, fused_bwd=None):
     """The forward kernel that ran, and the tensor-core backward wherever it applies: the fused
-    temporal kernel where the forward was the packed one (T <= 16; D <= 128), else the flash pair
-    (D <= 64)."""
+    temporal kernel (temporal T <= 32, ``fused_bwd``; by default where the forward was the packed
+    one, T <= 16; D <= 128), else the flash pair (D <= 64)."""
     assert tc.emu_last_tc() == forward
-    applies = forward != SCALAR and D <= (128 if forward == PACKED else 64)
-    assert tc.emu_last_tc_bwd() == (forward if applies else SCALAR)
+    fused = forward == PACKED if fused_bwd is None else fused_bwd
+    applies = forward != SCALAR and D <= (128 if fused else 64)
+    assert tc.emu_last_tc_bwd() == ((PACKED if fused else FLASH) if applies else SCALAR)
 
 
 @pytest.fixture
@@ -54,13 +55,13 @@ def _ids(x):
 
 @pytest.mark.parametrize("dtype", HALF, ids=_ids)
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("T", [7, 13], ids=["T7-two-groups-per-warp", "T13-one-group-per-warp"])
+@pytest.mark.parametrize("T", [7, 13, 27], ids=["T7-two-groups-per-warp", "T13-one-group-per-warp", "T27-two-warps"])
 def test_temporal_short(tc, layout, dtype, T):
-    """T <= 16, every layout and mask: two (b, n, h) groups per warp at T=7 (rows 8 s + t), one at
-    T=13 (rows t, one 16-key tile)."""
+    """Every layout and mask: two (b, n, h) groups per warp at T=7 (rows 8 s + t), one at T=13
+    (rows t, one 16-key tile); at T=27 the 2-warp flash forward and the fused 2-warp backward."""
     for causal, lens in MASKS:
         _check_emulated(tc, (2, T, 3, 2, 40), layout, causal, lens, dtype)
-        _ran(tc, PACKED, 40)
+        _ran(tc, PACKED if T <= 16 else FLASH, 40, fused_bwd=True)
 
 
 @pytest.mark.parametrize(
@@ -82,19 +83,20 @@ def test_temporal_packed_shapes(tc, shape, dtype):
 @pytest.mark.parametrize(
     "shape,dtype",
     [
-        ((2, 20, 2, 1, 72), torch.bfloat16),  # 2 warps, head dim 96
+        ((2, 20, 2, 1, 72), torch.bfloat16),  # 2 warps, head dim 96 (fused 2-warp backward)
         ((1, 40, 2, 1, 16), torch.float16),  # 4 warps, one tile, head dim 32
         ((1, 70, 1, 2, 64), torch.bfloat16),  # 2 row blocks x 2 key tiles, 2 stages
         ((1, 9, 1, 1, 160), torch.float16),  # one group per warp, head dim 160
         ((2, 16, 1, 1, 128), torch.bfloat16),  # one group per warp, 16 frames
         ((1, 17, 2, 1, 64), torch.float16),  # 2 warps, one tile
+        ((2, 32, 2, 1, 128), torch.bfloat16),  # 2 warps, 32 frames, head dim 128
     ],
     ids=_ids,
 )
 def test_temporal_shapes(tc, shape, dtype):
     for causal, lens in ((False, False), (True, True)):
         _check_emulated(tc, shape, "packed_tn", causal, lens, dtype)
-        _ran(tc, (PACKED if shape[1] <= 16 else FLASH), shape[4])
+        _ran(tc, (PACKED if shape[1] <= 16 else FLASH), shape[4], fused_bwd=shape[1] <= 32)
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=_ids)
