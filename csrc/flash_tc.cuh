@@ -7,9 +7,11 @@
 //
 // flash_fwd_tc_kernel: a block of kWarps warps owns 16 * kWarps query rows of one sequence, each
 // warp 16 of them; the block walks the keys in tiles of 16 * kWarps tokens (kWarps = 1 for
-// sequences of up to 16 tokens, 2 up to 32, 4 beyond). Temporal attention with T <= 16 runs
+// sequences of up to 16 tokens, 2 up to 32, 4 beyond). Temporal attention with T <= 32 runs
 // temporal_fwd_tc_packed_kernel instead: one warp per (b, n, h) group, two groups per warp when
-// T <= 8, without the sequence machinery (the memory-bound TimeSformer shapes).
+// T <= 8, one group per two warps when 16 < T <= 32, without the sequence machinery (the
+// memory-bound TimeSformer shapes). Inside a tile: full tiles skip the masks (a warp vote), a
+// last tile of at most 16 keys runs as a 16-key tile, warps of padded rows compute nothing.
 // Q, K and V reach shared memory by 16-byte cp.async (zero-filled past the sequence and the head
 // dim), two K/V stages when the sequence has more than one tile; rows are padded by 16 bytes so
 // the ldmatrix row addresses of one 8x8 matrix fall in different banks. Per tile: S = Q K^T by
@@ -22,7 +24,7 @@
 //
 // The forward applies (flash_tc_applies) to 16-bit inputs whose rows are 16-byte aligned (vec16)
 // with D % 8 == 0 and D <= 160 (padded to 32, 64, 96, 128 or 160), the backward (see its section)
-// to those with D <= 64, or D <= 128 for temporal T <= 16; everything else runs the scalar
+// to those with D <= 64, or D <= 128 for temporal T <= 32; everything else runs the scalar
 // kernels. The CPU CI runs this source through tests/csrc_emu/ (ldmatrix, mma.sync and cp.async
 // emulated per warp).
 #pragma once
@@ -187,6 +189,16 @@ __device__ __forceinline__ void tc_stage(T* tile, const TcRows<const T*>& x, int
       const T* src = ok ? x.row(j) + ch * 8 : x.base;
       cp_async16(tile + r * tc_row<kD>() + ch * 8, src, ok ? 16 : 0);
     }
+  }
+}
+
+// A barrier over the block's warps (one warp: __syncwarp).
+template <int kWarps>
+__device__ __forceinline__ void tc_block_sync() {
+  if constexpr (kWarps == 1) {
+    __syncwarp();
+  } else {
+    __syncthreads();
   }
 }
 
@@ -461,24 +473,29 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps>())
   }
 }
 
-// Temporal attention with T <= 16 in one warp per kPack (b, n, h) groups, without the general
-// kernel's sequence machinery. kPack = 2 (T <= 8): the warp packs two groups into the 16 rows
-// and 16 keys of its tiles (row and key 8 s + t: frame t of group s; with T < 8 the rows t >= T
-// are padding), so no row is padding at T = 8, and the key tile is block-diagonal (a row sees
-// only its own group's keys). kPack = 1 (T <= 16): row and key t are frame t of the one group.
-template <typename T, int kD, int kPack>
-__global__ void __launch_bounds__(32, tc_min_blocks<kD, 1>())
+// Temporal attention with T <= 32 in one block of kWarps warps per kPack (b, n, h) groups,
+// without the general kernel's sequence machinery. kPack = 2 (T <= 8): the warp packs two groups
+// into the 16 rows and 16 keys of its tiles (row and key 8 s + t: frame t of group s; with T < 8
+// the rows t >= T are padding), so no row is padding at T = 8, and the key tile is block-diagonal
+// (a row sees only its own group's keys). kPack = 1: row and key t are frame t of the one group,
+// in one warp (T <= 16) or two (16 < T <= 32: warp w owns rows [16 w, 16 w + 16), both read the
+// 32 keys).
+template <typename T, int kD, int kPack, int kWarps>
+__global__ void __launch_bounds__(32 * kWarps, tc_min_blocks<kD, kWarps>())
     temporal_fwd_tc_packed_kernel(const SpatialParams p, const int64_t, const int) {
   static_assert(kPack == 1 || kPack == 2, "groups per warp");
-  constexpr int kGroupRows = 16 / kPack;  // rows (and keys) per group
+  static_assert(kWarps == 1 || (kWarps == 2 && kPack == 1), "two warps: one group of up to 32 frames");
+  constexpr int kSlots = 16 * kWarps;          // rows and keys of the block
+  constexpr int kGroupRows = kSlots / kPack;  // rows (and keys) per group
   constexpr int kRow = tc_row<kD>();
   constexpr int kChunks = kD / 8;
   constexpr int kDT = kD / 8;
-  T* q_s = reinterpret_cast<T*>(dynamic_smem());  // [16, kRow]; at the end, the output rows
-  T* k_s = q_s + 16 * kRow;                        // [16, kRow]
-  T* v_s = k_s + 16 * kRow;                        // [16, kRow]
+  T* q_s = reinterpret_cast<T*>(dynamic_smem());  // [kSlots, kRow]; at the end, the output rows
+  T* k_s = q_s + kSlots * kRow;                    // [kSlots, kRow]
+  T* v_s = k_s + kSlots * kRow;                    // [kSlots, kRow]
 
-  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row0 = kWarps == 1 ? 0 : 16 * warp;  // the warp's rows
   const int g = lane / 4, tq = lane % 4;
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
@@ -511,8 +528,8 @@ __global__ void __launch_bounds__(32, tc_min_blocks<kD, 1>())
       stat[sub] = (b * p.H + h) * p.T * p.N + n;
     }
 
-    __syncwarp();  // the previous item's output rows have been written out
-    for (int c = lane; c < 16 * kChunks; c += 32) {
+    tc_block_sync<kWarps>();  // the previous item's output rows have been written out
+    for (int c = threadIdx.x; c < kSlots * kChunks; c += 32 * kWarps) {
       const int r = c / kChunks, ch = c % kChunks;
       const int sub = r / kGroupRows, t = r % kGroupRows;
       const bool in_d = ch * 8 < p.D;
@@ -527,20 +544,20 @@ __global__ void __launch_bounds__(32, tc_min_blocks<kD, 1>())
     }
     cp_async_commit();
     cp_async_wait<0>();
-    __syncwarp();
+    tc_block_sync<kWarps>();
 
     uint32_t qf[kD / 16][4];
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
-      ldsm_x4(qf[kk], q_s + ((lane % 8) + 8 * ((lane / 8) % 2)) * kRow + kk * 16 + 8 * (lane / 16));
+      ldsm_x4(qf[kk], q_s + (row0 + (lane % 8) + 8 * ((lane / 8) % 2)) * kRow + kk * 16 + 8 * (lane / 16));
     }
     // This lane's rows g and g + 8: frame g of groups 0 and 1 (kPack = 2), keys 8 s + [0, end);
-    // frames g and g + 8 of group 0 (kPack = 1), keys [0, end).
+    // frames row0 + g and row0 + g + 8 of group 0 (kPack = 1), keys [0, end).
     int tile_begin[2], tile_end[2], frame[2], grp[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       grp[r] = kPack == 2 ? r : 0;
-      frame[r] = kPack == 2 ? g : g + 8 * r;
+      frame[r] = kPack == 2 ? g : row0 + g + 8 * r;
       const int n_keys = grp[r] ? len[1] : len[0];
       const int end = frame[r] < n_keys ? (p.causal ? frame[r] + 1 : n_keys) : 0;
       tile_begin[r] = kGroupRows * grp[r];
@@ -554,15 +571,17 @@ __global__ void __launch_bounds__(32, tc_min_blocks<kD, 1>())
     }
     float m[2] = {-INFINITY, -INFINITY};
     float l[2] = {0.f, 0.f};
-    tc_attend_tile<T, kD, 2, kPack == 2>(qf, k_s, v_s, tile_begin, tile_end, true, qk_scale, m, l, o);
+    tc_attend_tile<T, kD, kSlots / 8, kPack == 2>(qf, k_s, v_s, tile_begin, tile_end, true, qk_scale, m, l, o);
 
-    __syncwarp();  // every lane's Q fragments are loaded before the output rows replace them
+    // Every lane's Q fragments are loaded before the output rows replace the warp's own Q rows
+    // (the other warp reads only its own).
+    __syncwarp();
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
       l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
       const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-      T* orow = q_s + (g + 8 * r) * kRow + 2 * tq;
+      T* orow = q_s + (row0 + g + 8 * r) * kRow + 2 * tq;
 #pragma unroll
       for (int dt = 0; dt < kDT; ++dt) {
         *reinterpret_cast<uint32_t*>(orow + dt * 8) = pack2<T>(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
@@ -574,7 +593,7 @@ __global__ void __launch_bounds__(32, tc_min_blocks<kD, 1>())
     }
     __syncwarp();
     for (int c = lane; c < 16 * kChunks; c += 32) {
-      const int r = c / kChunks, ch = c % kChunks;
+      const int r = row0 + c / kChunks, ch = c % kChunks;
       const int sub = r / kGroupRows, t = r % kGroupRows;
       if (t < (sub ? rows[1] : rows[0]) && ch * 8 < p.D) {
         T* dst = out + (sub ? o_off[1] : o_off[0]) + t * p.out_stride[kT] + ch * 8;
@@ -1004,15 +1023,6 @@ __global__ void __launch_bounds__(kWarps * 32) flash_bwd_dkdv_tc_kernel(const Sp
 // recomputed rather than transposed (the probabilities of a key row need each query column's lse
 // and delta). Masked elements are selected to 0, never multiplied, and with kPack = 2 every
 // product is block-diagonal (tc_gemm_xb), so no value of one group reaches the other's gradients.
-template <int kWarps>
-__device__ __forceinline__ void tc_block_sync() {
-  if constexpr (kWarps == 1) {
-    __syncwarp();
-  } else {
-    __syncthreads();
-  }
-}
-
 template <typename T, int kD, int kPack, int kWarps>
 __global__ void __launch_bounds__(32 * kWarps) temporal_bwd_tc_packed_kernel(const SpatialParams p, const int64_t, const int) {
   static_assert(kPack == 1 || kPack == 2, "groups per block");
@@ -1219,7 +1229,7 @@ bool flash_tc_applies(const SpatialParams& p) {
 }
 
 struct TcLaunch {
-  int pack;      // temporal_fwd_tc_packed_kernel (temporal, T <= 16): groups per warp (1 or 2); 0: flash
+  int pack;      // temporal_fwd_tc_packed_kernel (temporal, T <= 32): groups per block (1 or 2); 0: flash
   int kd;        // head dim of the instantiation (D padded)
   int warps;     // warps per block: 16 * warps query rows per block and keys per tile
   int stages;    // K/V buffers: 2 when the sequence has more than one tile
@@ -1236,7 +1246,7 @@ inline TcLaunch tc_launch(const SpatialParams& p) {
   TcLaunch l;
   const int64_t L = seq_len(p);
   l.kd = tc_head_dim(p.D);
-  l.pack = p.mode != SeqMode::kTemporal || L > 16 ? 0 : L <= 8 ? 2 : 1;
+  l.pack = p.mode != SeqMode::kTemporal || L > 32 ? 0 : L <= 8 ? 2 : 1;
   l.warps = L <= 16 ? 1 : L <= 32 ? 2 : 4;
   const int64_t rows = 16 * l.warps;
   l.stages = L > rows ? 2 : 1;
@@ -1253,8 +1263,10 @@ using TcKernel = void (*)(const SpatialParams, const int64_t, const int);
 
 template <typename T, int kD>
 TcKernel<T> tc_kernel_for(const TcLaunch& l) {
-  if (l.pack == 2) return temporal_fwd_tc_packed_kernel<T, kD, 2>;
-  if (l.pack == 1) return temporal_fwd_tc_packed_kernel<T, kD, 1>;
+  if (l.pack == 2) return temporal_fwd_tc_packed_kernel<T, kD, 2, 1>;
+  if (l.pack == 1) {
+    return l.warps == 2 ? temporal_fwd_tc_packed_kernel<T, kD, 1, 2> : temporal_fwd_tc_packed_kernel<T, kD, 1, 1>;
+  }
   return l.warps == 1 ? flash_fwd_tc_kernel<T, kD, 1> : l.warps == 2 ? flash_fwd_tc_kernel<T, kD, 2>
                                                                       : flash_fwd_tc_kernel<T, kD, 4>;
 }
@@ -1272,7 +1284,7 @@ bool flash_tc_bwd_applies(const SpatialParams& p) {
 }
 
 struct TcBwdLaunch {
-  int pack;  // temporal_bwd_tc_packed_kernel (temporal, T <= 16): groups per warp; 0: the two flash kernels
+  int pack;  // temporal_bwd_tc_packed_kernel (temporal, T <= 32): groups per block; 0: the two flash kernels
   int kd, warps, stages;
   size_t smem_dq, smem_dkdv;
   int64_t nblk, grid;

@@ -6,7 +6,7 @@ joint attention: every launch shape (1, 2 and 4 warps; one or two K/V stages; se
 every layout, causal and frame_lens, head dims padded to 32/64/96/128/160. The checks are those of
 the scalar kernels' emulation tests (out, lse, padded rows exactly 0, lse of rows without keys,
 NaN-poisoned outputs), and the backward that follows reads this forward's lse. Each case asserts
-which kernel ran (emu_last_tc: 1 flash_fwd_tc_kernel, 2 temporal_fwd_tc_packed_kernel for T <= 16),
+which kernel ran (emu_last_tc: 1 flash_fwd_tc_kernel, 2 temporal_fwd_tc_packed_kernel for T <= 32),
 and the cases it must not take fall back to the scalar kernels (0).
 """
 
@@ -25,14 +25,13 @@ HALF = (torch.float16, torch.bfloat16)
 SCALAR, FLASH, PACKED = 0, 1, 2
 
 
-def _ran(tc, forward, D, fused_bwd=None):
+def _ran(tc, forward, D):
     """The forward kernel that ran, and the tensor-core backward wherever it applies: the fused
-    temporal kernel (temporal T <= 32, ``fused_bwd``; by default where the forward was the packed
-    one, T <= 16; D <= 128), else the flash pair (D <= 64)."""
+    temporal kernel where the forward was the packed one (temporal T <= 32; D <= 128), else the
+    flash pair (D <= 64)."""
     assert tc.emu_last_tc() == forward
-    fused = forward == PACKED if fused_bwd is None else fused_bwd
-    applies = forward != SCALAR and D <= (128 if fused else 64)
-    assert tc.emu_last_tc_bwd() == ((PACKED if fused else FLASH) if applies else SCALAR)
+    applies = forward != SCALAR and D <= (128 if forward == PACKED else 64)
+    assert tc.emu_last_tc_bwd() == (forward if applies else SCALAR)
 
 
 @pytest.fixture
@@ -58,10 +57,11 @@ def _ids(x):
 @pytest.mark.parametrize("T", [7, 13, 27], ids=["T7-two-groups-per-warp", "T13-one-group-per-warp", "T27-two-warps"])
 def test_temporal_short(tc, layout, dtype, T):
     """Every layout and mask: two (b, n, h) groups per warp at T=7 (rows 8 s + t), one at T=13
-    (rows t, one 16-key tile); at T=27 the 2-warp flash forward and the fused 2-warp backward."""
+    (rows t, one 16-key tile); at T=27 one group per 2-warp block (rows t, one 32-key tile), forward
+    and backward."""
     for causal, lens in MASKS:
         _check_emulated(tc, (2, T, 3, 2, 40), layout, causal, lens, dtype)
-        _ran(tc, PACKED if T <= 16 else FLASH, 40, fused_bwd=True)
+        _ran(tc, PACKED, 40)
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_temporal_packed_shapes(tc, shape, dtype):
 def test_temporal_shapes(tc, shape, dtype):
     for causal, lens in ((False, False), (True, True)):
         _check_emulated(tc, shape, "packed_tn", causal, lens, dtype)
-        _ran(tc, (PACKED if shape[1] <= 16 else FLASH), shape[4], fused_bwd=shape[1] <= 32)
+        _ran(tc, (PACKED if shape[1] <= 32 else FLASH), shape[4])
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=_ids)

@@ -298,7 +298,7 @@ void run_grid(Kernel kernel, const tk::AttnParams& p, const td::Launch& l, int64
 // device (off by default: the scalar kernels' tests keep their launch shapes), and whether the
 // last forward did.
 int g_use_tc = 0;
-int g_last_tc = 0;  // 0: scalar kernel, 1: flash_fwd_tc_kernel, 2: temporal_fwd_tc_packed_kernel (T <= 16)
+int g_last_tc = 0;  // 0: scalar kernel, 1: flash_fwd_tc_kernel, 2: temporal_fwd_tc_packed_kernel (T <= 32)
 
 extern "C" void emu_set_tc(int on) { g_use_tc = on; }
 extern "C" int emu_last_tc() { return g_last_tc; }
@@ -323,7 +323,7 @@ bool run_tc(const tk::SpatialParams& p, int64_t max_grid) {
 
 // flash_tc.cu's backward launches on the emulator (dQ and delta, then dK/dV); false where they do
 // not apply. g_last_tc_bwd: the last backward's kernels (0 scalar, 1 the flash pair, 2 the fused
-// temporal kernel for T <= 16).
+// temporal kernel for T <= 32).
 int g_last_tc_bwd = 0;
 extern "C" int emu_last_tc_bwd() { return g_last_tc_bwd; }
 
