@@ -204,7 +204,7 @@ __device__ __forceinline__ void tc_block_sync() {
 
 // Blocks per SM the compiler must fit (a register cap): the short temporal launches are memory
 // bound and need many warps in flight. The 4-warp tiles of head dims up to 64 fit 3 blocks
-// (<= 168 registers) without spills (4 spill), where the uncapped build took 207-223 registers
+// (<= 168 registers) without spills (4 blocks spilled), where the uncapped build took 207-223 registers
 // and 2 blocks, 8 warps per SM, too few to hide the latencies of a tile's dependent steps;
 // larger head dims keep the registers FlashAttention uses.
 template <int kD, int kWarps>
@@ -219,7 +219,7 @@ constexpr int tc_min_blocks() {
 // folded into the running max m, this lane's part of the row sums l and O += P V (vb: the value
 // rows). The accumulators of column tiles 2 kk and 2 kk + 1 are the A fragment of P for keys
 // [16 kk, 16 kk + 16): FlashAttention-2's register reuse. kBlockDiag (kNT = 2): rows g see keys
-// 0-7 and rows g + 8 keys 8-15 only, two independent problems (temporal_fwd_tc_packed_kernel<., ., 2>).
+// 0-7 and rows g + 8 keys 8-15 only, two independent problems (temporal_fwd_tc_packed_kernel<., ., 2, 1>).
 template <typename T, int kD, int kNT, bool kBlockDiag = false>
 __device__ __forceinline__ void tc_attend_tile(const uint32_t (&qf)[kD / 16][4], const T* kb, const T* vb,
                                                const int (&tile_begin)[2], const int (&tile_end)[2], bool masked,
