@@ -13,10 +13,12 @@ from typing import Callable
 
 import torch
 
-from . import reference
+from . import _choice, reference
 
-# Order of preference for CUDA tensors, from measured data (benchmarks/results/h100): the Triton
-# kernels beat the CUDA C++ ones on every row measured so far.
+# Order of preference for CUDA tensors where measured data does not decide: with both kernel
+# backends serving an op, backend=None asks _choice, which keeps Triton unless the CUDA C++ one
+# was measured faster at the nearest shape (benchmarks/results/h100: some temporal and causal
+# joint cases); Triton first because it implements every op and was faster on most measured rows.
 BACKEND_NAMES = ("triton", "cuda", "reference")
 ENV_VAR = "TEMPORAL_KERNELS_BACKEND"
 
@@ -111,12 +113,18 @@ def available_backends() -> list[str]:
     return [name for name in BACKEND_NAMES if _unavailable_reason(name, None) is None]
 
 
-def select(op: str, backend: str | None, device: torch.device) -> Callable:
+def select(
+    op: str, backend: str | None, device: torch.device, tensors: tuple = (), *, causal: bool = False,
+    has_cls: bool = False,
+) -> Callable:
     """The implementation of ``op`` to run for tensors on ``device``.
 
-    ``backend=None`` reads ``TEMPORAL_KERNELS_BACKEND``, else takes the first backend in
-    preference order that can run on the device and implements the op (CPU tensors: reference,
-    unless the Triton interpreter is asked for by name).
+    ``backend=None`` reads ``TEMPORAL_KERNELS_BACKEND``; unset, CPU tensors get the reference
+    (the Triton interpreter only when asked for by name), and CUDA tensors the backends that can
+    run there and implement the op, in the order of ``BACKEND_NAMES``, except that where both
+    Triton and CUDA C++ serve, the one measured faster for this call wins: ``_choice.pick_for``
+    on ``tensors`` (the validated inputs, ``q`` or ``qkv`` first), ``causal`` and ``has_cls``.
+    Without ``tensors`` there is nothing to measure against and the order decides.
     """
     if backend is None:
         backend = os.environ.get(ENV_VAR) or None
@@ -135,7 +143,7 @@ def select(op: str, backend: str | None, device: torch.device) -> Callable:
         return impl
     if device.type != "cuda":
         return _reference_ops()[op]
-    for name in BACKEND_NAMES:
-        if _unavailable_reason(name, device) is None and op in _ops_of(name):
-            return _ops_of(name)[op]
-    raise AssertionError("the reference backend implements every op")
+    serving = [name for name in BACKEND_NAMES if _unavailable_reason(name, device) is None and op in _ops_of(name)]
+    if tensors and "triton" in serving and "cuda" in serving:
+        return _ops_of(_choice.pick_for(op, tensors, causal=causal, has_cls=has_cls))[op]
+    return _ops_of(serving[0])[op]

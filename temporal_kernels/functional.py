@@ -116,10 +116,13 @@ def _check_cls(cls, q: torch.Tensor) -> None:
         _check_like(name, c, "q", q, (B, H, D))
 
 
-def _select(op: str, backend, q: torch.Tensor):
-    impl = _backends.select(op, backend, q.device)
+def _select(op: str, backend, tensors: tuple, *, causal: bool = False, has_cls: bool = False):
+    """``tensors``: the validated inputs, ``q`` (or ``qkv``) first; with ``causal`` and ``has_cls``
+    they are what ``backend=None`` chooses by on CUDA tensors."""
+    first = tensors[0]
+    impl = _backends.select(op, backend, first.device, tensors, causal=causal, has_cls=has_cls)
     # Empty inputs produce empty outputs without launching anything; the reference does that.
-    return _backends.select(op, "reference", q.device) if q.numel() == 0 else impl
+    return _backends.select(op, "reference", first.device) if first.numel() == 0 else impl
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,7 +142,8 @@ def temporal_attention(q, k, v, *, causal=False, frame_lens=None, scale=None, ba
         frame_lens: int tensor ``[B]`` with ``0 <= frame_lens[b] <= T``, on q's device; frames
             ``t >= frame_lens[b]`` are padding: never keys, their outputs (and gradients) are 0.
         scale: multiplies the logits; default ``D ** -0.5``.
-        backend: ``"cuda"``, ``"triton"``, ``"reference"`` or None (fastest for the device;
+        backend: ``"cuda"``, ``"triton"``, ``"reference"`` or None (on CUDA tensors the kernel
+            backend measured faster for this op and shape, see ``_choice``; on CPU the reference;
             ``TEMPORAL_KERNELS_BACKEND`` overrides).
 
     Returns:
@@ -155,7 +159,7 @@ def temporal_attention(q, k, v, *, causal=False, frame_lens=None, scale=None, ba
     _check_flag("causal", causal)
     _check_frame_lens(frame_lens, q)
     scale = _resolve_scale(scale, q.shape[-1])
-    impl = _select("temporal_attention", backend, q)
+    impl = _select("temporal_attention", backend, (q, k, v), causal=causal)
     return impl(q, k, v, causal=causal, frame_lens=frame_lens, scale=scale)
 
 
@@ -170,7 +174,7 @@ def temporal_attention_qkvpacked(qkv, *, causal=False, frame_lens=None, scale=No
     q = qkv.select(3, 0)
     _check_frame_lens(frame_lens, q)
     scale = _resolve_scale(scale, qkv.shape[-1])
-    impl = _select("temporal_attention_qkvpacked", backend, q)
+    impl = _select("temporal_attention_qkvpacked", backend, (qkv,), causal=causal)
     return impl(qkv, causal=causal, frame_lens=frame_lens, scale=scale)
 
 
@@ -198,7 +202,7 @@ def spatial_attention(q, k, v, *, cls=None, scale=None, backend=None):
     _check_qkv(q, k, v)
     _check_cls(cls, q)
     scale = _resolve_scale(scale, q.shape[-1])
-    impl = _select("spatial_attention", backend, q)
+    impl = _select("spatial_attention", backend, (q, k, v) + tuple(cls or ()), has_cls=cls is not None)
     return impl(q, k, v, cls=None if cls is None else tuple(cls), scale=scale)
 
 
@@ -208,13 +212,13 @@ def spatial_attention_qkvpacked(qkv, *, cls_qkv=None, scale=None, backend=None):
     Gradients reach ``qkv`` (and ``cls_qkv``) as packed tensors.
     """
     _check_packed("qkv", qkv)
-    q = qkv.select(3, 0)
     if cls_qkv is not None:
         B, _, _, _, H, D = qkv.shape
         _check_tensor("cls_qkv", cls_qkv, 4, "[B, 3, H, D]")
         _check_like("cls_qkv", cls_qkv, "qkv", qkv, (B, 3, H, D))
     scale = _resolve_scale(scale, qkv.shape[-1])
-    impl = _select("spatial_attention_qkvpacked", backend, q)
+    inputs = (qkv,) if cls_qkv is None else (qkv, cls_qkv)
+    impl = _select("spatial_attention_qkvpacked", backend, inputs, has_cls=cls_qkv is not None)
     return impl(qkv, cls_qkv=cls_qkv, scale=scale)
 
 
@@ -233,7 +237,7 @@ def joint_attention(q, k, v, *, causal=False, frame_lens=None, scale=None, backe
     _check_flag("causal", causal)
     _check_frame_lens(frame_lens, q)
     scale = _resolve_scale(scale, q.shape[-1])
-    impl = _select("joint_attention", backend, q)
+    impl = _select("joint_attention", backend, (q, k, v), causal=causal)
     return impl(q, k, v, causal=causal, frame_lens=frame_lens, scale=scale)
 
 
@@ -255,5 +259,5 @@ def factorized_attention(q, k, v, *, temporal_heads, causal=False, scale=None, b
         raise ValueError(f"temporal_heads: expected an int in [0, H={H}], got {temporal_heads}")
     _check_flag("causal", causal)
     scale = _resolve_scale(scale, q.shape[-1])
-    impl = _select("factorized_attention", backend, q)
+    impl = _select("factorized_attention", backend, (q, k, v), causal=causal)
     return impl(q, k, v, temporal_heads=int(temporal_heads), causal=causal, scale=scale)

@@ -13,8 +13,8 @@ axis memory order) reshapes back to the token sequence as a view for the output 
 - ``MiniSpaceTimeTransformer``: the seed's toy spatial-then-temporal model, fixed (see its docstring).
 
 ``backend`` is passed to the functional API (``"cuda"``, ``"triton"``, ``"reference"`` or None).
-With None the fastest kernel backend for the input's device runs, the reference on CPU, and the
-reference also for head dims the kernels do not support (``D > 256``).
+With None the functional API picks the kernel backend per call, the one measured faster for the
+op and shape; the reference runs on CPU and for head dims the kernels do not support (``D > 256``).
 """
 
 from __future__ import annotations
@@ -69,10 +69,11 @@ def _kernel_backend(ops: tuple[str, ...], device_type: str, head_dim: int) -> Op
 
 def _module_backend(backend: Optional[str], ops: tuple[str, ...], x: Tensor, head_dim: int) -> Optional[str]:
     """What a drop-in module passes as ``backend``: its own setting, else the environment
-    variable (left to the functional API), else a kernel that serves, else the reference."""
+    variable (left to the functional API), else None where a kernel backend serves (the
+    functional API then picks one per op and shape), else the reference."""
     if backend is not None or os.environ.get(_backends.ENV_VAR):
         return backend
-    return _kernel_backend(ops, x.device.type, head_dim) or "reference"
+    return None if _kernel_backend(ops, x.device.type, head_dim) else "reference"
 
 
 # ---------------------------------------------------------------------------------------------
