@@ -14,8 +14,9 @@ input and of every parameter) of three models sharing one set of parameters:
   axis. It is the program the 100× bar is measured against, so it is timed as written.
 - ``seed-loop-batch-first``: the same loops with ``batch_first=True``, i.e. what the seed's text
   describes (attention among the patches of a frame, then across the frames of a patch).
-- ``tk-fused``: ``tk.nn.MiniSpaceTimeTransformer`` (``backend=None``: the fastest kernel backend on
-  the GPU), loaded from the seed's ``state_dict``; it computes what ``seed-loop-batch-first`` does.
+- ``tk-fused``: ``tk.nn.MiniSpaceTimeTransformer`` (``backend=None``: on the GPU, the kernel backend
+  measured faster per op and shape), loaded from the seed's ``state_dict``; it computes what
+  ``seed-loop-batch-first`` does.
 
 Correctness, in the same run and reported (the run fails on nothing): the fused model's output
 (and, for information, its gradients) against the float64 reference backend on the same rounded
@@ -230,7 +231,7 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help=f"tiny video {QUICK} (forced without a GPU)")
     p.add_argument("--dtypes", help="comma-separated, of " + ",".join(DTYPES)
                    + " (default: bf16,fp32 on GPU, fp32 on CPU)")
-    p.add_argument("--backend", default=None, help="backend of tk-fused (default None: the fastest for the device)")
+    p.add_argument("--backend", default=None, help="backend of tk-fused (default None: per op and shape on the GPU)")
     p.add_argument("--budget", type=float, default=None, help="seconds per measurement (default 2 on GPU, 0.2 on CPU)")
     p.add_argument("--max-iters", type=int, default=200, help="most calls per measurement")
     return p.parse_args(argv)
@@ -264,7 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
         shape=dict(shape),
         quick=quick,
         label=f"{env.gpu_name()}" if gpu and not quick else f"{device}, tiny video (smoke run, no GPU claims)",
-        tk_backend=args.backend or f"None -> {tk.nn._kernel_backend(tk.nn._DIVIDED, device, D // H) or 'reference'}",
+        tk_backend=args.backend or ("None (per-shape)" if tk.nn._kernel_backend(tk.nn._DIVIDED, device, D // H)
+                                    else "None -> reference"),
         tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
         budget_s=budget,
         forward_mode="eval, torch.no_grad()",

@@ -103,6 +103,22 @@ def tk_methods(case: Case, backends: list[str]) -> list[Method]:
             # under the Triton interpreter, whose timings mean nothing
             methods.append(Method(f"tk-{backend}-split", "peer", lambda c, q, k, v, cls, b=backend: _factorized(
                 lambda cc, qq, kk, vv, cl: _call_tk(cc, b, qq, kk, vv, cl), c, q, k, v)))
+    return methods + _auto_methods(case, backends)
+
+
+def _auto_methods(case: Case, backends: list[str]) -> list[Method]:
+    """``backend=None`` (tk-auto), where it has a choice to make: both kernel backends measured in
+    the run and implementing the op (the per-shape pick from temporal_kernels/_measured.py)."""
+    if not {"triton", "cuda"} <= set(backends):
+        return []
+    both = backend_op_names("triton") & backend_op_names("cuda")
+    methods = []
+    if FAMILY_FN[case.family] in both:
+        methods.append(Method("tk-auto", "ours", lambda c, q, k, v, cls: _call_tk(c, None, q, k, v, cls)))
+    if PACKED_FN.get(case.family) in both:
+        methods.append(
+            Method("tk-auto-packed", "ours", lambda c, qkv, cq: _call_tk_packed(c, None, qkv, cq), packed=True)
+        )
     return methods
 
 

@@ -180,13 +180,34 @@ def _bars_table(rows: list[dict]) -> list[str]:
             c, t = by.get(f"tk-cuda{suffix}"), by.get(f"tk-triton{suffix}")
             if c and t:
                 ok = c["ms"] <= CUDA_VS_TRITON * t["ms"]
-                cuda_lines.append(f"| {case} | {mode} | {t['ms']:.4f} | {c['ms']:.4f} | {t['ms'] / c['ms']:.2f} "
-                                  f"| {'yes' if ok else '**no**'} |")
+                auto = by.get(f"tk-auto{suffix}")
+                cuda_lines.append(f"| {case}{' packed' if suffix else ''} | {mode} | {t['ms']:.4f} | {c['ms']:.4f} "
+                                  f"| {t['ms'] / c['ms']:.2f} | {'yes' if ok else '**no**'} "
+                                  f"| {_auto_pick(t, packed=bool(suffix))} | {_fmt(auto and auto['ms'], '.4f')} |")
     if cuda_lines:
-        lines += ["", "CUDA C++ backend against Triton (bar: within 15%, or faster):", "",
-                  "| case | mode | triton ms | cuda ms | triton/cuda | met |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "CUDA C++ backend against Triton (bar: within 15%, or faster); \"auto picks\": what "
+                  "`backend=None` runs there by the committed table (`temporal_kernels/_measured.py`), "
+                  "\"auto ms\": its row in this run (tk-auto), where measured:", "",
+                  "| case | mode | triton ms | cuda ms | triton/cuda | met | auto picks | auto ms |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         lines += cuda_lines
     return lines
+
+
+def _auto_pick(row: dict, packed: bool) -> str:
+    """The backend ``backend=None`` picks for ``row``'s call with both kernel backends available."""
+    # imported here: reports without CUDA rows (the CPU results) need neither torch nor the package
+    import torch
+
+    from temporal_kernels import _choice
+
+    from .peers import FAMILY_FN, PACKED_FN
+    from .shapes import OPS
+
+    family, causal, cls = OPS[row["op"]]
+    op = PACKED_FN[family] if packed else FAMILY_FN[family]
+    return _choice.pick(op, causal=causal, has_cls=cls, training=row["mode"] == "fwd+bwd",
+                        dtype=getattr(torch, row["dtype"]), shape=tuple(row[axis] for axis in "BTNHD"), aligned=True)
 
 
 def _all_table(rows: list[dict], gpu: bool) -> list[str]:
