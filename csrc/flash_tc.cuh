@@ -29,7 +29,6 @@
 // emulated per warp).
 #pragma once
 
-#include <cstdlib>
 #include <cstring>
 
 #include "spatial_attn.cuh"
@@ -148,18 +147,18 @@ __device__ __forceinline__ TcRows<P> tc_rows(const SpatialParams& p, P x, const 
   return r;
 }
 
-// Stages tokens [j0, j0 + kRows) of x into a tile (the block's kWarps warps copy); tokens at or
-// past `end` and head-dim chunks at or past D become zeros.
-template <typename T, int kD, int kWarps, int kRows = 16 * kWarps>
+// Stages tokens [j0, j0 + 16 * kWarps) of x into a tile; tokens at or past `end` and head-dim
+// chunks at or past D become zeros.
+template <typename T, int kD, int kWarps>
 __device__ __forceinline__ void tc_stage(T* tile, const TcRows<const T*>& x, int64_t j0, int64_t end, int64_t D) {
   constexpr int kChunks = kD / 8;
+  constexpr int kRows = 16 * kWarps;
   constexpr int kThreads = 32 * kWarps;
   if constexpr (kThreads % kChunks == 0) {
     // A thread copies one chunk column of rows kStep apart: the row pointer is computed once per
     // tile and then stepped (joint tokens j = f N + n: n by kStep, wrapping to the next frame),
     // instead of row()'s arithmetic per chunk.
     constexpr int kStep = kThreads / kChunks;
-    static_assert(kRows % kStep == 0, "whole row steps");
     const int ch = static_cast<int>(threadIdx.x) % kChunks, r0 = static_cast<int>(threadIdx.x) / kChunks;
     const int rows = static_cast<int>(min(max(end - j0, int64_t(0)), int64_t(kRows)));  // rows with a token
     const int cls_r = x.cls_token >= j0 && x.cls_token < j0 + kRows ? static_cast<int>(x.cls_token - j0) : -1;
@@ -208,42 +207,34 @@ __device__ __forceinline__ void tc_block_sync() {
 // (<= 168 registers) without spills (4 blocks spilled), where the uncapped build took 207-223 registers
 // and 2 blocks, 8 warps per SM, too few to hide the latencies of a tile's dependent steps;
 // larger head dims keep the registers FlashAttention uses.
-// Two 16-row tiles per warp (kRT = 2) hold twice the accumulators: 2 blocks (<= 255 registers).
-template <int kD, int kWarps, int kRT = 1>
+template <int kD, int kWarps>
 constexpr int tc_min_blocks() {
-  return kRT == 2 ? 2 : kWarps == 4 ? (kD <= 64 ? 3 : 1) : kD > 128 ? 1 : (kD <= 64 ? 16 : 12) / kWarps;
+  return kWarps == 4 ? (kD <= 64 ? 3 : 1) : kD > 128 ? 1 : (kD <= 64 ? 16 : 12) / kWarps;
 }
 
-// One key tile for one warp's kRT tiles of 16 query rows: S = Q K^T (qf: the rows' A fragments,
-// kb: the tile's 8 kNT key rows), scaled to base 2 and, when `masked` (warp-uniform; false: every
-// row sees every key of the tile), masked (row half r of row tile rt sees the keys
-// [tile_begin[rt][r], tile_end[rt][r]) of the tile: element e of a column tile is row g + 8 (e / 2),
-// key 2 tq + e % 2), folded into the running max m, this lane's part of the row sums l and O += P V
-// (vb: the value rows). The accumulators of column tiles 2 kk and 2 kk + 1 are the A fragment of
-// P for keys [16 kk, 16 kk + 16): FlashAttention-2's register reuse. With kRT = 2 every K and V
-// fragment loaded from shared memory feeds both row tiles' products (FlashAttention-2's 32 rows
-// per warp). kBlockDiag (kNT = 2, kRT = 1): rows g see keys 0-7 and rows g + 8 keys 8-15 only, two
-// independent problems (temporal_fwd_tc_packed_kernel<., ., 2, 1>).
-// The two products repeat the loops of tc_gemm_abt / tc_gemm_xb (backward section) on purpose:
-// the same arithmetic through those helpers made ptxas (nvcc 13.0, sm_90) spill 36 bytes in the
-// register-capped 4-warp forward at head dims up to 64.
-template <typename T, int kD, int kNT, bool kBlockDiag = false, int kRT = 1>
-__device__ __forceinline__ void tc_attend_tiles(const uint32_t (&qf)[kRT][kD / 16][4], const T* kb, const T* vb,
-                                                const int (&tile_begin)[kRT][2], const int (&tile_end)[kRT][2],
-                                                bool masked, float qk_scale, float (&m)[kRT][2], float (&l)[kRT][2],
-                                                float (&o)[kRT][kD / 8][4]) {
-  static_assert(!kBlockDiag || kRT == 1, "block-diagonal tiles are single 16-row tiles");
+// One key tile for one warp's 16 query rows: S = Q K^T (qf: the rows' A fragments, kb: the tile's
+// 8 kNT key rows), scaled to base 2 and, when `masked` (warp-uniform; false: every row sees every
+// key of the tile), masked (row half r sees the keys [tile_begin[r], tile_end[r]) of the tile:
+// element e of a column tile is row g + 8 (e / 2), key 2 tq + e % 2),
+// folded into the running max m, this lane's part of the row sums l and O += P V (vb: the value
+// rows). The accumulators of column tiles 2 kk and 2 kk + 1 are the A fragment of P for keys
+// [16 kk, 16 kk + 16): FlashAttention-2's register reuse. kBlockDiag (kNT = 2): rows g see keys
+// 0-7 and rows g + 8 keys 8-15 only, two independent problems (temporal_fwd_tc_packed_kernel<., ., 2, 1>).
+// Its two products repeat the loops of tc_gemm_abt / tc_gemm_xb (backward section) on purpose: the
+// same arithmetic through those helpers made ptxas (nvcc 13.0, sm_90) spill 36 bytes in the
+// register-capped 4-warp forward at head dims up to 64, the spatial kernel.
+template <typename T, int kD, int kNT, bool kBlockDiag = false>
+__device__ __forceinline__ void tc_attend_tile(const uint32_t (&qf)[kD / 16][4], const T* kb, const T* vb,
+                                               const int (&tile_begin)[2], const int (&tile_end)[2], bool masked,
+                                               float qk_scale, float (&m)[2], float (&l)[2], float (&o)[kD / 8][4]) {
   constexpr int kRow = tc_row<kD>();
   constexpr int kDT = kD / 8;
   const int lane = threadIdx.x % 32, tq = lane % 4;
-  float sc[kRT][kNT][4];  // S of the warp's row tiles x the tile's 8 kNT keys
+  float sc[kNT][4];  // S of the warp's 16 rows x the tile's 8 kNT keys
 #pragma unroll
-  for (int rt = 0; rt < kRT; ++rt) {
+  for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) sc[rt][nt][e] = 0.f;
-    }
+    for (int e = 0; e < 4; ++e) sc[nt][e] = 0.f;
   }
 #pragma unroll
   for (int kk = 0; kk < kD / 16; ++kk) {
@@ -252,78 +243,66 @@ __device__ __forceinline__ void tc_attend_tiles(const uint32_t (&qf)[kRT][kD / 1
       uint32_t kf[4];
       ldsm_x4(kf, kb + (np * 16 + (lane % 8) + 8 * (lane / 16)) * kRow + kk * 16 + 8 * ((lane / 8) % 2));
       const uint32_t b0[2] = {kf[0], kf[1]}, b1[2] = {kf[2], kf[3]};
-#pragma unroll
-      for (int rt = 0; rt < kRT; ++rt) {
-        mma_16816<T>(sc[rt][2 * np], qf[rt][kk], b0);
-        mma_16816<T>(sc[rt][2 * np + 1], qf[rt][kk], b1);
-      }
+      mma_16816<T>(sc[2 * np], qf[kk], b0);
+      mma_16816<T>(sc[2 * np + 1], qf[kk], b1);
     }
   }
 
-#pragma unroll
-  for (int rt = 0; rt < kRT; ++rt) {
-    // Scale, mask, online softmax.
-    float mx[2] = {m[rt][0], m[rt][1]};
-    if (masked) {
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = nt * 8 + 2 * tq + (e % 2);
-          sc[rt][nt][e] = key >= tile_begin[rt][e / 2] && key < tile_end[rt][e / 2] ? sc[rt][nt][e] * qk_scale
-                                                                                    : -INFINITY;
-        }
-      }
-    } else {
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) sc[rt][nt][e] *= qk_scale;
-      }
-    }
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], sc[rt][nt][e]);
-    }
-    float base[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      // A row that has seen no key yet keeps m = -inf; exponents then use base 0, so every
-      // probability (and the correction of the zero accumulators) is exactly 0, not NaN.
-      base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
-      const float corr = exp2_approx(m[rt][r] - base[r]);
-      m[rt][r] = mx[r];
-      l[rt][r] *= corr;
-#pragma unroll
-      for (int dt = 0; dt < kDT; ++dt) {
-        o[rt][dt][2 * r] *= corr;
-        o[rt][dt][2 * r + 1] *= corr;
-      }
-    }
+  // Scale, mask, online softmax.
+  float mx[2] = {m[0], m[1]};
+  if (masked) {
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        sc[rt][nt][e] = exp2_approx(sc[rt][nt][e] - base[e / 2]);
-        l[rt][e / 2] += sc[rt][nt][e];
+        const int key = nt * 8 + 2 * tq + (e % 2);
+        sc[nt][e] = key >= tile_begin[e / 2] && key < tile_end[e / 2] ? sc[nt][e] * qk_scale : -INFINITY;
       }
+    }
+  } else {
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[nt][e] *= qk_scale;
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], sc[nt][e]);
+  }
+  float base[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    // A row that has seen no key yet keeps m = -inf; exponents then use base 0, so every
+    // probability (and the correction of the zero accumulators) is exactly 0, not NaN.
+    base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
+    const float corr = exp2_approx(m[r] - base[r]);
+    m[r] = mx[r];
+    l[r] *= corr;
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt) {
+      o[dt][2 * r] *= corr;
+      o[dt][2 * r + 1] *= corr;
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      sc[nt][e] = exp2_approx(sc[nt][e] - base[e / 2]);
+      l[e / 2] += sc[nt][e];
     }
   }
 
   // O += P V.
 #pragma unroll
   for (int kk = 0; kk < kNT / 2; ++kk) {
-    uint32_t pa[kRT][4];
-#pragma unroll
-    for (int rt = 0; rt < kRT; ++rt) {
-      pa[rt][0] = pack2<T>(sc[rt][2 * kk][0], sc[rt][2 * kk][1]);
-      pa[rt][1] = pack2<T>(sc[rt][2 * kk][2], sc[rt][2 * kk][3]);
-      pa[rt][2] = pack2<T>(sc[rt][2 * kk + 1][0], sc[rt][2 * kk + 1][1]);
-      pa[rt][3] = pack2<T>(sc[rt][2 * kk + 1][2], sc[rt][2 * kk + 1][3]);
-    }
+    const uint32_t pa[4] = {pack2<T>(sc[2 * kk][0], sc[2 * kk][1]), pack2<T>(sc[2 * kk][2], sc[2 * kk][3]),
+                            pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                            pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
 #pragma unroll
     for (int dp = 0; dp < kDT / 2; ++dp) {
       uint32_t vf[4];
@@ -331,10 +310,10 @@ __device__ __forceinline__ void tc_attend_tiles(const uint32_t (&qf)[kRT][kD / 1
       if constexpr (kBlockDiag) {
         // Rows g read keys 0-7 only and rows g + 8 keys 8-15 only: a zero probability times an
         // inf value of the other problem would be NaN. Each product's other half is dropped.
-        const uint32_t a_lo[4] = {pa[0][0], 0u, 0u, 0u}, a_hi[4] = {0u, 0u, 0u, pa[0][3]};
+        const uint32_t a_lo[4] = {pa[0], 0u, 0u, 0u}, a_hi[4] = {0u, 0u, 0u, pa[3]};
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          float(&acc)[4] = o[0][2 * dp + h];
+          float(&acc)[4] = o[2 * dp + h];
           const uint32_t b_lo[2] = {vf[2 * h], 0u}, b_hi[2] = {0u, vf[2 * h + 1]};
           float lo[4] = {acc[0], acc[1], 0.f, 0.f}, hi[4] = {0.f, 0.f, acc[2], acc[3]};
           mma_16816<T>(lo, a_lo, b_lo);
@@ -346,50 +325,26 @@ __device__ __forceinline__ void tc_attend_tiles(const uint32_t (&qf)[kRT][kD / 1
         }
       } else {
         const uint32_t b0[2] = {vf[0], vf[1]}, b1[2] = {vf[2], vf[3]};
-#pragma unroll
-        for (int rt = 0; rt < kRT; ++rt) {
-          mma_16816<T>(o[rt][2 * dp], pa[rt], b0);
-          mma_16816<T>(o[rt][2 * dp + 1], pa[rt], b1);
-        }
+        mma_16816<T>(o[2 * dp], pa, b0);
+        mma_16816<T>(o[2 * dp + 1], pa, b1);
       }
     }
   }
 }
 
-// tc_attend_tiles for one 16-row tile (the temporal packed kernels' form).
-template <typename T, int kD, int kNT, bool kBlockDiag = false>
-__device__ __forceinline__ void tc_attend_tile(const uint32_t (&qf)[kD / 16][4], const T* kb, const T* vb,
-                                               const int (&tile_begin)[2], const int (&tile_end)[2], bool masked,
-                                               float qk_scale, float (&m)[2], float (&l)[2], float (&o)[kD / 8][4]) {
-  using Frag = uint32_t[1][kD / 16][4];
-  using Bounds = int[1][2];
-  using Stat = float[1][2];
-  using Acc = float[1][kD / 8][4];
-  tc_attend_tiles<T, kD, kNT, kBlockDiag, 1>(reinterpret_cast<const Frag&>(qf), kb, vb,
-                                             reinterpret_cast<const Bounds&>(tile_begin),
-                                             reinterpret_cast<const Bounds&>(tile_end), masked, qk_scale,
-                                             reinterpret_cast<Stat&>(m), reinterpret_cast<Stat&>(l),
-                                             reinterpret_cast<Acc&>(o));
-}
-
-// kRT 16-row tiles per warp: kWarps * 16 * kRT query rows per block, tiles of 16 * kWarps / kRT
-// keys (kRT = 2: 128 rows x 32 keys with 4 warps, the tile shape of the Triton forward with CLS).
-template <typename T, int kD, int kWarps, int kRT = 1>
-__global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps, kRT>())
+template <typename T, int kD, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps>())
     flash_fwd_tc_kernel(const SpatialParams p, const int64_t nblk, const int stages) {
-  constexpr int kWarpRows = 16 * kRT;       // query rows per warp
-  constexpr int kM = kWarpRows * kWarps;    // query rows per block
-  constexpr int kN = 16 * kWarps / kRT;     // keys per tile
+  constexpr int kM = 16 * kWarps;  // query rows per block, and keys per tile
   constexpr int kRow = tc_row<kD>();
   constexpr int kChunks = kD / 8;
-  constexpr int kNT = kN / 8;  // 8-key column tiles of S
+  constexpr int kNT = kM / 8;  // 8-key column tiles of S
   constexpr int kDT = kD / 8;  // 8-column tiles of O
   static_assert(kD % 16 == 0 && kD <= 256, "head dim tile");
-  static_assert(kN % 16 == 0, "keys per tile: whole 16-key A fragments of P");
 
   T* q_s = reinterpret_cast<T*>(dynamic_smem());  // [kM, kRow]; at the end, the output rows
-  T* k_s = q_s + kM * kRow;                        // [stages, kN, kRow]
-  T* v_s = k_s + stages * kN * kRow;               // [stages, kN, kRow]
+  T* k_s = q_s + kM * kRow;                        // [stages, kM, kRow]
+  T* v_s = k_s + stages * kM * kRow;               // [stages, kM, kRow]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, tq = lane % 4;  // fragment row (and row + 8), column pair 2 * tq
@@ -412,49 +367,42 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps, kRT>())
     const TcRows<const T*> v_rows = tc_rows(p, v, p.v_stride, cls.v, s);
     const int64_t last = min(i0 + kM, s.valid) - 1;
     const int64_t blk_end = last >= i0 ? key_end(p, s, last) : 0;  // key_end grows with the row
-    const int64_t n_tiles = (blk_end + kN - 1) / kN;
+    const int64_t n_tiles = (blk_end + kM - 1) / kM;
 
     __syncthreads();  // the previous work item's output rows have been written out
     // Q and the first stages - 1 key tiles in flight, one commit group each (empty past the last
     // tile), so that every wait below allows exactly stages - 1 pending groups.
-    tc_stage<T, kD, kWarps, kM>(q_s, q_rows, i0, s.L, p.D);
+    tc_stage<T, kD, kWarps>(q_s, q_rows, i0, s.L, p.D);
     if (n_tiles > 0) {
-      tc_stage<T, kD, kWarps, kN>(k_s, k_rows, 0, blk_end, p.D);
-      tc_stage<T, kD, kWarps, kN>(v_s, v_rows, 0, blk_end, p.D);
+      tc_stage<T, kD, kWarps>(k_s, k_rows, 0, blk_end, p.D);
+      tc_stage<T, kD, kWarps>(v_s, v_rows, 0, blk_end, p.D);
     }
     cp_async_commit();
     if (stages == 3) {
       if (n_tiles > 1) {
-        tc_stage<T, kD, kWarps, kN>(k_s + kN * kRow, k_rows, kN, blk_end, p.D);
-        tc_stage<T, kD, kWarps, kN>(v_s + kN * kRow, v_rows, kN, blk_end, p.D);
+        tc_stage<T, kD, kWarps>(k_s + kM * kRow, k_rows, kM, blk_end, p.D);
+        tc_stage<T, kD, kWarps>(v_s + kM * kRow, v_rows, kM, blk_end, p.D);
       }
       cp_async_commit();
     }
 
-    // This lane's rows (two per row tile) and the keys they see.
-    int64_t row_end[kRT][2];
+    // This lane's two rows and the keys they see.
+    int64_t row_end[2];
 #pragma unroll
-    for (int rt = 0; rt < kRT; ++rt) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int64_t i = i0 + warp * kWarpRows + rt * 16 + g + 8 * r;
-        row_end[rt][r] = i < s.valid ? key_end(p, s, i) : 0;
-      }
+    for (int r = 0; r < 2; ++r) {
+      const int64_t i = i0 + warp * 16 + g + 8 * r;
+      row_end[r] = i < s.valid ? key_end(p, s, i) : 0;
     }
-    float o[kRT][kDT][4];
-    float m[kRT][2], l[kRT][2];  // l: this lane's part of the row sums
+    float o[kDT][4];
 #pragma unroll
-    for (int rt = 0; rt < kRT; ++rt) {
+    for (int dt = 0; dt < kDT; ++dt) {
 #pragma unroll
-      for (int dt = 0; dt < kDT; ++dt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) o[rt][dt][e] = 0.f;
-      }
-      m[rt][0] = m[rt][1] = -INFINITY;
-      l[rt][0] = l[rt][1] = 0.f;
+      for (int e = 0; e < 4; ++e) o[dt][e] = 0.f;
     }
-    uint32_t qf[kRT][kD / 16][4];
-    const bool warp_live = i0 + warp * kWarpRows < s.valid;  // a row of the warp sees keys
+    float m[2] = {-INFINITY, -INFINITY};
+    float l[2] = {0.f, 0.f};  // this lane's part of the row sums
+    uint32_t qf[kD / 16][4];
+    const bool warp_live = i0 + warp * 16 < s.valid;  // a row of the warp sees keys
 
     // Tile t sits in buffer buf = t % stages; iteration t first puts tile t + stages - 1 in
     // flight into the buffer that tile t - 1 used (stages is 1 only for a single tile).
@@ -464,8 +412,8 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps, kRT>())
         const int64_t ahead = t + stages - 1;
         const int nb = buf == 0 ? stages - 1 : buf - 1;
         if (ahead < n_tiles) {
-          tc_stage<T, kD, kWarps, kN>(k_s + nb * kN * kRow, k_rows, ahead * kN, blk_end, p.D);
-          tc_stage<T, kD, kWarps, kN>(v_s + nb * kN * kRow, v_rows, ahead * kN, blk_end, p.D);
+          tc_stage<T, kD, kWarps>(k_s + nb * kM * kRow, k_rows, ahead * kM, blk_end, p.D);
+          tc_stage<T, kD, kWarps>(v_s + nb * kM * kRow, v_rows, ahead * kM, blk_end, p.D);
         }
         cp_async_commit();
       }
@@ -479,43 +427,32 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps, kRT>())
       __syncthreads();
       if (t == 0 && warp_live) {
 #pragma unroll
-        for (int rt = 0; rt < kRT; ++rt) {
-#pragma unroll
-          for (int kk = 0; kk < kD / 16; ++kk) {
-            ldsm_x4(qf[rt][kk], q_s + (warp * kWarpRows + rt * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kRow +
-                                    kk * 16 + 8 * (lane / 16));
-          }
+        for (int kk = 0; kk < kD / 16; ++kk) {
+          ldsm_x4(qf[kk], q_s + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kRow + kk * 16 + 8 * (lane / 16));
         }
       }
-      const T* kb = k_s + buf * kN * kRow;
-      const T* vb = v_s + buf * kN * kRow;
+      const T* kb = k_s + buf * kM * kRow;
+      const T* vb = v_s + buf * kM * kRow;
       buf = buf + 1 == stages ? 0 : buf + 1;
 
-      int tile_end[kRT][2];  // keys of this tile the row sees
+      int tile_end[2];  // keys of this tile the row sees
 #pragma unroll
-      for (int rt = 0; rt < kRT; ++rt) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          tile_end[rt][r] = static_cast<int>(max(int64_t(0), min(int64_t(kN), row_end[rt][r] - t * kN)));
-        }
+      for (int r = 0; r < 2; ++r) {
+        tile_end[r] = static_cast<int>(max(int64_t(0), min(int64_t(kM), row_end[r] - t * kM)));
       }
-      bool whole = tile_end[0][0] == kN && tile_end[0][1] == kN;
-#pragma unroll
-      for (int rt = 1; rt < kRT; ++rt) whole = whole && tile_end[rt][0] == kN && tile_end[rt][1] == kN;
-      const int tile_begin[kRT][2] = {};
+      const int tile_begin[2] = {0, 0};
       // Tiles that every row of the warp sees whole (all but the last, and the diagonal ones of
       // causal sequences, in a warp without padded rows) skip the masks. A last tile of at most
-      // 16 keys (N = 196 with 64-key tiles: 4 of 64) runs as a 16-key tile (a 32-key variant
-      // spilled). A warp whose rows are all padding computes nothing (its m, l and O stay those
-      // of a row that sees no key). The tile indices stay 64-bit: with 32-bit ones (603181e)
-      // every 16-bit spatial and joint forward failed on the GPU while the emulator passed.
-      const bool masked = !__all_sync(0xffffffffu, whole);
-      const int64_t tile_keys = blk_end - t * kN;
+      // 16 keys (N = 196: 4 of 64) runs as a 16-key tile (a 32-key variant spilled). A warp
+      // whose rows are all padding computes nothing (its m, l and O stay those of a row that
+      // sees no key).
+      const bool masked = !__all_sync(0xffffffffu, tile_end[0] == kM && tile_end[1] == kM);
+      const int64_t tile_keys = blk_end - t * kM;
       if (warp_live) {
         if (kNT >= 4 && tile_keys <= 16) {
-          tc_attend_tiles<T, kD, 2, false, kRT>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
+          tc_attend_tile<T, kD, 2>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
         } else {
-          tc_attend_tiles<T, kD, kNT, false, kRT>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
+          tc_attend_tile<T, kD, kNT>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
         }
       }
       __syncthreads();  // the next iteration refills this tile's buffers
@@ -525,38 +462,34 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps, kRT>())
     cp_async_wait<0>();
     __syncthreads();
 
-    // Normalize, stage this warp's output rows in its own Q rows (its Q fragments are in
+    // Normalize, stage this warp's 16 output rows in its own Q rows (its Q fragments are in
     // registers), write lse, then the rows with 16-byte stores.
     const StatView sv = stat_view(p, s);
 #pragma unroll
-    for (int rt = 0; rt < kRT; ++rt) {
+    for (int r = 0; r < 2; ++r) {
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+      const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+      T* orow = q_s + (warp * 16 + g + 8 * r) * kRow + 2 * tq;
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        l[rt][r] += __shfl_xor_sync(0xffffffffu, l[rt][r], 1);
-        l[rt][r] += __shfl_xor_sync(0xffffffffu, l[rt][r], 2);
-        const float inv = l[rt][r] > 0.f ? 1.f / l[rt][r] : 0.f;
-        const int row = warp * kWarpRows + rt * 16 + g + 8 * r;
-        T* orow = q_s + row * kRow + 2 * tq;
-#pragma unroll
-        for (int dt = 0; dt < kDT; ++dt) {
-          *reinterpret_cast<uint32_t*>(orow + dt * 8) = pack2<T>(o[rt][dt][2 * r] * inv, o[rt][dt][2 * r + 1] * inv);
-        }
-        const int64_t i = i0 + row;
-        if (tq == 0 && i < s.L) {
-          const float lse_val = l[rt][r] > 0.f ? (m[rt][r] + log2f(l[rt][r])) * static_cast<float>(kLn2) : no_key_lse;
-          *stat_ptr(static_cast<float*>(p.lse), static_cast<float*>(p.lse_cls), sv, s, i) = lse_val;
-        }
+      for (int dt = 0; dt < kDT; ++dt) {
+        *reinterpret_cast<uint32_t*>(orow + dt * 8) = pack2<T>(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
+      }
+      const int64_t i = i0 + warp * 16 + g + 8 * r;
+      if (tq == 0 && i < s.L) {
+        const float lse_val = l[r] > 0.f ? (m[r] + log2f(l[r])) * static_cast<float>(kLn2) : no_key_lse;
+        *stat_ptr(static_cast<float*>(p.lse), static_cast<float*>(p.lse_cls), sv, s, i) = lse_val;
       }
     }
     __syncwarp();
     T* cls_o = p.has_cls ? static_cast<T*>(p.cls_out) + cls_frame_off(p.cls_out_stride, s) : nullptr;
     const TcRows<T*> out_rows = tc_rows(p, out, p.out_stride, cls_o, s);
-    for (int c = lane; c < kWarpRows * kChunks; c += 32) {
+    for (int c = lane; c < 16 * kChunks; c += 32) {
       const int r = c / kChunks, ch = c % kChunks;
-      const int64_t i = i0 + warp * kWarpRows + r;
+      const int64_t i = i0 + warp * 16 + r;
       if (i < s.L && ch * 8 < p.D) {
         T* dst = out_rows.row(i) + ch * 8;
-        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(q_s + (warp * kWarpRows + r) * kRow + ch * 8);
+        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(q_s + (warp * 16 + r) * kRow + ch * 8);
       }
     }
   }
@@ -1320,9 +1253,7 @@ bool flash_tc_applies(const SpatialParams& p) {
 struct TcLaunch {
   int pack;      // temporal_fwd_tc_packed_kernel (temporal, T <= 32): groups per block (1 or 2); 0: flash
   int kd;        // head dim of the instantiation (D padded)
-  int warps;     // warps per block
-  int rt;        // flash: 16-row tiles per warp (16 * warps * rt query rows per block, tiles of
-                 // 16 * warps / rt keys)
+  int warps;     // warps per block: 16 * warps query rows per block and keys per tile
   int stages;    // K/V buffers: 1 for one tile, 2 for two, 3 for more (head dims up to 64)
   size_t smem;   // dynamic shared memory bytes per block
   int64_t nblk;  // row blocks per sequence (not read by the packed kernel)
@@ -1339,18 +1270,11 @@ inline TcLaunch tc_launch(const SpatialParams& p) {
   l.kd = tc_head_dim(p.D);
   l.pack = p.mode != SeqMode::kTemporal || L > 32 ? 0 : L <= 8 ? 2 : 1;
   l.warps = L <= 16 ? 1 : L <= 32 ? 2 : 4;
-  // Longer sequences at head dims up to 64: two row tiles per warp, 128 rows x 32-key tiles in
-  // three K/V stages.
-  l.rt = l.pack == 0 && l.warps == 4 && l.kd <= 64 ? 2 : 1;
-  if (const char* env = std::getenv("TEMPORAL_KERNELS_CUDA_TC_RT")) l.rt = l.rt == 2 && env[0] != '1' ? 2 : 1;
-  const int64_t rows = 16 * l.warps * l.rt, keys = 16 * l.warps / l.rt;
-  l.stages = L > keys ? 2 : 1;
-  if (const char* env = std::getenv("TEMPORAL_KERNELS_CUDA_TC_STAGES")) {
-    if (env[0] == '3' && L > 2 * keys && l.kd <= 64 && l.pack == 0) l.stages = 3;
-  } else if (l.rt == 2 && L > 2 * keys) {
-    l.stages = 3;
-  }
-  l.smem = static_cast<size_t>((rows + 2 * l.stages * keys) * (l.kd + 8) * 2);
+  const int64_t rows = 16 * l.warps;
+  // Three K/V stages where a sequence has three tiles or more and three blocks still fit an SM
+  // (head dims up to 64: 64.5 KiB each), else two, one for a single tile.
+  l.stages = L > 2 * rows && l.kd <= 64 && l.pack == 0 ? 3 : L > rows ? 2 : 1;
+  l.smem = static_cast<size_t>(rows * (l.kd + 8) * 2 * (1 + 2 * l.stages));
   l.nblk = (L + rows - 1) / rows;
   const int64_t items = l.pack > 0 ? (seq_count(p) + l.pack - 1) / l.pack : seq_count(p) * l.nblk;
   l.grid = std::min<int64_t>(items, int64_t(1) << 30);
@@ -1366,9 +1290,6 @@ TcKernel<T> tc_kernel_for(const TcLaunch& l) {
   if (l.pack == 2) return temporal_fwd_tc_packed_kernel<T, kD, 2, 1>;
   if (l.pack == 1) {
     return l.warps == 2 ? temporal_fwd_tc_packed_kernel<T, kD, 1, 2> : temporal_fwd_tc_packed_kernel<T, kD, 1, 1>;
-  }
-  if constexpr (kD <= 64) {
-    if (l.rt == 2) return flash_fwd_tc_kernel<T, kD, 4, 2>;
   }
   return l.warps == 1 ? flash_fwd_tc_kernel<T, kD, 1> : l.warps == 2 ? flash_fwd_tc_kernel<T, kD, 2>
                                                                       : flash_fwd_tc_kernel<T, kD, 4>;
