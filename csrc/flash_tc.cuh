@@ -13,7 +13,7 @@
 // memory-bound TimeSformer shapes). Inside a tile: full tiles skip the masks (a warp vote), a
 // last tile of at most 16 keys runs as a 16-key tile, warps of padded rows compute nothing.
 // Q, K and V reach shared memory by 16-byte cp.async (zero-filled past the sequence and the head
-// dim), two or three K/V stages when the sequence has more than one tile; rows are padded by 16 bytes so
+// dim), two K/V stages when the sequence has more than one tile; rows are padded by 16 bytes so
 // the ldmatrix row addresses of one 8x8 matrix fall in different banks. Per tile: S = Q K^T by
 // mma.sync m16n8k16 (Q fragments loaded once, K by ldmatrix), scaled and masked in fp32, online
 // softmax in base 2 (running max and sum per row, the row's 4 lanes reduced by xor shuffles), P
@@ -220,8 +220,8 @@ constexpr int tc_min_blocks() {
 // rows). The accumulators of column tiles 2 kk and 2 kk + 1 are the A fragment of P for keys
 // [16 kk, 16 kk + 16): FlashAttention-2's register reuse. kBlockDiag (kNT = 2): rows g see keys
 // 0-7 and rows g + 8 keys 8-15 only, two independent problems (temporal_fwd_tc_packed_kernel<., ., 2, 1>).
-// Its two products repeat the loops of tc_gemm_abt / tc_gemm_xb (backward section) on purpose: the
-// same arithmetic through those helpers made ptxas (nvcc 13.0, sm_90) spill 36 bytes in the
+// Its two products repeat the loops of tc_gemm_abt / tc_gemm_xb (backward section) on purpose:
+// the same arithmetic through those helpers made ptxas (nvcc 13.0, sm_90) spill 36 bytes in the
 // register-capped 4-warp forward at head dims up to 64, the spatial kernel.
 template <typename T, int kD, int kNT, bool kBlockDiag = false>
 __device__ __forceinline__ void tc_attend_tile(const uint32_t (&qf)[kD / 16][4], const T* kb, const T* vb,
@@ -370,21 +370,12 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps>())
     const int64_t n_tiles = (blk_end + kM - 1) / kM;
 
     __syncthreads();  // the previous work item's output rows have been written out
-    // Q and the first stages - 1 key tiles in flight, one commit group each (empty past the last
-    // tile), so that every wait below allows exactly stages - 1 pending groups.
     tc_stage<T, kD, kWarps>(q_s, q_rows, i0, s.L, p.D);
     if (n_tiles > 0) {
       tc_stage<T, kD, kWarps>(k_s, k_rows, 0, blk_end, p.D);
       tc_stage<T, kD, kWarps>(v_s, v_rows, 0, blk_end, p.D);
     }
     cp_async_commit();
-    if (stages == 3) {
-      if (n_tiles > 1) {
-        tc_stage<T, kD, kWarps>(k_s + kM * kRow, k_rows, kM, blk_end, p.D);
-        tc_stage<T, kD, kWarps>(v_s + kM * kRow, v_rows, kM, blk_end, p.D);
-      }
-      cp_async_commit();
-    }
 
     // This lane's two rows and the keys they see.
     int64_t row_end[2];
@@ -404,22 +395,13 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps>())
     uint32_t qf[kD / 16][4];
     const bool warp_live = i0 + warp * 16 < s.valid;  // a row of the warp sees keys
 
-    // Tile t sits in buffer buf = t % stages; iteration t first puts tile t + stages - 1 in
-    // flight into the buffer that tile t - 1 used (stages is 1 only for a single tile).
-    int buf = 0;
+    // Tile t sits in buffer t % stages = t & 1 (stages is 2 whenever there is a second tile).
     for (int64_t t = 0; t < n_tiles; ++t) {
-      if (stages > 1) {
-        const int64_t ahead = t + stages - 1;
-        const int nb = buf == 0 ? stages - 1 : buf - 1;
-        if (ahead < n_tiles) {
-          tc_stage<T, kD, kWarps>(k_s + nb * kM * kRow, k_rows, ahead * kM, blk_end, p.D);
-          tc_stage<T, kD, kWarps>(v_s + nb * kM * kRow, v_rows, ahead * kM, blk_end, p.D);
-        }
+      if (t + 1 < n_tiles) {
+        const int nb = static_cast<int>((t + 1) & 1);
+        tc_stage<T, kD, kWarps>(k_s + nb * kM * kRow, k_rows, (t + 1) * kM, blk_end, p.D);
+        tc_stage<T, kD, kWarps>(v_s + nb * kM * kRow, v_rows, (t + 1) * kM, blk_end, p.D);
         cp_async_commit();
-      }
-      if (stages == 3) {
-        cp_async_wait<2>();
-      } else if (stages == 2) {
         cp_async_wait<1>();
       } else {
         cp_async_wait<0>();
@@ -431,9 +413,8 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps>())
           ldsm_x4(qf[kk], q_s + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kRow + kk * 16 + 8 * (lane / 16));
         }
       }
-      const T* kb = k_s + buf * kM * kRow;
-      const T* vb = v_s + buf * kM * kRow;
-      buf = buf + 1 == stages ? 0 : buf + 1;
+      const T* kb = k_s + static_cast<int>(t & 1) * kM * kRow;
+      const T* vb = v_s + static_cast<int>(t & 1) * kM * kRow;
 
       int tile_end[2];  // keys of this tile the row sees
 #pragma unroll
@@ -445,7 +426,8 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps>())
       // causal sequences, in a warp without padded rows) skip the masks. A last tile of at most
       // 16 keys (N = 196: 4 of 64) runs as a 16-key tile (a 32-key variant spilled). A warp
       // whose rows are all padding computes nothing (its m, l and O stay those of a row that
-      // sees no key).
+      // sees no key). The tile indices stay 64-bit: with 32-bit ones (603181e) every 16-bit
+      // spatial and joint forward failed on the GPU while the emulator passed.
       const bool masked = !__all_sync(0xffffffffu, tile_end[0] == kM && tile_end[1] == kM);
       const int64_t tile_keys = blk_end - t * kM;
       if (warp_live) {
@@ -455,7 +437,7 @@ __global__ void __launch_bounds__(kWarps * 32, tc_min_blocks<kD, kWarps>())
           tc_attend_tile<T, kD, kNT>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
         }
       }
-      __syncthreads();  // the next iteration refills this tile's buffers
+      __syncthreads();  // this stage's buffers are refilled two tiles later
     }
     // Without a tile (every row of the block padded) the Q copies may still be in flight, some
     // into other warps' rows, which those warps are about to overwrite with their output.
@@ -1254,7 +1236,7 @@ struct TcLaunch {
   int pack;      // temporal_fwd_tc_packed_kernel (temporal, T <= 32): groups per block (1 or 2); 0: flash
   int kd;        // head dim of the instantiation (D padded)
   int warps;     // warps per block: 16 * warps query rows per block and keys per tile
-  int stages;    // K/V buffers: 1 for one tile, 2 for two, 3 for more (head dims up to 64)
+  int stages;    // K/V buffers: 2 when the sequence has more than one tile
   size_t smem;   // dynamic shared memory bytes per block
   int64_t nblk;  // row blocks per sequence (not read by the packed kernel)
   int64_t grid;  // blocks (1-D; the kernels loop over work items)
@@ -1271,9 +1253,7 @@ inline TcLaunch tc_launch(const SpatialParams& p) {
   l.pack = p.mode != SeqMode::kTemporal || L > 32 ? 0 : L <= 8 ? 2 : 1;
   l.warps = L <= 16 ? 1 : L <= 32 ? 2 : 4;
   const int64_t rows = 16 * l.warps;
-  // Three K/V stages where a sequence has three tiles or more and three blocks still fit an SM
-  // (head dims up to 64: 64.5 KiB each), else two, one for a single tile.
-  l.stages = L > 2 * rows && l.kd <= 64 && l.pack == 0 ? 3 : L > rows ? 2 : 1;
+  l.stages = L > rows ? 2 : 1;
   l.smem = static_cast<size_t>(rows * (l.kd + 8) * 2 * (1 + 2 * l.stages));
   l.nblk = (L + rows - 1) / rows;
   const int64_t items = l.pack > 0 ? (seq_count(p) + l.pack - 1) / l.pack : seq_count(p) * l.nblk;

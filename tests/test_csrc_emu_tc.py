@@ -137,8 +137,8 @@ def test_joint(tc, mask, dtype):
 
 def test_many_key_tiles(tc):
     """150 and 210 tokens: three and four 64-key tiles. Pass 1 of the dQ kernel must restage tile 0
-    (pass 0 left tile 2 in its buffer); the forward's three K/V stages cycle (tile 3 reuses tile
-    0's buffer), also in frame-causal blocks that see fewer tiles than there are stages."""
+    (pass 0 left tile 2 in its buffer); the K/V buffers cycle, also in frame-causal blocks that see
+    fewer tiles than the sequence has."""
     _check_emulated(tc, (1, 150, 1, 1, 32), "packed_tn", False, False, torch.bfloat16)
     _ran(tc, FLASH, 32)
     _check_emulated(tc, (1, 210, 1, 1, 32), "packed_nt", True, True, torch.float16)
