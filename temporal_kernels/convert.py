@@ -28,8 +28,9 @@ as a fallback, taken per call when the fused kernels cannot serve:
   ``attn_drop > 0``);
 - no backend serves the op for the input (see ``backend`` below).
 
-``backend``: None picks the first kernel backend (``"cuda"``, then ``"triton"``) that implements
-the ops for the input's device and head dim (<= 256), else the original path; CPU tensors keep
+``backend``: None runs the fused kernels wherever a kernel backend implements the ops for the
+input's device and head dim (<= 256), leaving the functional API to pick Triton or CUDA C++ per
+op and shape (the one measured faster, see ``_choice``), else the original path; CPU tensors keep
 the original path (``TEMPORAL_KERNELS_BACKEND`` overrides, as everywhere). A named backend
 (``"cuda"``, ``"triton"``, ``"reference"``) is used whenever it can run; where it cannot, the
 original path runs and a warning says why.
@@ -65,12 +66,13 @@ _HF_MODULE = "transformers.models.timesformer.modeling_timesformer"
 _FULL = {"joint": ("joint_attention",), "spatial": ("spatial_attention_qkvpacked",)}
 
 
-def _serving_backend(backend: Optional[str], ops: tuple[str, ...], x: Tensor, head_dim: int) -> Optional[str]:
-    """The backend a converted module runs ``ops`` with for input ``x``, or None (original path)."""
+def _serving_backend(backend: Optional[str], ops: tuple[str, ...], x: Tensor, head_dim: int) -> tuple[bool, Optional[str]]:
+    """Whether a converted module runs ``ops`` on the fused kernels for input ``x`` (else the
+    original path), and the ``backend`` it passes them (None: the functional API's per-shape pick)."""
     if backend is None:
         backend = os.environ.get(_backends.ENV_VAR) or None
         if backend is None:
-            return _kernel_backend(ops, x.device.type, head_dim)
+            return _kernel_backend(ops, x.device.type, head_dim) is not None, None
     reason = _backends._unavailable_reason(backend, x.device)
     if reason is None:
         missing = [op for op in ops if op not in _backends._ops_of(backend)]
@@ -82,14 +84,14 @@ def _serving_backend(backend: Optional[str], ops: tuple[str, ...], x: Tensor, he
             if head_dim > MAX_HEAD_DIM:
                 reason = f"head dim {head_dim} > {MAX_HEAD_DIM}"
     if reason is None:
-        return backend
+        return True, backend
     warnings.warn(
         f"temporal_kernels.convert: backend {backend!r} cannot serve this module ({reason}); "
         f"running the original implementation",
         RuntimeWarning,
         stacklevel=3,
     )
-    return None
+    return False, None
 
 
 def _dropout_active(module: nn.Module, dropout: Optional[nn.Module]) -> bool:
@@ -105,10 +107,10 @@ def _hf_divided_layer_forward(self, hidden_states: Tensor, output_attentions: bo
     attn, tattn = self.attention.attention, self.temporal_attention.attention
     C = hidden_states.shape[-1]
     head_dim = max(C // attn.num_heads, C // tattn.num_heads)
-    backend = None
+    fused, backend = False, None
     if not output_attentions and not (_dropout_active(self, attn.attn_drop) or _dropout_active(self, tattn.attn_drop)):
-        backend = _serving_backend(getattr(self, _MARK)["backend"], _DIVIDED, hidden_states, head_dim)
-    if backend is None:
+        fused, backend = _serving_backend(getattr(self, _MARK)["backend"], _DIVIDED, hidden_states, head_dim)
+    if not fused:
         return type(self).forward(self, hidden_states, output_attentions)
     out = divided_space_time(
         hidden_states,
@@ -142,10 +144,10 @@ def _hf_self_attention_forward(self, hidden_states: Tensor, output_attentions: b
     b, L, C = hidden_states.shape
     H = self.num_heads
     D = C // H
-    backend = None
+    fused, backend = False, None
     if not output_attentions and not _dropout_active(self, self.attn_drop):
-        backend = _serving_backend(settings["backend"], _FULL[settings["kernel"]], hidden_states, D)
-    if backend is None:
+        fused, backend = _serving_backend(settings["backend"], _FULL[settings["kernel"]], hidden_states, D)
+    if not fused:
         return type(self).forward(self, hidden_states, output_attentions)
     qkv = self.qkv(hidden_states).view(b, 1, L, 3, H, D)
     if settings["kernel"] == "joint":
@@ -160,10 +162,10 @@ def _block_forward(self, x: Tensor, B: int, T: int, W: int) -> Tensor:
     attn, tattn = self.attn, self.temporal_attn
     C = x.shape[-1]
     head_dim = max(C // attn.num_heads, C // tattn.num_heads)
-    backend = None
+    fused, backend = False, None
     if not any(_dropout_active(self, getattr(a, "attn_drop", None)) for a in (attn, tattn)):
-        backend = _serving_backend(getattr(self, _MARK)["backend"], _DIVIDED, x, head_dim)
-    if backend is None:
+        fused, backend = _serving_backend(getattr(self, _MARK)["backend"], _DIVIDED, x, head_dim)
+    if not fused:
         return type(self).forward(self, x, B, T, W)
     return divided_space_time(
         x,
@@ -234,8 +236,9 @@ def convert(model: nn.Module, backend: Optional[str] = None, *, revert: bool = F
 
     Args:
         model: a module containing HF Timesformer layers or TimeSformer-style ``Block``s.
-        backend: ``"cuda"``, ``"triton"``, ``"reference"`` or None (a kernel backend when one
-            serves the input, else the original implementation).
+        backend: ``"cuda"``, ``"triton"``, ``"reference"`` or None (the kernels, with the
+            backend picked per op and shape, when one serves the input, else the original
+            implementation).
         revert: restore the original forwards of every module converted before.
 
     Raises:

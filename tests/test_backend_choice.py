@@ -5,6 +5,7 @@ chooser is plain Python, and ``select`` is exercised with monkeypatched availabi
 from __future__ import annotations
 
 import csv
+import importlib
 
 import pytest
 import torch
@@ -445,6 +446,18 @@ def test_modules_leave_the_choice_to_the_functional_api(monkeypatch):
     assert tk.nn._module_backend(None, tk.nn._DIVIDED, x, 64) == "reference"
     monkeypatch.setenv(_backends.ENV_VAR, "triton")
     assert tk.nn._module_backend(None, tk.nn._DIVIDED, x, 64) is None  # the functional API reads it
+
+
+def test_converted_modules_leave_the_choice_to_the_functional_api(monkeypatch):
+    tk_convert = importlib.import_module("temporal_kernels.convert")  # the package exports the function
+
+    x = torch.randn(1, 8, 16, 128)
+    monkeypatch.delenv(_backends.ENV_VAR, raising=False)
+    monkeypatch.setattr(tk_convert, "_kernel_backend", lambda ops, device_type, head_dim: "triton")
+    assert tk_convert._serving_backend(None, tk.nn._DIVIDED, x, 64) == (True, None)
+    assert tk_convert._serving_backend("reference", tk.nn._DIVIDED, x, 64) == (True, "reference")
+    monkeypatch.setattr(tk_convert, "_kernel_backend", lambda ops, device_type, head_dim: None)
+    assert tk_convert._serving_backend(None, tk.nn._DIVIDED, x, 64) == (False, None)  # the original path
 
 
 def test_modules_on_cpu_still_get_the_reference():
