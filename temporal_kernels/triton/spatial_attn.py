@@ -30,8 +30,8 @@ afterwards (deterministic, no atomics).
 
 Tiles (``_fwd_config`` / ``_bwd_configs``), picked from sm_90 compiles without spills: fp16/bf16
 with D <= 64 run the forward with BLOCK_M=128, BLOCK_N=64 (8 warps; from forward sweeps: spatial
-with CLS 128 x 32 with 4 warps, joint 3 pipeline stages, frame-causal joint 64 x 32 with 4 warps,
-all three with 3 stages), dK/dV with 128 keys per program
+and joint 3 pipeline stages, spatial with CLS 128 x 32 with 4 warps, frame-causal joint 64 x 32
+with 4 warps, both with 3 stages; the factorized mode 2 stages), dK/dV with 128 keys per program
 and 128 query rows per step (64 for spatial frames of N > 256), dQ with 64 rows x 32 keys per step,
 the backward unpipelined (see ``_bwd_configs``); larger D and fp32/fp64 use narrower tiles.
 N=196 (+CLS = 197) gives 2 row blocks of 128 (23% of the last unused, as with 4 blocks of 64:
@@ -690,16 +690,20 @@ def _fwd_config(D: int, dtype: torch.dtype, mode: int, causal: bool, has_cls: bo
     token (whose key every key block selects by pointer) prefers (128, 32, 4, 3): 57 vs 74 us at
     (8,8,196+1,12), 248 vs 286 us at (2,16,784+1,12) (``logs/tune_spatial_cls_fwd_bf16.log``);
     without CLS that tile measured 0.282 against 0.256 ms at (2,16,784,12) in the benchmark
-    (``logs/bench_spatial_df364b0.log``), so plain spatial and the factorized mode (whose warp
-    count also sizes its temporal programs) keep the 8-warp tile."""
+    (``logs/bench_spatial_df364b0.log``), so plain spatial keeps the 8-warp tile, pipelined
+    three deep: the plain spatial forward sweep (``logs/tune_spatial_fwd_bf16.log``, 72 configs
+    per shape, none wrong or racy) measured (128, 64, 8, 3) at 61.5 us against 70.8 us for two
+    stages at (8,8,196,12) (best: (64, 32, 4, 3), 59.6 us) and at 228.5 against 268.3 us at
+    (2,16,784,12) (best). The factorized mode (whose warp count also sizes its temporal
+    programs) keeps the two-stage tile."""
     if _interpreting():
         return 16, 16, 1, 1
     bd = _block_d(D)
     if dtype.itemsize == 2 and bd <= 64:
         if mode == MODE_JOINT:
             return (64, 32, 4, 3) if causal else (128, 64, 8, 3)
-        if mode == MODE_SPATIAL and has_cls:
-            return 128, 32, 4, 3
+        if mode == MODE_SPATIAL:
+            return (128, 32, 4, 3) if has_cls else (128, 64, 8, 3)
     if dtype == torch.float64:
         return (32, 16, 4, 1) if bd <= 64 else (16, 16, 4, 1)
     if dtype == torch.float32:
