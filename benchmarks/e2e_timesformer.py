@@ -4,8 +4,10 @@
 
 Random weights (no hub download), B=8, T=8, 224x224, bf16 on the GPU; a tiny config on the CPU
 (labelled, no GPU claims). Times forward (no grad) and forward+backward in train mode with CUDA
-events after warm-up, and the peak memory of a training step; checks that the converted model's
-logits match the original within SPEC §3's bf16 bound. ``--profile`` prints, per model, the
+events after warm-up, and the peak memory of a training step; checks the converted model's logits
+against the original model run in float64 (SPEC §3: the bf16 bound 1.5e-2, or, where the original
+model's own bf16 math misses it too, no farther than that), and prints the distance between the
+two bf16 models. ``--check-only`` runs the check alone. ``--profile`` prints, per model, the
 GPU kernels of one training step by device time and the step's kernel time against its wall
 time (a gap means the host, not the GPU, sets the pace).
 """
@@ -71,6 +73,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print each model's top kernels of a training step")
     ap.add_argument("--models", default=None, help="comma-separated subset of the rows to time (hf-eager is the baseline)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    ap.add_argument("--check-only", action="store_true", help="only compare the logits, time nothing")
     args = ap.parse_args()
     gpu = torch.cuda.is_available()
     dev = "cuda" if gpu else "cpu"
@@ -85,11 +88,18 @@ def main() -> None:
     fused = tk.convert(copy.deepcopy(eager), backend=None if gpu else "reference")
     x = torch.randn(B, T, 3, S, S, device=dev, dtype=dtype)
     with torch.no_grad():
+        exact = copy.deepcopy(eager).double().eval()(x.double()).logits
         ref = eager.eval()(x).logits.double()
         got = fused.eval()(x).logits.double()
-    err = ((got - ref).norm() / ref.norm()).item()
-    models = [("hf-eager", eager), ("tk-convert", fused)]
-    if args.compile:
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    err, hf_err, tk_err = rel(got, ref), rel(ref, exact), rel(got, exact)
+    bound = 1.5e-2 if dtype == torch.bfloat16 else 1e-4
+    verdict = "ok" if tk_err <= max(bound, hf_err) else "WRONG"
+    models = [] if args.check_only else [("hf-eager", eager), ("tk-convert", fused)]
+    if args.compile and not args.check_only:
         models += [("hf-eager+compile", torch.compile(eager)), ("tk-convert+compile", torch.compile(fused))]
     if args.models:
         keep = set(args.models.split(","))
@@ -115,18 +125,21 @@ def main() -> None:
             model.zero_grad(set_to_none=True)
         rows.append(row)
         print(f"{name:20s} fwd {fwd:8.2f} ms  fwd+bwd {fwd_bwd:8.2f} ms  train peak {peak:6.2f} GiB", flush=True)
-    base = rows[0]
-    for row in rows[1:] if base["method"] == "hf-eager" else []:
+    for row in rows[1:] if rows and rows[0]["method"] == "hf-eager" else []:
+        base = rows[0]
         print(f"{row['method']:20s} vs hf-eager: fwd x{base['fwd_ms'] / row['fwd_ms']:.2f}  "
               f"fwd+bwd x{base['fwd_bwd_ms'] / row['fwd_bwd_ms']:.2f}  "
               f"peak {100 * (1 - row['train_peak_gib'] / base['train_peak_gib']):.0f}% lower")
-    print(f"converted logits vs original: rel err {err:.2e} ({'ok' if err <= 1.5e-2 else 'WRONG'})")
+    print(f"logits against the original model in float64: original ({dtype}) rel err {hf_err:.2e}, "
+          f"converted {tk_err:.2e} ({verdict}: bound {bound:.1e} or the original's own error); "
+          f"converted vs original ({dtype}) {err:.2e}")
     if args.out:
         meta = env.metadata(sys.argv[1:])
         meta.update(
             command=" ".join(["python -m benchmarks.e2e_timesformer"] + sys.argv[1:]),
             device=torch.cuda.get_device_name() if gpu else "cpu",
-            dtype=str(dtype), B=B, T=T, size=S, logits_rel_err=err,
+            dtype=str(dtype), B=B, T=T, size=S, logits_rel_err=err, logits_rel_err_vs_f64=tk_err,
+            original_logits_rel_err_vs_f64=hf_err, logits_check=verdict,
         )
         with open(args.out, "w") as f:
             json.dump(dict(meta=meta, rows=rows), f, indent=1)
