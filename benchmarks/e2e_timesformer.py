@@ -5,9 +5,11 @@
 Random weights (no hub download), B=8, T=8, 224x224, bf16 on the GPU; a tiny config on the CPU
 (labelled, no GPU claims). Times forward (no grad) and forward+backward in train mode with CUDA
 events after warm-up, and the peak memory of a training step; checks the converted model's logits
-against the original model run in float64 (SPEC §3: the bf16 bound 1.5e-2, or, where the original
-model's own bf16 math misses it too, no farther than that), and prints the distance between the
-two bf16 models. ``--check-only`` runs the check alone. ``--profile`` prints, per model, the
+against the original model run in float64 (SPEC §3's bound of the dtype) next to the original
+model's own error in that dtype, and prints the distance between the two models. In bf16 the
+whole model's error is mostly that of its bf16 linears and norms (the original misses the bf16
+bound on its own), so the converted model is reported against both; the decisive whole-model
+check is float32 (tests/test_convert.py, 1e-4). ``--check-only`` runs the check alone. ``--profile`` prints, per model, the
 GPU kernels of one training step by device time and the step's kernel time against its wall
 time (a gap means the host, not the GPU, sets the pace).
 """
@@ -97,7 +99,10 @@ def main() -> None:
 
     err, hf_err, tk_err = rel(got, ref), rel(ref, exact), rel(got, exact)
     bound = 1.5e-2 if dtype == torch.bfloat16 else 1e-4
-    verdict = "ok" if tk_err <= max(bound, hf_err) else "WRONG"
+    if tk_err <= bound:
+        verdict = "within the bound"
+    else:
+        verdict = f"outside the bound; {tk_err / hf_err:.2f}x the original's own error"
     models = [] if args.check_only else [("hf-eager", eager), ("tk-convert", fused)]
     if args.compile and not args.check_only:
         models += [("hf-eager+compile", torch.compile(eager)), ("tk-convert+compile", torch.compile(fused))]
@@ -131,7 +136,7 @@ def main() -> None:
               f"fwd+bwd x{base['fwd_bwd_ms'] / row['fwd_bwd_ms']:.2f}  "
               f"peak {100 * (1 - row['train_peak_gib'] / base['train_peak_gib']):.0f}% lower")
     print(f"logits against the original model in float64: original ({dtype}) rel err {hf_err:.2e}, "
-          f"converted {tk_err:.2e} ({verdict}: bound {bound:.1e} or the original's own error); "
+          f"converted {tk_err:.2e} (bound {bound:.1e}: {verdict}); "
           f"converted vs original ({dtype}) {err:.2e}")
     if args.out:
         meta = env.metadata(sys.argv[1:])
