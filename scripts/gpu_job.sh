@@ -10,6 +10,8 @@
 # PERFORMANCE.md summary.txt. Unpack on the lead's machine with
 #   tar -xzf results.tar.gz -C benchmarks/results      # -> benchmarks/results/<gpu>/
 #   python -m benchmarks.report                        # -> benchmarks/results/PERFORMANCE.md
+#   python -m benchmarks.backend_table                 # -> temporal_kernels/_measured.py (backend=None's
+#                                                      #    table; CI fails while it is stale)
 #
 # Knobs (environment):
 #   TK_SKIP_INSTALL=1     skip the pip install (machine still warm from a previous call)
