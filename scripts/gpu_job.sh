@@ -19,7 +19,8 @@
 #   TK_SKIP_BENCH=1       skip the benchmarks
 #   TK_E2E=1              first run the end-to-end models (benchmarks.e2e_timesformer with
 #                         TK_E2E_ARGS, default "--compile --profile"; benchmarks.e2e_mini
-#                         unless TK_E2E_MINI=0) into $OUT/e2e_*.{json,log}
+#                         unless TK_E2E_MINI=0) into $OUT/e2e_*.{json,log}; half of what is
+#                         left, all of it when it is the job's only step
 #   TK_PYTEST_ARGS="..."  extra pytest arguments, e.g. "-k temporal" (shell-quoted words allowed)
 #   TK_TEST_TIMEOUT=300   per-test timeout (pytest-timeout), seconds
 #   TK_TEST_BUDGET_S=...  the test suite's wall budget (default: a third of what is left when the
@@ -103,7 +104,9 @@ finish_sanitize() {
 if [ "${TK_E2E:-0}" = "1" ]; then
     section "end-to-end models (issue 7)"
     eval "E2E_EXTRA=(${TK_E2E_ARGS:---compile --profile})"
-    timeout -s INT -k 20 "$(( $(left) / 2 ))" $PY -m benchmarks.e2e_timesformer "${E2E_EXTRA[@]}" --out "$OUT/e2e_timesformer.json" 2>&1 | tee "$OUT/e2e_timesformer.log"
+    e2e_budget=$(( $(left) / 2 ))
+    [ "${TK_E2E_MINI:-1}" = "1" ] || [ "${TK_SKIP_TESTS:-0}${TK_SKIP_BENCH:-0}" != "11" ] || e2e_budget=$(( $(left) - 20 ))
+    timeout -s INT -k 20 "$e2e_budget" $PY -m benchmarks.e2e_timesformer "${E2E_EXTRA[@]}" --out "$OUT/e2e_timesformer.json" 2>&1 | tee "$OUT/e2e_timesformer.log"
     if [ "${TK_E2E_MINI:-1}" = "1" ]; then
         timeout -s INT -k 20 "$(( $(left) / 2 ))" $PY -m benchmarks.e2e_mini --budget 1.5 --out "$OUT/e2e_mini.json" 2>&1 | tee "$OUT/e2e_mini.log"
     fi
