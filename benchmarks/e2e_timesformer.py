@@ -1,6 +1,6 @@
 """End-to-end: HuggingFace Timesformer-base before and after ``tk.convert`` (SPEC §5, issue 7).
 
-    python -m benchmarks.e2e_timesformer [--compile] [--cudagraphs] [--profile] [--models M,...] [--out FILE]
+    python -m benchmarks.e2e_timesformer [--compile] [--profile] [--models M,...] [--out FILE]
 
 Random weights (no hub download), B=8, T=8, 224x224, bf16 on the GPU; a tiny config on the CPU
 (labelled, no GPU claims). Times forward (no grad) and forward+backward in train mode with CUDA
@@ -11,10 +11,7 @@ whole model's error is mostly that of its bf16 linears and norms (the original m
 bound on its own), so the converted model is reported against both; the decisive whole-model
 check is float32 (tests/test_convert.py, 1e-4). ``--check-only`` runs the check alone. ``--profile`` prints, per model, the
 GPU kernels of one training step by device time and the step's kernel time against its wall
-time (a gap means the host, not the GPU, sets the pace). ``--cudagraphs`` adds both models under
-``torch.compile(mode="reduce-overhead")`` (CUDA graphs: the host no longer launches each kernel),
-with ``torch.compiler.cudagraph_mark_step_begin()`` before every call, as PyTorch asks when a
-step's outputs are not kept.
+time (a gap means the host, not the GPU, sets the pace).
 """
 
 from __future__ import annotations
@@ -75,8 +72,6 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
-    ap.add_argument("--cudagraphs", action="store_true",
-                    help="also time both models under torch.compile(mode='reduce-overhead')")
     ap.add_argument("--profile", action="store_true", help="print each model's top kernels of a training step")
     ap.add_argument("--models", default=None, help="comma-separated subset of the rows to time (hf-eager is the baseline)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -111,27 +106,17 @@ def main() -> None:
     models = [] if args.check_only else [("hf-eager", eager), ("tk-convert", fused)]
     if args.compile and not args.check_only:
         models += [("hf-eager+compile", torch.compile(eager)), ("tk-convert+compile", torch.compile(fused))]
-    if args.cudagraphs and gpu and not args.check_only:
-        models += [("hf-eager+compile-ro", torch.compile(eager, mode="reduce-overhead")),
-                   ("tk-convert+compile-ro", torch.compile(fused, mode="reduce-overhead"))]
     if args.models:
         keep = set(args.models.split(","))
         models = [(name, model) for name, model in models if name in keep]
     rows = []
     for name, model in models:
         model.train()
-        graphs = name.endswith("-ro")
-
-        def call():
-            if graphs:  # the previous step's graph outputs may be overwritten: none is kept
-                torch.compiler.cudagraph_mark_step_begin()
-            return model(x).logits
-
         with torch.no_grad():
-            fwd = _time_ms(call, 10)
+            fwd = _time_ms(lambda: model(x).logits, 10)
 
         def step():
-            call().float().sum().backward()
+            model(x).logits.float().sum().backward()
 
         if gpu:
             torch.cuda.synchronize()
