@@ -6,7 +6,9 @@ are present; otherwise the build says so in one line and goes on without it.
 
 Knobs (environment):
     TEMPORAL_KERNELS_BUILD_EXT   auto (default) | 1 (force; fail if it cannot) | 0 (skip)
-    TORCH_CUDA_ARCH_LIST         architectures to build for (default "9.0")
+    TORCH_CUDA_ARCH_LIST         architectures to build for (default "9.0a": the H100/H200 with their
+                                 wgmma instructions; with 9.0a in the list TK_WGMMA is defined and
+                                 the Hopper forward of csrc/flash_wgmma.cuh is built)
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def _extension():
             f"(torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME}), skipping the CUDA extension"
         )
         return [], {}
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0a")
+    archs = os.environ["TORCH_CUDA_ARCH_LIST"].replace(" ", ";").split(";")
+    wgmma = ["-DTK_WGMMA"] if "9.0a" in archs else []
     ext = CUDAExtension(
         "temporal_kernels._C",
         sources,
@@ -45,7 +49,7 @@ def _extension():
         # (C++20 for recent torch, whose headers use C++20 features; C++17 for older ones).
         extra_compile_args={
             "cxx": ["-O3"],
-            "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"],
+            "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr", *wgmma],
         },
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}

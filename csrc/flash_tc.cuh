@@ -147,9 +147,23 @@ __device__ __forceinline__ TcRows<P> tc_rows(const SpatialParams& p, P x, const 
   return r;
 }
 
-// Stages tokens [j0, j0 + 16 * kWarps) of x into a tile; tokens at or past `end` and head-dim
-// chunks at or past D become zeros.
-template <typename T, int kD, int kWarps>
+// Element offset of row r, 16-byte chunk ch in a tile: rows padded by 16 bytes (ldmatrix), or,
+// kSwizzled, the wgmma tile of flash_wgmma.cuh ([kD / 64] column blocks of [kRows, 64] elements,
+// each 8-row group a 1024-byte atom of the 128-byte swizzle: chunk ch % 8 of row r stored at
+// chunk (ch % 8) ^ (r % 8), so a warp's 16-byte accesses to one row or one chunk column spread
+// over all banks).
+template <int kD, int kRows, bool kSwizzled>
+__device__ __forceinline__ int tc_tile_off(int r, int ch) {
+  if constexpr (kSwizzled) {
+    return (ch / 8) * (kRows * 64) + r * 64 + (((ch % 8) ^ (r % 8)) * 8);
+  } else {
+    return r * tc_row<kD>() + ch * 8;
+  }
+}
+
+// Stages tokens [j0, j0 + 16 * kWarps) of x into a tile (laid out as tc_tile_off says); tokens at
+// or past `end` and head-dim chunks at or past D become zeros.
+template <typename T, int kD, int kWarps, bool kSwizzled = false>
 __device__ __forceinline__ void tc_stage(T* tile, const TcRows<const T*>& x, int64_t j0, int64_t end, int64_t D) {
   constexpr int kChunks = kD / 8;
   constexpr int kRows = 16 * kWarps;
@@ -173,7 +187,7 @@ __device__ __forceinline__ void tc_stage(T* tile, const TcRows<const T*>& x, int
       const int r = r0 + i * kStep;
       const bool ok = in_d && r < rows;
       const T* from = r == cls_r ? x.cls + ch * 8 : src;
-      cp_async16(tile + r * tc_row<kD>() + ch * 8, ok ? from : x.base, ok ? 16 : 0);
+      cp_async16(tile + tc_tile_off<kD, kRows, kSwizzled>(r, ch), ok ? from : x.base, ok ? 16 : 0);
       src += step;
       n += kStep;
       while (x.div != 0 && n >= x.div) {
@@ -187,7 +201,7 @@ __device__ __forceinline__ void tc_stage(T* tile, const TcRows<const T*>& x, int
       const int64_t j = j0 + r;
       const bool ok = j < end && ch * 8 < D;
       const T* src = ok ? x.row(j) + ch * 8 : x.base;
-      cp_async16(tile + r * tc_row<kD>() + ch * 8, src, ok ? 16 : 0);
+      cp_async16(tile + tc_tile_off<kD, kRows, kSwizzled>(r, ch), src, ok ? 16 : 0);
     }
   }
 }
@@ -212,43 +226,17 @@ constexpr int tc_min_blocks() {
   return kWarps == 4 ? (kD <= 64 ? 3 : 1) : kD > 128 ? 1 : (kD <= 64 ? 16 : 12) / kWarps;
 }
 
-// One key tile for one warp's 16 query rows: S = Q K^T (qf: the rows' A fragments, kb: the tile's
-// 8 kNT key rows), scaled to base 2 and, when `masked` (warp-uniform; false: every row sees every
-// key of the tile), masked (row half r sees the keys [tile_begin[r], tile_end[r]) of the tile:
-// element e of a column tile is row g + 8 (e / 2), key 2 tq + e % 2),
-// folded into the running max m, this lane's part of the row sums l and O += P V (vb: the value
-// rows). The accumulators of column tiles 2 kk and 2 kk + 1 are the A fragment of P for keys
-// [16 kk, 16 kk + 16): FlashAttention-2's register reuse. kBlockDiag (kNT = 2): rows g see keys
-// 0-7 and rows g + 8 keys 8-15 only, two independent problems (temporal_fwd_tc_packed_kernel<., ., 2, 1>).
-// Its two products repeat the loops of tc_gemm_abt / tc_gemm_xb (backward section) on purpose:
-// the same arithmetic through those helpers made ptxas (nvcc 13.0, sm_90) spill 36 bytes in the
-// register-capped 4-warp forward at head dims up to 64, the spatial kernel.
-template <typename T, int kD, int kNT, bool kBlockDiag = false>
-__device__ __forceinline__ void tc_attend_tile(const uint32_t (&qf)[kD / 16][4], const T* kb, const T* vb,
-                                               const int (&tile_begin)[2], const int (&tile_end)[2], bool masked,
-                                               float qk_scale, float (&m)[2], float (&l)[2], float (&o)[kD / 8][4]) {
-  constexpr int kRow = tc_row<kD>();
+// The softmax step of one key tile for a warp's 16 rows, in place: S (sc, the layout of an
+// mma.sync / wgmma accumulator: element e of column tile nt is row g + 8 (e / 2), key
+// nt * 8 + 2 tq + e % 2) scaled to base 2 and, when `masked`, masked to the keys
+// [tile_begin[r], tile_end[r]) of row half r; the running max m and this lane's part of the row
+// sums l updated; O rescaled; sc left holding the tile's probabilities.
+template <int kD, int kNT>
+__device__ __forceinline__ void tc_online_softmax(float (&sc)[kNT][4], const int (&tile_begin)[2], const int (&tile_end)[2],
+                                                  bool masked, float qk_scale, float (&m)[2], float (&l)[2],
+                                                  float (&o)[kD / 8][4]) {
   constexpr int kDT = kD / 8;
-  const int lane = threadIdx.x % 32, tq = lane % 4;
-  float sc[kNT][4];  // S of the warp's 16 rows x the tile's 8 kNT keys
-#pragma unroll
-  for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) sc[nt][e] = 0.f;
-  }
-#pragma unroll
-  for (int kk = 0; kk < kD / 16; ++kk) {
-#pragma unroll
-    for (int np = 0; np < kNT / 2; ++np) {
-      uint32_t kf[4];
-      ldsm_x4(kf, kb + (np * 16 + (lane % 8) + 8 * (lane / 16)) * kRow + kk * 16 + 8 * ((lane / 8) % 2));
-      const uint32_t b0[2] = {kf[0], kf[1]}, b1[2] = {kf[2], kf[3]};
-      mma_16816<T>(sc[2 * np], qf[kk], b0);
-      mma_16816<T>(sc[2 * np + 1], qf[kk], b1);
-    }
-  }
-
-  // Scale, mask, online softmax.
+  const int tq = (threadIdx.x % 32) % 4;
   float mx[2] = {m[0], m[1]};
   if (masked) {
 #pragma unroll
@@ -296,6 +284,45 @@ __device__ __forceinline__ void tc_attend_tile(const uint32_t (&qf)[kD / 16][4],
       l[e / 2] += sc[nt][e];
     }
   }
+}
+
+// One key tile for one warp's 16 query rows: S = Q K^T (qf: the rows' A fragments, kb: the tile's
+// 8 kNT key rows), scaled to base 2 and, when `masked` (warp-uniform; false: every row sees every
+// key of the tile), masked (row half r sees the keys [tile_begin[r], tile_end[r]) of the tile:
+// element e of a column tile is row g + 8 (e / 2), key 2 tq + e % 2),
+// folded into the running max m, this lane's part of the row sums l and O += P V (vb: the value
+// rows). The accumulators of column tiles 2 kk and 2 kk + 1 are the A fragment of P for keys
+// [16 kk, 16 kk + 16): FlashAttention-2's register reuse. kBlockDiag (kNT = 2): rows g see keys
+// 0-7 and rows g + 8 keys 8-15 only, two independent problems (temporal_fwd_tc_packed_kernel<., ., 2, 1>).
+// Its two products repeat the loops of tc_gemm_abt / tc_gemm_xb (backward section) on purpose:
+// the same arithmetic through those helpers made ptxas (nvcc 13.0, sm_90) spill 36 bytes in the
+// register-capped 4-warp forward at head dims up to 64, the spatial kernel.
+template <typename T, int kD, int kNT, bool kBlockDiag = false>
+__device__ __forceinline__ void tc_attend_tile(const uint32_t (&qf)[kD / 16][4], const T* kb, const T* vb,
+                                               const int (&tile_begin)[2], const int (&tile_end)[2], bool masked,
+                                               float qk_scale, float (&m)[2], float (&l)[2], float (&o)[kD / 8][4]) {
+  constexpr int kRow = tc_row<kD>();
+  constexpr int kDT = kD / 8;
+  const int lane = threadIdx.x % 32;
+  float sc[kNT][4];  // S of the warp's 16 rows x the tile's 8 kNT keys
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) sc[nt][e] = 0.f;
+  }
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk) {
+#pragma unroll
+    for (int np = 0; np < kNT / 2; ++np) {
+      uint32_t kf[4];
+      ldsm_x4(kf, kb + (np * 16 + (lane % 8) + 8 * (lane / 16)) * kRow + kk * 16 + 8 * ((lane / 8) % 2));
+      const uint32_t b0[2] = {kf[0], kf[1]}, b1[2] = {kf[2], kf[3]};
+      mma_16816<T>(sc[2 * np], qf[kk], b0);
+      mma_16816<T>(sc[2 * np + 1], qf[kk], b1);
+    }
+  }
+
+  tc_online_softmax<kD, kNT>(sc, tile_begin, tile_end, masked, qk_scale, m, l, o);
 
   // O += P V.
 #pragma unroll

@@ -1,4 +1,5 @@
-"""CI check: every csrc/ source compiles for sm_90 against the installed torch's headers.
+"""CI check: every csrc/ source compiles for sm_90a (and the tensor-core launchers for plain sm_90)
+against the installed torch's headers.
 
 The CPU CI machine has nvcc but no GPU and a CPU build of torch (which ships the ATen/c10 CUDA
 headers), so a broken .cu/.cpp is caught here, before the GPU build. Object files go to a tmp
@@ -35,7 +36,8 @@ def _cxx_std() -> str:
 def _flags() -> list[str]:
     torch_include = Path(torch.__file__).parent / "include"
     flags = [
-        "-gencode=arch=compute_90,code=sm_90",
+        "-gencode=arch=compute_90a,code=sm_90a",  # setup.py's default TORCH_CUDA_ARCH_LIST, 9.0a
+        "-DTK_WGMMA",
         f"-std={_cxx_std()}",
         "-O3",
         "--expt-relaxed-constexpr",
@@ -76,6 +78,18 @@ def test_csrc_compiles_for_sm90(tmp_path):
     assert not failures, "\n\n".join(failures)
     for src, _ in results:
         assert (tmp_path / (src.name + ".o")).stat().st_size > 0
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+def test_tensor_core_launchers_compile_for_plain_sm90(tmp_path):
+    """A build without 9.0a (TORCH_CUDA_ARCH_LIST=9.0, say) compiles the wgmma kernel to a trap that
+    its launcher never reaches (no TK_WGMMA): the wgmma instructions must stay out of that pass."""
+    flags = [f for f in _flags() if f != "-DTK_WGMMA"]
+    flags = ["-gencode=arch=compute_90,code=sm_90" if f.startswith("-gencode") else f for f in flags]
+    src = ROOT / "csrc" / "flash_tc.cu"
+    res = subprocess.run([NVCC, "-c", str(src), "-o", str(tmp_path / "flash_tc.o"), *flags],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 # ---------------------------------------------------------------------------------------------

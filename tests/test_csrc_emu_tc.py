@@ -203,3 +203,98 @@ def test_packed_groups_stay_apart(tc, dtype, poison):
     for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):  # the fused backward's pair too
         assert torch.isfinite(g[:, :, 1]).all(), name
         assert rel_err(g[:, :, 1], r[:, :, 1]) <= BOUNDS[dtype], name
+
+
+# ---------------------------------------------------------------------------------------------
+# csrc/flash_wgmma.cuh: the Hopper forward (wgmma from registers and swizzled shared memory), where
+# the 4-warp flash kernel would run with head dims padded to 64 or 128. The emulator reads B
+# through the matrix descriptors and the 128-byte swizzle as PTX defines them, so a tile layout,
+# descriptor offset or accumulator mapping that disagrees with the kernel shows here; whether the
+# hardware reads them that way is the GPU suite's part.
+
+WGMMA = 3
+
+
+@pytest.fixture
+def wg(tc):
+    tc.emu_set_wgmma(1)
+    try:
+        yield tc
+    finally:
+        tc.emu_set_wgmma(0)
+
+
+def _ran_wg(tc, D):
+    """The wgmma forward ran; the backward is the flash pair's (D <= 64) or the scalar one."""
+    assert tc.emu_last_tc() == WGMMA
+    assert tc.emu_last_tc_bwd() == (FLASH if D <= 64 else SCALAR)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=_ids)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_wgmma_temporal_layouts(wg, layout, dtype):
+    """T=40 (one 64-key tile, one stage, rows 40-63 padding: warp 3 idle), every layout and mask."""
+    for causal, lens in MASKS:
+        _check_emulated(wg, (1, 40, 2, 1, 40), layout, causal, lens, dtype)
+        _ran_wg(wg, 40)
+
+
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [
+        ((1, 70, 1, 2, 64), torch.bfloat16),  # 2 row blocks x 2 key tiles, two stages
+        ((1, 150, 1, 1, 128), torch.float16),  # head dim 128: two 64-column blocks; 3 tiles, buffers cycle
+        ((1, 33, 2, 1, 120), torch.bfloat16),  # head dim 120 padded to 128 (zero-filled columns)
+    ],
+    ids=_ids,
+)
+def test_wgmma_temporal_shapes(wg, shape, dtype):
+    for causal, lens in ((False, False), (True, True)):
+        _check_emulated(wg, shape, "packed_tn", causal, lens, dtype)
+        _ran_wg(wg, shape[4])
+
+
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [
+        ((1, 1, 70, 1, 64), torch.bfloat16),  # 71 tokens with CLS: the CLS key in tile 2
+        ((1, 2, 63, 1, 128), torch.float16),  # 64 tokens with CLS: one full tile, head dim 128
+        ((2, 1, 40, 2, 40), torch.bfloat16),  # 40 (41) tokens: padded rows in warps 2 and 3
+    ],
+    ids=_ids,
+)
+def test_wgmma_spatial(wg, shape, dtype):
+    check_spatial(wg, shape, "packed_nt", dtype, True, scale=0.3)
+    _ran_wg(wg, shape[4])
+    check_spatial(wg, shape, "packed_tn", dtype, False)
+    _ran_wg(wg, shape[4])
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=_ids)
+@pytest.mark.parametrize("mask", MASKS, ids=lambda m: case_id(causal=m[0], lens=m[1]) or "nomask")
+def test_wgmma_joint(wg, mask, dtype):
+    """90 tokens (2 row blocks x 2 key tiles, frames split across tiles) and N=40 frame-causal (a
+    frame edge inside a warp)."""
+    causal, lens = mask
+    check_joint(wg, (2, 3, 30, 1, 40), "packed_tn", dtype, causal, lens)
+    _ran_wg(wg, 40)
+    check_joint(wg, (1, 2, 40, 1, 64), "packed_nt", dtype, causal, lens)
+    _ran_wg(wg, 64)
+
+
+def test_wgmma_grid_stride(wg):
+    """A grid capped below the work items walks every one of them."""
+    _check_emulated(wg, (2, 40, 3, 1, 64), "packed_nt", True, True, torch.float16, max_grid=2)
+    _ran_wg(wg, 64)
+    check_joint(wg, (2, 3, 30, 1, 64), "packed_tn", torch.bfloat16, True, True, max_grid=3)
+    _ran_wg(wg, 64)
+
+
+def test_wgmma_not_where_it_does_not_apply(wg):
+    """Head dims padded to 32 or 96 and sequences of up to 32 keep the mma.sync kernels."""
+    _check_emulated(wg, (1, 40, 2, 1, 32), "packed_tn", False, False, torch.bfloat16)
+    _ran(wg, FLASH, 32)
+    _check_emulated(wg, (1, 40, 2, 1, 72), "packed_tn", False, False, torch.float16)
+    _ran(wg, FLASH, 72)
+    _check_emulated(wg, (1, 20, 2, 1, 64), "packed_tn", False, False, torch.bfloat16)
+    _ran(wg, PACKED, 64)

@@ -187,6 +187,76 @@ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   warp_meet();
 }
 
+// Shared-memory addresses for wgmma descriptors: offsets from the block's dynamic shared memory
+// (which starts at offset 0, as on the device when a kernel has no static shared memory).
+inline uint32_t smem_addr(const void* ptr) {
+  return static_cast<uint32_t>(static_cast<const unsigned char*>(ptr) - ctx->smem);
+}
+
+// wgmma runs at its issue (like cp.async), so its fences, commits and waits are no-ops here.
+inline void wgmma_fence() {}
+inline void wgmma_commit() {}
+inline void wgmma_wait_all() {}
+inline void fence_proxy_async_smem() {}
+template <int kRows>
+void wgmma_pin(float (&)[kRows][4]) {}
+
+struct WgmmaOperands {
+  uint32_t a[4];
+  uint64_t desc;
+  int accumulate;
+};
+
+// wgmma.mma_async m64n64k16, A from registers, float accumulators, for a block that is one
+// warpgroup (the threads meet at block barriers). A: warp w holds rows [16 w, 16 w + 16) in
+// mma.sync's A fragment; D: warp w's rows, 8-column tiles in mma.sync's D layout (d[kOff + j]).
+// B (16 x 64) is read from shared memory through the descriptor, 128-byte swizzle only: K-major,
+// element (k, n) at start + (n / 8) SBO + (n % 8) 128 + 2 k; MN-major (kTransB), at
+// start + (k / 8) SBO + (k % 8) 128 + (n / 64) LBO + 2 (n % 64); the swizzle XORs address bits
+// [4, 7) with bits [7, 10). Every thread must pass the same descriptor and accumulate flag.
+template <typename T, bool kTransB, int kOff, int kRows>
+void wgmma_m64n64k16(float (&d)[kRows][4], const uint32_t (&a)[4], uint64_t desc, int accumulate) {
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, w0 = tid & ~31;
+  if (ctx->nthreads != 128) emu_fail("wgmma: the emulated block must be one warpgroup");
+  WgmmaOperands mine;
+  std::memcpy(mine.a, a, sizeof(mine.a));
+  mine.desc = desc;
+  mine.accumulate = accumulate;
+  ctx->posted[tid] = &mine;
+  __syncthreads();
+  for (int t = 0; t < 128; ++t) {
+    const auto* other = static_cast<const WgmmaOperands*>(ctx->posted[t]);
+    if (other->desc != desc || (other->accumulate != 0) != (accumulate != 0)) {
+      emu_fail("wgmma: descriptor or scale-d differs across the warpgroup");
+    }
+  }
+  if ((desc >> 62) != 1 || ((desc >> 49) & 7) != 0) emu_fail("wgmma: only the 128-byte swizzle at base offset 0 is emulated");
+  const uint32_t start = static_cast<uint32_t>(desc & 0x3FFF) << 4;
+  const uint32_t lbo = static_cast<uint32_t>((desc >> 16) & 0x3FFF) << 4;
+  const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
+  auto b_at = [&](int k, int n) {
+    const uint32_t logical = kTransB ? start + (k / 8) * sbo + (k % 8) * 128 + (n / 64) * lbo + 2 * (n % 64)
+                                     : start + (n / 8) * sbo + (n % 8) * 128 + 2 * k;
+    const uint32_t physical = logical ^ (((logical >> 7) & 7u) << 4);
+    T x;
+    std::memcpy(&x, ctx->smem + physical, sizeof(T));
+    return emu_float(x);
+  };
+  auto op = [&](int l) { return static_cast<const WgmmaOperands*>(ctx->posted[w0 + l]); };
+  for (int j = 0; j < 8; ++j) {
+    for (int e = 0; e < 4; ++e) {
+      const int row = lane / 4 + 8 * (e / 2), col = 8 * j + 2 * (lane % 4) + e % 2;
+      float acc = accumulate ? d[kOff + j][e] : 0.f;
+      for (int k = 0; k < 16; ++k) {
+        const float x = emu_half_of<T>(op(4 * (row % 8) + (k % 8) / 2)->a[row / 8 + 2 * (k / 8)], k % 2);
+        acc += x * b_at(k, col);
+      }
+      d[kOff + j][e] = acc;
+    }
+  }
+  __syncthreads();
+}
+
 inline void cp_async16(void* dst, const void* src, int src_bytes) {
   std::memset(dst, 0, 16);
   if (src_bytes > 0) std::memcpy(dst, src, static_cast<size_t>(src_bytes));
@@ -279,6 +349,7 @@ void run_block(unsigned blk, unsigned char* smem, std::function<void()> body, in
 #include "temporal_attn.cuh"
 #include "spatial_attn.cuh"
 #include "flash_tc.cuh"
+#include "flash_wgmma.cuh"
 
 namespace tk = temporal_kernels;
 namespace td = temporal_kernels::detail;
@@ -298,9 +369,12 @@ void run_grid(Kernel kernel, const tk::AttnParams& p, const td::Launch& l, int64
 // device (off by default: the scalar kernels' tests keep their launch shapes), and whether the
 // last forward did.
 int g_use_tc = 0;
-int g_last_tc = 0;  // 0: scalar kernel, 1: flash_fwd_tc_kernel, 2: temporal_fwd_tc_packed_kernel (T <= 32)
+int g_use_wgmma = 0;  // and flash_wgmma.cuh's forward where it applies (as on an sm_90a build and device)
+int g_last_tc = 0;  // 0: scalar kernel, 1: flash_fwd_tc_kernel, 2: temporal_fwd_tc_packed_kernel (T <= 32),
+                    // 3: flash_fwd_wgmma_kernel
 
 extern "C" void emu_set_tc(int on) { g_use_tc = on; }
+extern "C" void emu_set_wgmma(int on) { g_use_wgmma = on; }
 extern "C" int emu_last_tc() { return g_last_tc; }
 
 template <typename Body>
@@ -314,9 +388,10 @@ bool run_tc(const tk::SpatialParams& p, int64_t max_grid) {
   if constexpr (td::kTcDtype<T>) {
     const td::TcLaunch l = td::tc_launch(p);
     const int64_t grid = max_grid > 0 ? std::min(l.grid, max_grid) : l.grid;
-    const td::TcKernel<T> kernel = td::tc_kernel<T>(l);
-    run_blocks(grid, l.smem, [&] { kernel(p, l.nblk, l.stages); }, l.warps * 32);
-    g_last_tc = l.pack > 0 ? 2 : 1;
+    const bool wg = g_use_wgmma && td::wg_applies(l);
+    const td::TcKernel<T> kernel = wg ? td::wg_kernel<T>(l) : td::tc_kernel<T>(l);
+    run_blocks(grid, wg ? td::wg_smem(l) : l.smem, [&] { kernel(p, l.nblk, l.stages); }, l.warps * 32);
+    g_last_tc = wg ? 3 : l.pack > 0 ? 2 : 1;
   }
   return true;
 }
