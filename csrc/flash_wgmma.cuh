@@ -245,11 +245,13 @@ __global__ void __launch_bounds__(128, wg_min_blocks<kD>())
       }
       fence_proxy_async_smem();
       __syncthreads();
-      if (t == 0) {
+      // Q's A fragments are reloaded for every tile: kept from the first tile (loaded under
+      // `t == 0`, as the mma.sync kernel does), the wgmma of later tiles read wrong A values on the
+      // H100 (scripts/probe_wgmma.cu: every row of a sequence of two or more tiles wrong; the
+      // emulator passed). Four ldmatrix per warp and tile.
 #pragma unroll
-        for (int kk = 0; kk < kD / 16; ++kk) {
-          ldsm_x4(qf[kk], q_s + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kRow + kk * 16 + 8 * (lane / 16));
-        }
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        ldsm_x4(qf[kk], q_s + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kRow + kk * 16 + 8 * (lane / 16));
       }
       const T* kb = k_s + static_cast<int>(t & 1) * kTile;
       const T* vb = v_s + static_cast<int>(t & 1) * kTile;
