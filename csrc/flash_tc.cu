@@ -3,7 +3,7 @@
 // dtype and instantiation dispatch, shared memory opt-in past 48 KiB, current stream (the caller
 // holds the device guard), launch check. TEMPORAL_KERNELS_CUDA_TC=0 turns both off (the scalar
 // kernels then run every pass), TEMPORAL_KERNELS_CUDA_WGMMA=0 the Hopper forward (mma.sync then
-// runs it), for A/B runs and as fallbacks.
+// runs it; =1: one warpgroup per block), for A/B runs and as fallbacks.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -24,32 +24,34 @@ bool tc_enabled() {
   return env == nullptr || std::strcmp(env, "0") != 0;
 }
 
-// The sm_90a kernels run on devices of compute capability 9.0 exactly (their code is arch-specific).
-bool wgmma_enabled() {
-  if (!detail::kWgmmaBuilt) return false;
+// Warpgroups per block of the wgmma forward: 0 (off), 1 (TEMPORAL_KERNELS_CUDA_WGMMA=1) or 2. The
+// sm_90a kernels run on devices of compute capability 9.0 exactly (their code is arch-specific).
+int wgmma_warpgroups() {
+  if (!detail::kWgmmaBuilt) return 0;
   const char* env = std::getenv("TEMPORAL_KERNELS_CUDA_WGMMA");
-  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  if (env != nullptr && std::strcmp(env, "0") == 0) return 0;
   int dev = 0, major = 0, minor = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-  return major == 9 && minor == 0;
+  if (major != 9 || minor != 0) return 0;
+  return env != nullptr && std::strcmp(env, "1") == 0 ? 1 : 2;
 }
 
 template <typename T>
 bool launch_fwd(const SpatialParams& p, cudaStream_t stream) {
   if (!detail::flash_tc_applies<T>(p) || !tc_enabled()) return false;
   if constexpr (detail::kTcDtype<T>) {
-    const detail::TcLaunch l = detail::tc_launch(p);
+    detail::TcLaunch l = detail::tc_launch(p);
     if (l.grid == 0) return true;
-    const bool wg = detail::wg_applies(l) && wgmma_enabled();
-    const detail::TcKernel<T> kernel = wg ? detail::wg_kernel<T>(l) : detail::tc_kernel<T>(l);
-    const size_t smem = wg ? detail::wg_smem(l) : l.smem;
-    if (smem > 48 * 1024) {
+    const int wgs = detail::wg_applies(l) ? wgmma_warpgroups() : 0;
+    if (wgs > 0) l = detail::wg_launch(l, p, wgs);
+    const detail::TcKernel<T> kernel = wgs > 0 ? detail::wg_kernel<T>(l) : detail::tc_kernel<T>(l);
+    if (l.smem > 48 * 1024) {
       C10_CUDA_CHECK(
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(l.smem)));
     }
-    kernel<<<static_cast<unsigned>(l.grid), l.warps * 32, smem, stream>>>(p, l.nblk, l.stages);
+    kernel<<<static_cast<unsigned>(l.grid), l.warps * 32, l.smem, stream>>>(p, l.nblk, l.stages);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return true;

@@ -161,12 +161,11 @@ __device__ __forceinline__ int tc_tile_off(int r, int ch) {
   }
 }
 
-// Stages tokens [j0, j0 + 16 * kWarps) of x into a tile (laid out as tc_tile_off says); tokens at
-// or past `end` and head-dim chunks at or past D become zeros.
-template <typename T, int kD, int kWarps, bool kSwizzled = false>
+// Stages tokens [j0, j0 + kRows) of x into a tile (laid out as tc_tile_off says) with the block's
+// 32 kWarps threads; tokens at or past `end` and head-dim chunks at or past D become zeros.
+template <typename T, int kD, int kWarps, bool kSwizzled = false, int kRows = 16 * kWarps>
 __device__ __forceinline__ void tc_stage(T* tile, const TcRows<const T*>& x, int64_t j0, int64_t end, int64_t D) {
   constexpr int kChunks = kD / 8;
-  constexpr int kRows = 16 * kWarps;
   constexpr int kThreads = 32 * kWarps;
   if constexpr (kThreads % kChunks == 0) {
     // A thread copies one chunk column of rows kStep apart: the row pointer is computed once per

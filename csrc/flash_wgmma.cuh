@@ -1,8 +1,9 @@
-// Hopper (sm_90a) variant of flash_tc.cuh's forward: the same work items (64 query rows of one
+// Hopper (sm_90a) variant of flash_tc.cuh's forward: the same work items (query rows of one
 // sequence per block, 64-key tiles, two K/V stages), masks, online softmax and statistics, with a
 // tile's two products on warpgroup MMA (wgmma) instead of per-warp mma.sync, as Triton's forward
-// does on this chip. The block is one warpgroup (4 warps); warp w owns rows [16 w, 16 w + 16),
-// and the wgmma accumulator layout per warp is the mma.sync one, so the softmax step
+// does on this chip. A block is kWG warpgroups of 4 warps (64 kWG query rows; 2 by default, so a
+// staged K/V tile serves 128 rows, as Triton's 128 x 64 tile); warp w owns rows
+// [16 w, 16 w + 16), and the wgmma accumulator layout per warp is the mma.sync one, so the softmax step
 // (tc_online_softmax) and FlashAttention-2's reuse of the S accumulators as P's A operand carry
 // over unchanged.
 //
@@ -19,7 +20,8 @@
 // Applies where the mma.sync forward runs its 4-warp flash kernel (sequences longer than 32, or
 // spatial/joint of any length beyond one tile) with head dims padded to 64 or 128, on a build
 // with sm_90a code (setup.py defines TK_WGMMA when TORCH_CUDA_ARCH_LIST has 9.0a, the default)
-// and a device of compute capability 9.0. TEMPORAL_KERNELS_CUDA_WGMMA=0 turns it off. The CPU CI
+// and a device of compute capability 9.0. TEMPORAL_KERNELS_CUDA_WGMMA=0 turns it off, =1 runs one
+// warpgroup per block (A/B). The CPU CI
 // runs it through tests/csrc_emu/ (wgmma emulated per warpgroup from the descriptors).
 #pragma once
 
@@ -115,14 +117,15 @@ __device__ __forceinline__ uint64_t wgmma_desc(const void* start, uint32_t lbo, 
          (static_cast<uint64_t>((lbo & 0x3FFFF) >> 4) << 16) | static_cast<uint64_t>((addr & 0x3FFFF) >> 4);
 }
 
-// Register cap: 3 blocks of one warpgroup per SM at head dims up to 64 (12 warps), 2 at 128.
-template <int kD>
+// Register cap: 12 warps per SM at head dims up to 64 (3 blocks of one warpgroup; 2 blocks of
+// two: 128 registers), 8 at 128.
+template <int kD, int kWG>
 constexpr int wg_min_blocks() {
-  return kD <= 64 ? 3 : 2;
+  return kWG == 1 ? (kD <= 64 ? 3 : 2) : (kD <= 64 ? 2 : 1);
 }
 
-// One key tile for the block's 64 rows (this warp's 16): flash_tc.cuh's tc_attend_tile with both
-// products on wgmma. kb, vb: the stage's swizzled K and V tiles.
+// One key tile for the warpgroup's 64 rows (this warp's 16): flash_tc.cuh's tc_attend_tile with
+// both products on wgmma. kb, vb: the stage's swizzled K and V tiles.
 template <typename T, int kD>
 __device__ __forceinline__ void wg_attend_tile(const uint32_t (&qf)[kD / 16][4], const T* kb, const T* vb,
                                                const int (&tile_begin)[2], const int (&tile_end)[2], bool masked,
@@ -169,15 +172,17 @@ __device__ __forceinline__ void wg_attend_tile(const uint32_t (&qf)[kD / 16][4],
   wgmma_pin(o);
 }
 
-template <typename T, int kD>
-__global__ void __launch_bounds__(128, wg_min_blocks<kD>())
+template <typename T, int kD, int kWG>
+__global__ void __launch_bounds__(128 * kWG, wg_min_blocks<kD, kWG>())
     flash_fwd_wgmma_kernel(const SpatialParams p, const int64_t nblk, const int stages) {
   static_assert(kD == 64 || kD == 128, "head dims of the wgmma tiles");
-  constexpr int kM = kWgRows;
+  constexpr int kWarps = 4 * kWG;
+  constexpr int kM = kWgRows * kWG;  // query rows per block
+  constexpr int kN = kWgRows;        // keys per tile
   constexpr int kRow = tc_row<kD>();
   constexpr int kChunks = kD / 8;
   constexpr int kDT = kD / 8;
-  constexpr int kTile = kM * kD;  // elements of one K or V stage
+  constexpr int kTile = kN * kD;  // elements of one K or V stage
 
   // K and V stages first, from the first 1024-byte boundary (the swizzle atoms'), then Q.
   unsigned char* raw = dynamic_smem();
@@ -205,13 +210,13 @@ __global__ void __launch_bounds__(128, wg_min_blocks<kD>())
     const TcRows<const T*> v_rows = tc_rows(p, v, p.v_stride, cls.v, s);
     const int64_t last = min(i0 + kM, s.valid) - 1;
     const int64_t blk_end = last >= i0 ? key_end(p, s, last) : 0;
-    const int64_t n_tiles = (blk_end + kM - 1) / kM;
+    const int64_t n_tiles = (blk_end + kN - 1) / kN;
 
     __syncthreads();  // the previous work item's output rows have been written out
-    tc_stage<T, kD, 4>(q_s, q_rows, i0, s.L, p.D);
+    tc_stage<T, kD, kWarps>(q_s, q_rows, i0, s.L, p.D);
     if (n_tiles > 0) {
-      tc_stage<T, kD, 4, true>(k_s, k_rows, 0, blk_end, p.D);
-      tc_stage<T, kD, 4, true>(v_s, v_rows, 0, blk_end, p.D);
+      tc_stage<T, kD, kWarps, true, kN>(k_s, k_rows, 0, blk_end, p.D);
+      tc_stage<T, kD, kWarps, true, kN>(v_s, v_rows, 0, blk_end, p.D);
     }
     cp_async_commit();
 
@@ -236,8 +241,8 @@ __global__ void __launch_bounds__(128, wg_min_blocks<kD>())
     for (int64_t t = 0; t < n_tiles; ++t) {
       if (t + 1 < n_tiles) {
         const int nb = static_cast<int>((t + 1) & 1);
-        tc_stage<T, kD, 4, true>(k_s + nb * kTile, k_rows, (t + 1) * kM, blk_end, p.D);
-        tc_stage<T, kD, 4, true>(v_s + nb * kTile, v_rows, (t + 1) * kM, blk_end, p.D);
+        tc_stage<T, kD, kWarps, true, kN>(k_s + nb * kTile, k_rows, (t + 1) * kN, blk_end, p.D);
+        tc_stage<T, kD, kWarps, true, kN>(v_s + nb * kTile, v_rows, (t + 1) * kN, blk_end, p.D);
         cp_async_commit();
         cp_async_wait<1>();
       } else {
@@ -258,10 +263,10 @@ __global__ void __launch_bounds__(128, wg_min_blocks<kD>())
       int tile_end[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        tile_end[r] = static_cast<int>(max(int64_t(0), min(int64_t(kM), row_end[r] - t * kM)));
+        tile_end[r] = static_cast<int>(max(int64_t(0), min(int64_t(kN), row_end[r] - t * kN)));
       }
       const int tile_begin[2] = {0, 0};
-      const bool masked = !__all_sync(0xffffffffu, tile_end[0] == kM && tile_end[1] == kM);
+      const bool masked = !__all_sync(0xffffffffu, tile_end[0] == kN && tile_end[1] == kN);
       wg_attend_tile<T, kD>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
       __syncthreads();  // this stage's buffers are refilled two tiles later
     }
@@ -300,16 +305,23 @@ __global__ void __launch_bounds__(128, wg_min_blocks<kD>())
 }
 
 // Host side: whether a forward launch of flash_tc.cuh (tc_launch) runs here instead, given that
-// the build and the device allow wgmma; its shared memory.
+// the build and the device allow wgmma, and the launch with `wgs` warpgroups per block.
 inline bool wg_applies(const TcLaunch& l) { return l.pack == 0 && l.warps == 4 && (l.kd == 64 || l.kd == 128); }
 
-inline size_t wg_smem(const TcLaunch& l) {
-  return static_cast<size_t>(1024 + 2 * l.stages * kWgRows * l.kd * 2 + kWgRows * (l.kd + 8) * 2);
+inline TcLaunch wg_launch(const TcLaunch& l, const SpatialParams& p, int wgs) {
+  TcLaunch w = l;
+  const int64_t rows = int64_t(kWgRows) * wgs;
+  w.warps = 4 * wgs;
+  w.nblk = (seq_len(p) + rows - 1) / rows;
+  w.grid = std::min<int64_t>(seq_count(p) * w.nblk, int64_t(1) << 30);
+  w.smem = static_cast<size_t>(1024 + 2 * l.stages * kWgRows * l.kd * 2 + rows * (l.kd + 8) * 2);
+  return w;
 }
 
 template <typename T>
-TcKernel<T> wg_kernel(const TcLaunch& l) {
-  return l.kd == 64 ? flash_fwd_wgmma_kernel<T, 64> : flash_fwd_wgmma_kernel<T, 128>;
+TcKernel<T> wg_kernel(const TcLaunch& w) {
+  if (w.warps == 4) return w.kd == 64 ? flash_fwd_wgmma_kernel<T, 64, 1> : flash_fwd_wgmma_kernel<T, 128, 1>;
+  return w.kd == 64 ? flash_fwd_wgmma_kernel<T, 64, 2> : flash_fwd_wgmma_kernel<T, 128, 2>;
 }
 
 }  // namespace detail

@@ -4,7 +4,7 @@
 // exactly as the kernel does. With K[n][k] = n (then = k) the product S = I K^T names, for every
 // output element, which tile element the tensor cores read; likewise O = I V. Prints mismatch
 // counts and the first few (expected vs read) coordinates. Then runs flash_fwd_wgmma_kernel and
-// flash_fwd_tc_kernel on single spatial sequences (N = 50 ... 200; D = 64) against a float64
+// (two warpgroups per block) and flash_fwd_tc_kernel on single spatial sequences (N = 50 ... 200; D = 64) against a float64
 // host reference and prints each one's largest error and its first wrong rows.
 //
 //   nvcc -gencode=arch=compute_90a,code=sm_90a -DTK_WGMMA -std=c++17 --expt-relaxed-constexpr -Icsrc -o /tmp/probe scripts/probe_wgmma.cu && /tmp/probe
@@ -118,13 +118,13 @@ void run_kernels(int n_tok) {
   p.scale = scale;
   p.vec16 = true;
   p.mode = temporal_kernels::SeqMode::kSpatial;
-  const TcLaunch l = tc_launch(p);
+  const TcLaunch tl = tc_launch(p);
   for (int which = 0; which < 2; ++which) {
+    const TcLaunch l = which == 0 ? wg_launch(tl, p, 2) : tl;
     const TcKernel<T> kernel = which == 0 ? wg_kernel<T>(l) : tc_kernel<T>(l);
-    const size_t smem = which == 0 ? wg_smem(l) : l.smem;
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(l.smem));
     cudaMemset(dout, 0xFF, n_tok * D * sizeof(T));
-    kernel<<<static_cast<unsigned>(l.grid), 128, smem>>>(p, l.nblk, l.stages);
+    kernel<<<static_cast<unsigned>(l.grid), l.warps * 32, l.smem>>>(p, l.nblk, l.stages);
     const cudaError_t err = cudaDeviceSynchronize();
     if (err != cudaSuccess) {
       std::printf("CUDA error: %s\n", cudaGetErrorString(err));

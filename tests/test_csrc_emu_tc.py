@@ -215,9 +215,10 @@ def test_packed_groups_stay_apart(tc, dtype, poison):
 WGMMA = 3
 
 
-@pytest.fixture
-def wg(tc):
-    tc.emu_set_wgmma(1)
+@pytest.fixture(params=[2, 1], ids=["2wg", "1wg"])
+def wg(tc, request):
+    """The wgmma forward with two warpgroups per block (the default) and with one."""
+    tc.emu_set_wgmma(request.param)
     try:
         yield tc
     finally:

@@ -207,24 +207,24 @@ struct WgmmaOperands {
   int accumulate;
 };
 
-// wgmma.mma_async m64n64k16, A from registers, float accumulators, for a block that is one
-// warpgroup (the threads meet at block barriers). A: warp w holds rows [16 w, 16 w + 16) in
+// wgmma.mma_async m64n64k16, A from registers, float accumulators, for a block of whole
+// warpgroups that all reach the instruction (the threads meet at block barriers). A: warp w holds rows [16 w, 16 w + 16) in
 // mma.sync's A fragment; D: warp w's rows, 8-column tiles in mma.sync's D layout (d[kOff + j]).
 // B (16 x 64) is read from shared memory through the descriptor, 128-byte swizzle only: K-major,
 // element (k, n) at start + (n / 8) SBO + (n % 8) 128 + 2 k; MN-major (kTransB), at
 // start + (k / 8) SBO + (k % 8) 128 + (n / 64) LBO + 2 (n % 64); the swizzle XORs address bits
-// [4, 7) with bits [7, 10). Every thread must pass the same descriptor and accumulate flag.
+// [4, 7) with bits [7, 10). Every thread of a warpgroup must pass the same descriptor and accumulate flag.
 template <typename T, bool kTransB, int kOff, int kRows>
 void wgmma_m64n64k16(float (&d)[kRows][4], const uint32_t (&a)[4], uint64_t desc, int accumulate) {
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, w0 = tid & ~31;
-  if (ctx->nthreads != 128) emu_fail("wgmma: the emulated block must be one warpgroup");
+  if (ctx->nthreads % 128 != 0) emu_fail("wgmma: the emulated block must be whole warpgroups");
   WgmmaOperands mine;
   std::memcpy(mine.a, a, sizeof(mine.a));
   mine.desc = desc;
   mine.accumulate = accumulate;
   ctx->posted[tid] = &mine;
   __syncthreads();
-  for (int t = 0; t < 128; ++t) {
+  for (int t = tid & ~127; t < (tid & ~127) + 128; ++t) {
     const auto* other = static_cast<const WgmmaOperands*>(ctx->posted[t]);
     if (other->desc != desc || (other->accumulate != 0) != (accumulate != 0)) {
       emu_fail("wgmma: descriptor or scale-d differs across the warpgroup");
@@ -369,7 +369,8 @@ void run_grid(Kernel kernel, const tk::AttnParams& p, const td::Launch& l, int64
 // device (off by default: the scalar kernels' tests keep their launch shapes), and whether the
 // last forward did.
 int g_use_tc = 0;
-int g_use_wgmma = 0;  // and flash_wgmma.cuh's forward where it applies (as on an sm_90a build and device)
+int g_use_wgmma = 0;  // and flash_wgmma.cuh's forward where it applies (as on an sm_90a build and
+                      // device), with this many warpgroups per block
 int g_last_tc = 0;  // 0: scalar kernel, 1: flash_fwd_tc_kernel, 2: temporal_fwd_tc_packed_kernel (T <= 32),
                     // 3: flash_fwd_wgmma_kernel
 
@@ -386,11 +387,12 @@ bool run_tc(const tk::SpatialParams& p, int64_t max_grid) {
   g_last_tc = 0;
   if (!g_use_tc || !td::flash_tc_applies<T>(p)) return false;
   if constexpr (td::kTcDtype<T>) {
-    const td::TcLaunch l = td::tc_launch(p);
+    td::TcLaunch l = td::tc_launch(p);
+    const bool wg = g_use_wgmma > 0 && td::wg_applies(l);
+    if (wg) l = td::wg_launch(l, p, g_use_wgmma);
     const int64_t grid = max_grid > 0 ? std::min(l.grid, max_grid) : l.grid;
-    const bool wg = g_use_wgmma && td::wg_applies(l);
     const td::TcKernel<T> kernel = wg ? td::wg_kernel<T>(l) : td::tc_kernel<T>(l);
-    run_blocks(grid, wg ? td::wg_smem(l) : l.smem, [&] { kernel(p, l.nblk, l.stages); }, l.warps * 32);
+    run_blocks(grid, l.smem, [&] { kernel(p, l.nblk, l.stages); }, l.warps * 32);
     g_last_tc = wg ? 3 : l.pack > 0 ? 2 : 1;
   }
   return true;
