@@ -1,6 +1,6 @@
 """A/B of the CUDA backend's forward on the GPU: the tensor-core kernels (csrc/flash_tc.cuh, with the
 Hopper forward of csrc/flash_wgmma.cuh where it applies) against the same without the Hopper
-forward ("mma": TEMPORAL_KERNELS_CUDA_WGMMA=0), the scalar kernels they replace
+forward ("mma": TEMPORAL_KERNELS_CUDA_WGMMA=0) or with one warpgroup per block ("1wg": =1), the scalar kernels they replace
 (TEMPORAL_KERNELS_CUDA_TC=0; both read per launch) and the Triton backend, on the SPEC §5 shapes in bfloat16, packed-projection views in the "nt" token order as the
 benchmark uses. Every output is checked against the float64 reference first (SPEC §3 bound).
 
@@ -100,7 +100,7 @@ def time_bwd(op, shape, dtype) -> None:
     status = "unchecked" if err != err else "ok" if err <= BOUNDS[dtype] else f"WRONG (bound {BOUNDS[dtype]:.0e})"
     times = {name: graph_time_ms([make_fwd_bwd(op, name, *s) for s in sets]) for name in ("cuda", "triton")}
     label = f"{op} B{B} T{T} N{N} H{H} D{D} fwd+bwd"
-    print(f"{label:48s} {times['cuda']:8.4f} {'':>8s} {'':>10s} {times['triton']:10.4f} {'':>7s} {'':>9s} "
+    print(f"{label:48s} {times['cuda']:8.4f} {'':>8s} {'':>8s} {'':>10s} {times['triton']:10.4f} {'':>7s} {'':>9s} "
           f"{times['cuda'] / times['triton']:9.2f}  {err:.2e} {status}", flush=True)
 
 
@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--no-scalar", action="store_true", help="skip the scalar kernels")
     args = ap.parse_args()
     dtype = torch.bfloat16
-    print(f"{'case':48s} {'tc ms':>8s} {'mma ms':>8s} {'scalar ms':>10s} {'triton ms':>10s} {'mma/tc':>7s} "
+    print(f"{'case':48s} {'tc ms':>8s} {'1wg ms':>8s} {'mma ms':>8s} {'scalar ms':>10s} {'triton ms':>10s} {'mma/tc':>7s} "
           f"{'scalar/tc':>9s} {'tc/triton':>9s}  err")
     for op in args.ops.split(","):
         for B, T, N, H, D in SHAPES[op]:
@@ -129,17 +129,17 @@ def main() -> None:
             err = rel_err(out, reference_out(op, q, k, v, cls)) if B * T * N * H <= 2 ** 21 else float("nan")
             status = "unchecked" if err != err else "ok" if err <= BOUNDS[dtype] else f"WRONG (bound {BOUNDS[dtype]:.0e})"
             times = {"scalar": float("nan")}
-            for name, backend, tc, wg in (("tc", "cuda", "1", "1"), ("mma", "cuda", "1", "0"),
-                                          ("scalar", "cuda", "0", "1"), ("triton", "triton", "1", "1")):
+            for name, backend, tc, wg in (("tc", "cuda", "1", "2"), ("1wg", "cuda", "1", "1"), ("mma", "cuda", "1", "0"),
+                                          ("scalar", "cuda", "0", "2"), ("triton", "triton", "1", "2")):
                 if name == "scalar" and args.no_scalar:
                     continue
                 os.environ["TEMPORAL_KERNELS_CUDA_TC"] = tc
                 os.environ["TEMPORAL_KERNELS_CUDA_WGMMA"] = wg
                 times[name] = graph_time_ms([make_call(op, backend, *s) for s in sets])
             os.environ["TEMPORAL_KERNELS_CUDA_TC"] = "1"
-            os.environ["TEMPORAL_KERNELS_CUDA_WGMMA"] = "1"
+            os.environ["TEMPORAL_KERNELS_CUDA_WGMMA"] = "2"
             label = f"{op} B{B} T{T} N{N} H{H} D{D}"
-            print(f"{label:48s} {times['tc']:8.4f} {times['mma']:8.4f} {times['scalar']:10.4f} {times['triton']:10.4f} "
+            print(f"{label:48s} {times['tc']:8.4f} {times['1wg']:8.4f} {times['mma']:8.4f} {times['scalar']:10.4f} {times['triton']:10.4f} "
                   f"{times['mma'] / times['tc']:7.2f} {times['scalar'] / times['tc']:9.2f} "
                   f"{times['tc'] / times['triton']:9.2f}  {err:.2e} {status}", flush=True)
             if args.bwd:
