@@ -3,7 +3,7 @@
 // dtype and instantiation dispatch, shared memory opt-in past 48 KiB, current stream (the caller
 // holds the device guard), launch check. TEMPORAL_KERNELS_CUDA_TC=0 turns both off (the scalar
 // kernels then run every pass), TEMPORAL_KERNELS_CUDA_WGMMA=0 the Hopper forward (mma.sync then
-// runs it; =1: one warpgroup per block), for A/B runs and as fallbacks.
+// runs it; =1 / =2: one / two warpgroups per block), for A/B runs and as fallbacks.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -24,9 +24,13 @@ bool tc_enabled() {
   return env == nullptr || std::strcmp(env, "0") != 0;
 }
 
-// Warpgroups per block of the wgmma forward: 0 (off), 1 (TEMPORAL_KERNELS_CUDA_WGMMA=1) or 2. The
-// sm_90a kernels run on devices of compute capability 9.0 exactly (their code is arch-specific).
-int wgmma_warpgroups() {
+// Warpgroups per block of the wgmma forward: 0 (off), 1 or 2. Joint attention takes one: its long
+// sequences fill the H100 with 64-row blocks, and 128-row ones measured 1.13x (frame-causal 1.13x)
+// slower at (2,8,196,12) (benchmarks/results/h100/logs/time_cuda_fwd_fcfa8ee.log); spatial and
+// temporal take two (1.09x / 1.10x faster at N = 196 / T = 256). TEMPORAL_KERNELS_CUDA_WGMMA=0, 1
+// or 2 forces it (A/B runs). The sm_90a kernels run on devices of compute capability 9.0 exactly
+// (their code is arch-specific).
+int wgmma_warpgroups(const SpatialParams& p) {
   if (!detail::kWgmmaBuilt) return 0;
   const char* env = std::getenv("TEMPORAL_KERNELS_CUDA_WGMMA");
   if (env != nullptr && std::strcmp(env, "0") == 0) return 0;
@@ -35,7 +39,8 @@ int wgmma_warpgroups() {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
   if (major != 9 || minor != 0) return 0;
-  return env != nullptr && std::strcmp(env, "1") == 0 ? 1 : 2;
+  if (env != nullptr && (std::strcmp(env, "1") == 0 || std::strcmp(env, "2") == 0)) return env[0] - '0';
+  return p.mode == SeqMode::kJoint ? 1 : 2;
 }
 
 template <typename T>
@@ -44,7 +49,7 @@ bool launch_fwd(const SpatialParams& p, cudaStream_t stream) {
   if constexpr (detail::kTcDtype<T>) {
     detail::TcLaunch l = detail::tc_launch(p);
     if (l.grid == 0) return true;
-    const int wgs = detail::wg_applies(l) ? wgmma_warpgroups() : 0;
+    const int wgs = detail::wg_applies(l) ? wgmma_warpgroups(p) : 0;
     if (wgs > 0) l = detail::wg_launch(l, p, wgs);
     const detail::TcKernel<T> kernel = wgs > 0 ? detail::wg_kernel<T>(l) : detail::tc_kernel<T>(l);
     if (l.smem > 48 * 1024) {

@@ -7,9 +7,9 @@
 // (tc_online_softmax) and FlashAttention-2's reuse of the S accumulators as P's A operand carry
 // over unchanged.
 //
-// Per tile: S = Q K^T is D / 16 wgmma m64n64k16 with Q from registers (loaded once by ldmatrix
-// from the padded Q tile) and K from shared memory; O += P V is 4 x (D / 64) m64n64k16 with P
-// from registers and V from shared memory, transposed (V's rows are keys, its columns the
+// Per tile: S = Q K^T is D / 16 wgmma m64n64k16 (n16 / n32 for a short last tile) with Q from
+// registers (ldmatrix from the padded Q tile) and K from shared memory; O += P V is
+// (keys / 16) x (D / 64) m64n64k16 with P from registers and V from shared memory, transposed (V's rows are keys, its columns the
 // product's N). K and V reach shared memory by cp.async into the 128-byte-swizzle layout of
 // tc_tile_off<., ., true> (1024-byte atoms of 8 rows x 64 elements, starting on a 1024-byte
 // boundary), which both operands describe with one matrix descriptor form: K is K-major (its
@@ -71,39 +71,64 @@ __device__ __forceinline__ void wgmma_pin(float (&d)[kRows][4]) {
 }
 
 #define TK_WG_ACC(i) "+f"(d[kOff + i][0]), "+f"(d[kOff + i][1]), "+f"(d[kOff + i][2]), "+f"(d[kOff + i][3])
-#define TK_WGMMA_M64N64K16_RS(TYPES, TRANS_B)                                                                  \
-  TK_WGMMA_ASM(                                                                                                \
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                                            \
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPES                                                     \
-      " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, " \
-      "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, " TRANS_B       \
-      ";\n}\n"                                                                                                 \
-      : TK_WG_ACC(0), TK_WG_ACC(1), TK_WG_ACC(2), TK_WG_ACC(3), TK_WG_ACC(4), TK_WG_ACC(5), TK_WG_ACC(6),     \
-        TK_WG_ACC(7)                                                                                           \
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate))
+// One wgmma.mma_async m64nNk16 with A from registers: SHAPE "m64n16k16" etc., D_REGS the
+// accumulator operands {%0, ...}, A_REGS / DESC / PRED the operand numbers of the A registers, the
+// descriptor and scale-d that follow them; then the accumulators' constraints.
+#define TK_WGMMA_RS(SHAPE, TYPES, TRANS_B, D_REGS, A_REGS, DESC, PRED, ...)                                 \
+  TK_WGMMA_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, " PRED ", 0;\n"                                          \
+               "wgmma.mma_async.sync.aligned." SHAPE ".f32." TYPES " " D_REGS ", " A_REGS ", " DESC       \
+               ", p, 1, 1, " TRANS_B ";\n}\n"                                                              \
+               : __VA_ARGS__                                                                               \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate))
+#define TK_WGMMA_N16(TYPES, TRANS_B)                                                                      \
+  TK_WGMMA_RS("m64n16k16", TYPES, TRANS_B, "{%0, %1, %2, %3, %4, %5, %6, %7}", "{%8, %9, %10, %11}", "%12", \
+              "%13", TK_WG_ACC(0), TK_WG_ACC(1))
+#define TK_WGMMA_N32(TYPES, TRANS_B)                                                                       \
+  TK_WGMMA_RS("m64n32k16", TYPES, TRANS_B,                                                                 \
+              "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}", "{%16, %17, %18, %19}", \
+              "%20", "%21", TK_WG_ACC(0), TK_WG_ACC(1), TK_WG_ACC(2), TK_WG_ACC(3))
+#define TK_WGMMA_N64(TYPES, TRANS_B)                                                                       \
+  TK_WGMMA_RS("m64n64k16", TYPES, TRANS_B,                                                                 \
+              "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, " \
+              "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}",                                     \
+              "{%32, %33, %34, %35}", "%36", "%37", TK_WG_ACC(0), TK_WG_ACC(1), TK_WG_ACC(2), TK_WG_ACC(3),  \
+              TK_WG_ACC(4), TK_WG_ACC(5), TK_WG_ACC(6), TK_WG_ACC(7))
+#define TK_WGMMA_TYPED(N_MACRO)                      \
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) { \
+    if constexpr (kTransB) {                         \
+      N_MACRO("bf16.bf16", "1");                     \
+    } else {                                         \
+      N_MACRO("bf16.bf16", "0");                     \
+    }                                                \
+  } else {                                           \
+    if constexpr (kTransB) {                         \
+      N_MACRO("f16.f16", "1");                       \
+    } else {                                         \
+      N_MACRO("f16.f16", "0");                       \
+    }                                                \
+  }
 
-// d[kOff, kOff + 8) (this warp's part of a 64 x 64 float accumulator, 8-column tiles as mma.sync's)
-// = A B + (accumulate ? d : 0): A 64 x 16 from registers (this warp's 16 rows, mma.sync's A
-// fragment), B 16 x 64 from shared memory by `desc`, K-major, or MN-major when kTransB.
-template <typename T, bool kTransB, int kOff, int kRows>
-__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[kRows][4], const uint32_t (&a)[4], uint64_t desc,
-                                                int accumulate) {
-  static_assert(kOff + 8 <= kRows, "accumulator tiles");
-  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-    if constexpr (kTransB) {
-      TK_WGMMA_M64N64K16_RS("bf16.bf16", "1");
-    } else {
-      TK_WGMMA_M64N64K16_RS("bf16.bf16", "0");
-    }
+// d[kOff, kOff + kN / 8) (this warp's part of a 64 x kN float accumulator, 8-column tiles as
+// mma.sync's) = A B + (accumulate ? d : 0): A 64 x 16 from registers (this warp's 16 rows,
+// mma.sync's A fragment), B 16 x kN from shared memory by `desc`, K-major, or MN-major when kTransB.
+template <typename T, bool kTransB, int kN, int kOff, int kRows>
+__device__ __forceinline__ void wgmma_m64nNk16(float (&d)[kRows][4], const uint32_t (&a)[4], uint64_t desc,
+                                               int accumulate) {
+  static_assert(kN == 16 || kN == 32 || kN == 64, "wgmma widths used here");
+  static_assert(kOff + kN / 8 <= kRows, "accumulator tiles");
+  if constexpr (kN == 16) {
+    TK_WGMMA_TYPED(TK_WGMMA_N16)
+  } else if constexpr (kN == 32) {
+    TK_WGMMA_TYPED(TK_WGMMA_N32)
   } else {
-    if constexpr (kTransB) {
-      TK_WGMMA_M64N64K16_RS("f16.f16", "1");
-    } else {
-      TK_WGMMA_M64N64K16_RS("f16.f16", "0");
-    }
+    TK_WGMMA_TYPED(TK_WGMMA_N64)
   }
 }
-#undef TK_WGMMA_M64N64K16_RS
+#undef TK_WGMMA_TYPED
+#undef TK_WGMMA_N64
+#undef TK_WGMMA_N32
+#undef TK_WGMMA_N16
+#undef TK_WGMMA_RS
 #undef TK_WG_ACC
 #undef TK_WGMMA_ASM
 #endif  // __CUDACC__
@@ -124,13 +149,14 @@ constexpr int wg_min_blocks() {
   return kWG == 1 ? (kD <= 64 ? 3 : 2) : (kD <= 64 ? 2 : 1);
 }
 
-// One key tile for the warpgroup's 64 rows (this warp's 16): flash_tc.cuh's tc_attend_tile with
-// both products on wgmma. kb, vb: the stage's swizzled K and V tiles.
-template <typename T, int kD>
+// One key tile of kKeys keys (64; a sequence's last tile of at most 16 or 32 keys runs narrower)
+// for the warpgroup's 64 rows (this warp's 16): flash_tc.cuh's tc_attend_tile with both products
+// on wgmma. kb, vb: the stage's swizzled K and V tiles.
+template <typename T, int kD, int kKeys>
 __device__ __forceinline__ void wg_attend_tile(const uint32_t (&qf)[kD / 16][4], const T* kb, const T* vb,
                                                const int (&tile_begin)[2], const int (&tile_end)[2], bool masked,
                                                float qk_scale, float (&m)[2], float (&l)[2], float (&o)[kD / 8][4]) {
-  constexpr int kNT = kWgRows / 8;   // 8-key column tiles of S
+  constexpr int kNT = kKeys / 8;        // 8-key column tiles of S
   constexpr int kBlock = kWgRows * 64;  // elements of one 64-column block of a tile
   constexpr uint32_t kAtomBytes = 8 * 64 * sizeof(T);
   float sc[kNT][4];
@@ -139,8 +165,8 @@ __device__ __forceinline__ void wg_attend_tile(const uint32_t (&qf)[kD / 16][4],
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < kD / 16; ++kk) {
-    wgmma_m64n64k16<T, false, 0>(sc, qf[kk], wgmma_desc(kb + (kk / 4) * kBlock + (kk % 4) * 16, 16, kAtomBytes),
-                                 kk > 0);
+    wgmma_m64nNk16<T, false, kKeys, 0>(sc, qf[kk], wgmma_desc(kb + (kk / 4) * kBlock + (kk % 4) * 16, 16, kAtomBytes),
+                                       kk > 0);
   }
   wgmma_commit();
   wgmma_wait_all();
@@ -162,9 +188,9 @@ __device__ __forceinline__ void wg_attend_tile(const uint32_t (&qf)[kD / 16][4],
 #pragma unroll
   for (int kk = 0; kk < kNT / 2; ++kk) {
     const T* rows = vb + kk * 16 * 64;
-    wgmma_m64n64k16<T, true, 0>(o, pa[kk], wgmma_desc(rows, kBlock * sizeof(T), kAtomBytes), 1);
+    wgmma_m64nNk16<T, true, 64, 0>(o, pa[kk], wgmma_desc(rows, kBlock * sizeof(T), kAtomBytes), 1);
     if constexpr (kD == 128) {
-      wgmma_m64n64k16<T, true, 8>(o, pa[kk], wgmma_desc(rows + kBlock, kBlock * sizeof(T), kAtomBytes), 1);
+      wgmma_m64nNk16<T, true, 64, 8>(o, pa[kk], wgmma_desc(rows + kBlock, kBlock * sizeof(T), kAtomBytes), 1);
     }
   }
   wgmma_commit();
@@ -267,7 +293,15 @@ __global__ void __launch_bounds__(128 * kWG, wg_min_blocks<kD, kWG>())
       }
       const int tile_begin[2] = {0, 0};
       const bool masked = !__all_sync(0xffffffffu, tile_end[0] == kN && tile_end[1] == kN);
-      wg_attend_tile<T, kD>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
+      // A last tile of at most 16 or 32 keys (N = 196: 4 of 64; T = 96: 32) runs narrower.
+      const int64_t tile_keys = blk_end - t * kN;
+      if (tile_keys <= 16) {
+        wg_attend_tile<T, kD, 16>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
+      } else if (tile_keys <= 32) {
+        wg_attend_tile<T, kD, 32>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
+      } else {
+        wg_attend_tile<T, kD, 64>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
+      }
       __syncthreads();  // this stage's buffers are refilled two tiles later
     }
     cp_async_wait<0>();

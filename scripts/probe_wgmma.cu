@@ -45,13 +45,13 @@ __global__ void probe_kernel(const T* kg, const T* vg, float* s_out, float* o_ou
   for (int j = 0; j < 8; ++j)
     for (int e = 0; e < 4; ++e) o[j][e] = 0.f;
   wgmma_fence();
-  for (int kk = 0; kk < 4; ++kk) wgmma_m64n64k16<T, false, 0>(s, a[kk], wgmma_desc(k_s + kk * 16, 16, 1024), kk > 0);
+  for (int kk = 0; kk < 4; ++kk) wgmma_m64nNk16<T, false, 64, 0>(s, a[kk], wgmma_desc(k_s + kk * 16, 16, 1024), kk > 0);
   wgmma_commit();
   wgmma_wait_all();
   wgmma_pin(s);
   wgmma_pin(o);
   wgmma_fence();
-  for (int kk = 0; kk < 4; ++kk) wgmma_m64n64k16<T, true, 0>(o, a[kk], wgmma_desc(v_s + kk * 16 * 64, 8192, 1024), 1);
+  for (int kk = 0; kk < 4; ++kk) wgmma_m64nNk16<T, true, 64, 0>(o, a[kk], wgmma_desc(v_s + kk * 16 * 64, 8192, 1024), 1);
   wgmma_commit();
   wgmma_wait_all();
   wgmma_pin(o);

@@ -1,6 +1,7 @@
 """A/B of the CUDA backend's forward on the GPU: the tensor-core kernels (csrc/flash_tc.cuh, with the
 Hopper forward of csrc/flash_wgmma.cuh where it applies) against the same without the Hopper
-forward ("mma": TEMPORAL_KERNELS_CUDA_WGMMA=0) or with one warpgroup per block ("1wg": =1), the scalar kernels they replace
+forward ("mma": TEMPORAL_KERNELS_CUDA_WGMMA=0) or with one warpgroup per block ("1wg": =1; "tc" is
+the launcher's choice), the scalar kernels they replace
 (TEMPORAL_KERNELS_CUDA_TC=0; both read per launch) and the Triton backend, on the SPEC §5 shapes in bfloat16, packed-projection views in the "nt" token order as the
 benchmark uses. Every output is checked against the float64 reference first (SPEC §3 bound).
 
@@ -129,15 +130,18 @@ def main() -> None:
             err = rel_err(out, reference_out(op, q, k, v, cls)) if B * T * N * H <= 2 ** 21 else float("nan")
             status = "unchecked" if err != err else "ok" if err <= BOUNDS[dtype] else f"WRONG (bound {BOUNDS[dtype]:.0e})"
             times = {"scalar": float("nan")}
-            for name, backend, tc, wg in (("tc", "cuda", "1", "2"), ("1wg", "cuda", "1", "1"), ("mma", "cuda", "1", "0"),
-                                          ("scalar", "cuda", "0", "2"), ("triton", "triton", "1", "2")):
+            for name, backend, tc, wg in (("tc", "cuda", "1", None), ("1wg", "cuda", "1", "1"), ("mma", "cuda", "1", "0"),
+                                          ("scalar", "cuda", "0", None), ("triton", "triton", "1", None)):
                 if name == "scalar" and args.no_scalar:
                     continue
                 os.environ["TEMPORAL_KERNELS_CUDA_TC"] = tc
-                os.environ["TEMPORAL_KERNELS_CUDA_WGMMA"] = wg
+                if wg is None:  # the launcher's own choice
+                    os.environ.pop("TEMPORAL_KERNELS_CUDA_WGMMA", None)
+                else:
+                    os.environ["TEMPORAL_KERNELS_CUDA_WGMMA"] = wg
                 times[name] = graph_time_ms([make_call(op, backend, *s) for s in sets])
             os.environ["TEMPORAL_KERNELS_CUDA_TC"] = "1"
-            os.environ["TEMPORAL_KERNELS_CUDA_WGMMA"] = "2"
+            os.environ.pop("TEMPORAL_KERNELS_CUDA_WGMMA", None)
             label = f"{op} B{B} T{T} N{N} H{H} D{D}"
             print(f"{label:48s} {times['tc']:8.4f} {times['1wg']:8.4f} {times['mma']:8.4f} {times['scalar']:10.4f} {times['triton']:10.4f} "
                   f"{times['mma'] / times['tc']:7.2f} {times['scalar'] / times['tc']:9.2f} "

@@ -207,15 +207,16 @@ struct WgmmaOperands {
   int accumulate;
 };
 
-// wgmma.mma_async m64n64k16, A from registers, float accumulators, for a block of whole
+// wgmma.mma_async m64nNk16, A from registers, float accumulators, for a block of whole
 // warpgroups that all reach the instruction (the threads meet at block barriers). A: warp w holds rows [16 w, 16 w + 16) in
 // mma.sync's A fragment; D: warp w's rows, 8-column tiles in mma.sync's D layout (d[kOff + j]).
-// B (16 x 64) is read from shared memory through the descriptor, 128-byte swizzle only: K-major,
+// B (16 x kN) is read from shared memory through the descriptor, 128-byte swizzle only: K-major,
 // element (k, n) at start + (n / 8) SBO + (n % 8) 128 + 2 k; MN-major (kTransB), at
 // start + (k / 8) SBO + (k % 8) 128 + (n / 64) LBO + 2 (n % 64); the swizzle XORs address bits
 // [4, 7) with bits [7, 10). Every thread of a warpgroup must pass the same descriptor and accumulate flag.
-template <typename T, bool kTransB, int kOff, int kRows>
-void wgmma_m64n64k16(float (&d)[kRows][4], const uint32_t (&a)[4], uint64_t desc, int accumulate) {
+template <typename T, bool kTransB, int kN, int kOff, int kRows>
+void wgmma_m64nNk16(float (&d)[kRows][4], const uint32_t (&a)[4], uint64_t desc, int accumulate) {
+  static_assert(kOff + kN / 8 <= kRows, "accumulator tiles");
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, w0 = tid & ~31;
   if (ctx->nthreads % 128 != 0) emu_fail("wgmma: the emulated block must be whole warpgroups");
   WgmmaOperands mine;
@@ -243,7 +244,7 @@ void wgmma_m64n64k16(float (&d)[kRows][4], const uint32_t (&a)[4], uint64_t desc
     return emu_float(x);
   };
   auto op = [&](int l) { return static_cast<const WgmmaOperands*>(ctx->posted[w0 + l]); };
-  for (int j = 0; j < 8; ++j) {
+  for (int j = 0; j < kN / 8; ++j) {
     for (int e = 0; e < 4; ++e) {
       const int row = lane / 4 + 8 * (e / 2), col = 8 * j + 2 * (lane % 4) + e % 2;
       float acc = accumulate ? d[kOff + j][e] : 0.f;
