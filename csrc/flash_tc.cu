@@ -26,8 +26,10 @@ bool tc_enabled() {
 
 // Warpgroups per block of the wgmma forward: 0 (off), 1 or 2. Joint attention takes one: its long
 // sequences fill the H100 with 64-row blocks, and 128-row ones measured 1.13x (frame-causal 1.13x)
-// slower at (2,8,196,12) (benchmarks/results/h100/logs/time_cuda_fwd_fcfa8ee.log); spatial and
-// temporal take two (1.09x / 1.10x faster at N = 196 / T = 256). TEMPORAL_KERNELS_CUDA_WGMMA=0, 1
+// slower at (2,8,196,12) (benchmarks/results/h100/logs/time_cuda_fwd_fcfa8ee.log); so do
+// sequences of at most 64 tokens (two would leave half of every block's rows empty: T = 64 ran
+// 1.40x Triton's time, logs/bench_1f8ec76.log); longer spatial and temporal ones take two (1.09x /
+// 1.10x faster at N = 196 / T = 256). TEMPORAL_KERNELS_CUDA_WGMMA=0, 1
 // or 2 forces it (A/B runs). The sm_90a kernels run on devices of compute capability 9.0 exactly
 // (their code is arch-specific).
 int wgmma_warpgroups(const SpatialParams& p) {
@@ -40,7 +42,7 @@ int wgmma_warpgroups(const SpatialParams& p) {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
   if (major != 9 || minor != 0) return 0;
   if (env != nullptr && (std::strcmp(env, "1") == 0 || std::strcmp(env, "2") == 0)) return env[0] - '0';
-  return p.mode == SeqMode::kJoint ? 1 : 2;
+  return p.mode == SeqMode::kJoint || detail::seq_len(p) <= detail::kWgRows ? 1 : 2;
 }
 
 template <typename T>
