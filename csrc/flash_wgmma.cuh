@@ -1,28 +1,29 @@
 // Hopper (sm_90a) variant of flash_tc.cuh's forward: the same work items (query rows of one
 // sequence per block, 64-key tiles, two K/V stages), masks, online softmax and statistics, with a
 // tile's two products on warpgroup MMA (wgmma) instead of per-warp mma.sync, as Triton's forward
-// does on this chip. A block is kWG warpgroups of 4 warps (64 kWG query rows; 2 by default, so a
-// staged K/V tile serves 128 rows, as Triton's 128 x 64 tile); warp w owns rows
-// [16 w, 16 w + 16), and the wgmma accumulator layout per warp is the mma.sync one, so the softmax step
-// (tc_online_softmax) and FlashAttention-2's reuse of the S accumulators as P's A operand carry
-// over unchanged.
+// does on this chip. A block is kWG warpgroups of 4 warps (64 kWG query rows; two share each
+// staged K/V tile, as Triton's 128 x 64 tile; flash_tc.cu picks one for joint attention and for
+// sequences of at most 64 tokens). Warp w owns rows [16 w, 16 w + 16), and the wgmma accumulator
+// layout per warp is the mma.sync one, so the softmax step (tc_online_softmax) and
+// FlashAttention-2's reuse of the S accumulators as P's A operand carry over unchanged.
 //
 // Per tile: S = Q K^T is D / 16 wgmma m64n64k16 (n16 / n32 for a short last tile) with Q from
-// registers (ldmatrix from the padded Q tile) and K from shared memory; O += P V is
-// (keys / 16) x (D / 64) m64n64k16 with P from registers and V from shared memory, transposed (V's rows are keys, its columns the
-// product's N). K and V reach shared memory by cp.async into the 128-byte-swizzle layout of
-// tc_tile_off<., ., true> (1024-byte atoms of 8 rows x 64 elements, starting on a 1024-byte
-// boundary), which both operands describe with one matrix descriptor form: K is K-major (its
-// rows' head dims contiguous), V MN-major, both with 8-row groups 1024 bytes apart. cp.async
-// writes through the generic proxy and wgmma reads through the async proxy, so every thread
-// fences (fence.proxy.async) before the barrier that publishes a stage.
+// registers (ldmatrix from the padded Q tile, every tile) and K from shared memory; O += P V is
+// (keys / 16) x (D / 64) m64n64k16 with P from registers and V from shared memory, transposed
+// (V's rows are keys, its columns the product's N). K and V reach shared memory by cp.async into
+// the 128-byte-swizzle layout of tc_tile_off<., ., true> (1024-byte atoms of 8 rows x 64
+// elements, starting on a 1024-byte boundary), which both operands describe with one matrix
+// descriptor form: K is K-major (its rows' head dims contiguous), V MN-major, both with 8-row
+// groups 1024 bytes apart. cp.async writes through the generic proxy and wgmma reads through the
+// async proxy, so every thread fences (fence.proxy.async) before the barrier that publishes a
+// stage. scripts/probe_wgmma.cu checks these layouts on the GPU.
 //
 // Applies where the mma.sync forward runs its 4-warp flash kernel (sequences longer than 32, or
 // spatial/joint of any length beyond one tile) with head dims padded to 64 or 128, on a build
 // with sm_90a code (setup.py defines TK_WGMMA when TORCH_CUDA_ARCH_LIST has 9.0a, the default)
-// and a device of compute capability 9.0. TEMPORAL_KERNELS_CUDA_WGMMA=0 turns it off, =1 runs one
-// warpgroup per block (A/B). The CPU CI
-// runs it through tests/csrc_emu/ (wgmma emulated per warpgroup from the descriptors).
+// and a device of compute capability 9.0. TEMPORAL_KERNELS_CUDA_WGMMA=0 turns it off, =1 / =2
+// force one / two warpgroups per block (A/B). The CPU CI runs it through tests/csrc_emu/ (wgmma
+// emulated per warpgroup from the descriptors).
 #pragma once
 
 #include <type_traits>
