@@ -1,4 +1,5 @@
-// Host emulation of the few CUDA built-ins csrc/temporal_attn.cuh, csrc/spatial_attn.cuh and csrc/flash_tc.cuh use, so
+// Host emulation of the few CUDA built-ins csrc/temporal_attn.cuh, csrc/spatial_attn.cuh, csrc/flash_tc.cuh and
+// csrc/flash_wgmma.cuh use, so
 // the CPU CI runs the real kernel source (indexing, strides, masks, tiles, barriers, shuffle masks, tensor-core
 // fragment layouts) on small problems.
 //
@@ -9,8 +10,10 @@
 // barriers, a thread that exits while others wait) aborts with a message instead of passing.
 // The warp-wide instructions of flash_tc.cuh (ldmatrix, mma.sync m16n8k16, __syncwarp) meet at
 // full-warp shuffles: every lane posts its operands, each lane computes its own result from the
-// PTX fragment layouts, and a second meeting frees the operands. cp.async copies at once
-// (zero-filling as the hardware does), so its waits are no-ops. Shared memory starts as 0xFF
+// PTX fragment layouts, and a second meeting frees the operands. flash_wgmma.cuh's wgmma meets the
+// same way at block barriers (its blocks are whole warpgroups) and reads B from shared memory
+// through the matrix descriptor. cp.async and wgmma complete at issue, so their waits and fences
+// are no-ops (the GPU suite and compute-sanitizer cover those). Shared memory starts as 0xFF
 // bytes (NaN) each block. Half and bfloat16 are emulated (_Float16, and float's upper 16 bits with
 // round-to-nearest-even).
 #include <ucontext.h>
