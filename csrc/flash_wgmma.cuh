@@ -308,6 +308,9 @@ __global__ void __launch_bounds__(128 * kWG, wg_min_blocks<kD, kWG>())
     cp_async_wait<0>();
     __syncthreads();
 
+    // The epilogue is flash_fwd_tc_kernel's, line for line. As one shared __forceinline__ helper
+    // ptxas (nvcc 13.0, sm_90a) spilled 24 bytes in that kernel's register-capped 4-warp D = 64
+    // instantiation and changed the SASS of every forward kernel, so each kernel keeps its copy.
     const StatView sv = stat_view(p, s);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
