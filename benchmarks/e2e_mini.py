@@ -1,6 +1,6 @@
 """End-to-end: the seed's ``MiniSpaceTimeTransformer`` against ``tk.nn.MiniSpaceTimeTransformer`` (SPEC §5, issue 7).
 
-    python -m benchmarks.e2e_mini [--out FILE] [--quick] [--dtypes bf16,fp32] [--backend NAME]
+    python -m benchmarks.e2e_mini [--out FILE] [--quick] [--dtypes bf16,fp32] [--backend NAME] [--profile]
 
 SPEC §5's row: B=8, T=8, N=196, D=768 (12 heads of 64), one H100, "≥ 100× the seed's Python-loop
 version". Times, per dtype, forward (eval, no grad) and forward+backward (train, gradients of the
@@ -167,6 +167,21 @@ def time_model(model: nn.Module, x: torch.Tensor, dout: torch.Tensor, budget_s: 
     return dict(fwd_ms=fwd, fwd_bwd_ms=fwd_bwd, fwd_iters=fwd_iters, fwd_bwd_iters=fwd_bwd_iters)
 
 
+def profile_step(model: nn.Module, x: torch.Tensor, dout: torch.Tensor, name: str) -> None:
+    """One training step of ``model`` under torch.profiler: is it bound by the GPU or the host?"""
+    from .e2e_timesformer import _profile
+
+    model.train()
+    xg = x.detach().requires_grad_()
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(xg).backward(dout)
+
+    _profile(name, step)
+    model.zero_grad(set_to_none=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # correctness
 
@@ -234,6 +249,8 @@ def parse_args(argv):
     p.add_argument("--backend", default=None, help="backend of tk-fused (default None: per op and shape on the GPU)")
     p.add_argument("--budget", type=float, default=None, help="seconds per measurement (default 2 on GPU, 0.2 on CPU)")
     p.add_argument("--max-iters", type=int, default=200, help="most calls per measurement")
+    p.add_argument("--profile", action="store_true",
+                   help="also print tk-fused's training step under torch.profiler (GPU kernel time, host time)")
     return p.parse_args(argv)
 
 
@@ -306,6 +323,8 @@ def main(argv: list[str] | None = None) -> dict:
             "tk-fused": copy.deepcopy(fused).to(device, dtype),
         }
         correctness[dname] = check_against_reference(models["tk-fused"], x, dout)
+        if args.profile and gpu:
+            profile_step(models["tk-fused"], x, dout, f"tk-fused {dname}")
         times = {}
         for name, model in models.items():
             times[name] = time_model(model, x, dout, budget, args.max_iters)
