@@ -1,11 +1,11 @@
-"""Run one temporal forward shape a few times, for Nsight Compute (GPU machine).
+"""Run one forward op and shape a few times, for Nsight Compute (GPU machine).
 
-    ncu --kernel-name regex:_temporal_attn_fwd --launch-skip 2 --launch-count 1 --set detailed \
-        python scripts/ncu_temporal.py --shape 1,256,64,12,64 [--backend triton|cuda] [--peer]
+    ncu --kernel-name regex:_temporal_attn_fwd --launch-skip 1 --launch-count 1 --section ... \
+        python scripts/ncu_op.py --op temporal --shape 1,256,64,12,64 [--backend triton|cuda] [--peer]
 
 Inputs are patch-major views (memory ``[B, N, T, H, D]``, the benchmark's ``nt`` rows) in
-bfloat16. ``--peer`` also runs PyTorch's flash SDPA on the same zero-copy view (the fastest peer
-at long T), so one ncu run can set both kernels side by side (``--kernel-name regex:'fwd'``).
+bfloat16. ``--peer`` (temporal only) runs PyTorch's flash SDPA on the same zero-copy views
+(``[B * N, H, T, D]``) instead, the fastest peer at long T, so its kernel can be set beside ours.
 """
 
 from __future__ import annotations
@@ -20,21 +20,26 @@ import temporal_kernels as tk
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--op", choices=("temporal", "spatial"), default="temporal")
     ap.add_argument("--shape", default="1,256,64,12,64", help="B,T,N,H,D")
     ap.add_argument("--backend", default="triton")
     ap.add_argument("--peer", action="store_true")
-    ap.add_argument("--calls", type=int, default=4)
+    ap.add_argument("--calls", type=int, default=3)
     args = ap.parse_args()
     B, T, N, H, D = (int(v) for v in args.shape.split(","))
     q, k, v = (torch.randn(B, N, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(3))
-    for _ in range(args.calls):
-        tk.temporal_attention(q, k, v, backend=args.backend)
     if args.peer:
-        # [B, T, N, H, D] view -> [B * N, H, T, D] without a copy (memory is [B, N, T, H, D])
+        if args.op != "temporal":
+            raise SystemExit("--peer: temporal only")
+        # memory [B, N, T, H, D] -> [B * N, H, T, D], no copy
         views = [x.transpose(1, 2).reshape(B * N, T, H, D).transpose(1, 2) for x in (q, k, v)]
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
             for _ in range(args.calls):
                 F.scaled_dot_product_attention(*views)
+    else:
+        fn = tk.temporal_attention if args.op == "temporal" else tk.spatial_attention
+        for _ in range(args.calls):
+            fn(q, k, v, backend=args.backend)
     torch.cuda.synchronize()
 
 
