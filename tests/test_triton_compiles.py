@@ -103,7 +103,11 @@ def _temporal_jobs(T, D, dtype):
         stages = ta._tiled_stages(dtype, backward, block_n, D_PAD)
         tiles = dict(flags, INTERPRET=False, BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD)
         if not backward:
-            yield ta._temporal_attn_fwd_tiled_kernel, dict(tiles, EXP2=dtype != torch.float64), warps, stages
+            exp2 = dtype != torch.float64
+            # masked blocks (causal, frame_lens), then the mask-free loop of EVEN launches
+            yield ta._temporal_attn_fwd_tiled_kernel, dict(tiles, EXP2=exp2, RAW_MAX=exp2, EVEN=False), warps, stages
+            even = dict(tiles, HAS_LENS=False, CAUSAL=False, EXP2=exp2, RAW_MAX=exp2, EVEN=True)
+            yield ta._temporal_attn_fwd_tiled_kernel, even, warps, stages
             continue
         yield ta._temporal_attn_bwd_delta_kernel, dict(HAS_LENS=True, BLOCK_M=block_m, D_PAD=D_PAD, ALIGN=align), warps, 1
         yield ta._temporal_attn_bwd_dkdv_kernel, tiles, warps, stages
@@ -123,7 +127,8 @@ def _spatial_jobs(mode, D, dtype, N, T=8):
         return {k: v for k, v in plan.items() if k != "N_TP"}
 
     BM, BN, warps, stages = sa._fwd_config(D, dtype, flags["MODE"], flags["CAUSAL"], flags["HAS_CLS"])
-    yield sa._attn_fwd_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN, **temporal(BM, warps, False)), warps, stages
+    fwd = dict(flags, BLOCK_M=BM, BLOCK_N=BN, RAW_MAX=dtype != torch.float64, **temporal(BM, warps, False))
+    yield sa._attn_fwd_kernel, fwd, warps, stages
     (BM, BN, warps, stages), (BM2, BN2, warps2, stages2) = sa._bwd_configs(D, dtype, SPATIAL_MODES[mode]["MODE"], N)
     bwd_temporal = temporal(BN, warps, True)
     yield sa._attn_bwd_dkdv_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN, **bwd_temporal), warps, stages

@@ -336,6 +336,71 @@ def test_backward_delta_paths(mode, exact_delta):
         assert_close(name, g, w, torch.float64)
 
 
+_WHOLE_BLOCK_MODES = {
+    # mode: ((B, T, N, H, D), keyword arguments); sizes with whole key blocks (16 keys in the
+    # interpreter, 32-64 on the GPU) before a partial one, the CLS key, or a frame-causal limit
+    "spatial": ((2, 2, 37, 2, 12), {}),
+    "spatial_cls": ((2, 2, 32, 2, 12), {}),
+    "joint": ((3, 3, 11, 2, 8), {}),
+    "joint_causal_lens": ((3, 3, 11, 2, 8), dict(causal=True)),
+    "factorized": ((1, 5, 7, 3, 8), dict(causal=True, temporal_heads=2)),
+}
+_WHOLE_BLOCK_MODES_GPU = {"spatial": (2, 2, 197, 2, 64), "spatial_cls": (2, 2, 128, 2, 64), "joint": (2, 3, 70, 2, 64),
+                          "joint_causal_lens": (3, 3, 70, 2, 64)}
+
+
+@pytest.mark.parametrize("scale", [-0.5, 0.0, 0.35], ids=lambda s: f"scale{s}")
+@pytest.mark.parametrize("mode", list(_WHOLE_BLOCK_MODES))
+def test_forward_whole_key_blocks_and_scales(mode, scale):
+    """The forward's mask-free loop over whole key blocks, then the masked rest, in every mode,
+    and its softmax variants: with a positive scale (16-bit and float32) the running max is taken
+    on the unscaled products and the scaling folds into exp2's argument; zero and negative scales
+    keep the scaled max. Outputs and, through the backward, lse against the reference."""
+    from temporal_kernels.triton import spatial_attn as sa
+
+    (B, T, N, H, D), kw = _WHOLE_BLOCK_MODES[mode]
+    if DEVICE == "cuda":
+        B, T, N, H, D = _WHOLE_BLOCK_MODES_GPU.get(mode, (B, T, N, H, D))
+    sa_mode = {"spatial": sa.MODE_SPATIAL, "spatial_cls": sa.MODE_SPATIAL, "joint": sa.MODE_JOINT,
+               "joint_causal_lens": sa.MODE_JOINT, "factorized": sa.MODE_FACTORIZED}[mode]
+    for dtype in kernel_dtypes():
+        gen = torch.Generator().manual_seed(N)
+        q, k, v = make_qkv("packed_nt", B, T, N, H, D, dtype, generator=gen)
+        q = q * 4  # logits in the tens
+        nan = float("nan")
+        stat = torch.float64 if dtype == torch.float64 else torch.float32
+        cls = cls_out = lse_cls = None
+        frame_lens = torch.tensor([3, 0, 2], device=DEVICE) if mode == "joint_causal_lens" else None
+        if mode == "spatial_cls":
+            cls = tuple(torch.randn(B, H, D, dtype=torch.float64, generator=gen).to(DEVICE, dtype) for _ in range(3))
+            cls_out = torch.full((B, T, H, D), nan, dtype=dtype, device=DEVICE)
+            lse_cls = torch.full((B, H, T), nan, dtype=stat, device=DEVICE)
+        out = torch.full_like(q, nan)
+        lse = torch.full((B, H, T, N), nan, dtype=stat, device=DEVICE)
+        sa.attn_fwd(sa_mode, q, k, v, out, lse, scale, cls=cls, cls_out=cls_out, lse_cls=lse_cls,
+                    frame_lens=frame_lens, **kw)
+        refs = _ref_leaves(q, k, v, *(cls or ()))
+        if sa_mode == sa.MODE_SPATIAL:
+            want = tk.spatial_attention(*refs[:3], cls=refs[3:] or None, scale=scale, backend="reference")
+            want = want if cls else (want,)
+        elif sa_mode == sa.MODE_JOINT:
+            want = (tk.joint_attention(*refs, frame_lens=frame_lens, scale=scale, backend="reference", **kw),)
+        else:
+            want = (tk.factorized_attention(*refs, scale=scale, backend="reference", **kw),)
+        for name, got, w in zip(("out", "cls_out"), (out, cls_out), want):
+            assert_close(f"{name} {dtype}", got, w, dtype)
+        # the backward reads lse: wrong statistics show in every gradient
+        douts = _grad_outputs(want, gen)
+        dq, dk, dv = (torch.full_like(x, nan) for x in (q, k, v))
+        dcls = tuple(torch.full((B, H, D), nan, dtype=dtype, device=DEVICE) for _ in range(3)) if cls else None
+        sa.attn_bwd(sa_mode, douts[0].to(dtype), q, k, v, out, lse, scale, dq, dk, dv,
+                    dcls_out=douts[1].to(dtype) if cls else None, cls=cls, cls_out=cls_out, lse_cls=lse_cls, dcls=dcls,
+                    frame_lens=frame_lens, **kw)
+        grads_ref = torch.autograd.grad(_loss(want, douts), refs)
+        for name, g, w in zip(("dq", "dk", "dv", "dq_cls", "dk_cls", "dv_cls"), (dq, dk, dv) + (dcls or ()), grads_ref):
+            assert_close(f"{name} {dtype}", g, w, dtype)
+
+
 @gpu_only
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: case_id(d=d))
 @pytest.mark.parametrize("with_cls", [False, True], ids=["nocls", "cls"])

@@ -153,6 +153,29 @@ def test_temporal_scale_and_large_logits(scale, path):
         assert_close(name, g, r, torch.float64)
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["", "causal"])
+@pytest.mark.parametrize("scale", [-0.6, 0.0, 0.37, 3.0], ids=lambda s: f"scale{s}")
+def test_tiled_forward_scales_and_whole_blocks(scale, causal, monkeypatch):
+    """The tiled forward's softmax variants: with a positive scale (16-bit and float32) the
+    running max is taken on the unscaled products and the scaling folds into exp2's argument;
+    zero and negative scales keep the scaled max. T a multiple of the key block (without a causal
+    mask: the mask-free loop) and not; logits in the hundreds; out and lse written everywhere."""
+    monkeypatch.setattr(ta, "SHORT_T_MAX", 0)
+    B, N, H, D = 2, 3, 2, 24
+    for T in ((128, 100) if DEVICE == "cuda" else (32, 21)):
+        for dtype in kernel_dtypes():
+            gen = torch.Generator().manual_seed(T)
+            q, k, v = make_qkv("packed_nt", B, T, N, H, D, dtype=dtype, generator=gen)
+            q = q * 8
+            out = torch.full(q.shape, float("nan"), dtype=dtype, device=DEVICE)
+            stat = torch.float64 if dtype == torch.float64 else torch.float32
+            lse = torch.full((B, H, T, N), float("nan"), dtype=stat, device=DEVICE)
+            ta.temporal_attn_fwd(q, k, v, out, lse, None, causal, scale)
+            ref_out = reference.temporal_attention(q.double(), k.double(), v.double(), causal=causal, scale=scale)
+            assert_close(f"out T={T} {dtype}", out, ref_out, dtype)
+            assert_close(f"lse T={T} {dtype}", lse, temporal_lse_reference(q, k, causal, None, scale), dtype)
+
+
 # ---------------------------------------------------------------------------------------------
 # launchers called directly: NaN-poisoned outputs, lse, padded rows, packed dqkv written in place
 

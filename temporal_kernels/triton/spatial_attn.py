@@ -244,6 +244,24 @@ def _key_range(m0, L, L_valid, div, is_t, BLOCK_M: tl.constexpr, MODE: tl.conste
 
 
 @triton.jit
+def _whole_keys(lo, hi, m0, L, div, MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr,
+                BLOCK_N: tl.constexpr):
+    """End of the whole key blocks ``[lo, end)`` that every row of ``[m0, m0 + BLOCK_M)`` sees and
+    that hold patch keys only (``_fwd_step`` without masks); the rest of ``[lo, hi)`` is masked.
+    Rows past the sequence are never stored, and rows past ``frame_lens`` are zeroed after the
+    loop, so only the keys decide: below ``hi`` (``frame_lens`` included), before the CLS key, and,
+    frame-causal, in a frame no later than the block's first row's. The factorized mode's
+    temporal heads (a patch's frames only) are masked throughout."""
+    end = tl.minimum(hi, _n_main(L, HAS_CLS))
+    if MODE == 1:
+        if CAUSAL:
+            end = tl.minimum(end, (m0 // div + 1) * div)
+    if MODE == 2:
+        end = lo
+    return tl.maximum(lo, lo + (end - lo) // BLOCK_N * BLOCK_N)
+
+
+@triton.jit
 def _query_range(n0, L, L_valid, div, is_t, BLOCK_N: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr):
     """Query indices ``[lo, hi)`` that can see keys ``[n0, n0 + BLOCK_N)``."""
     lo = n0 * 0
@@ -319,18 +337,42 @@ def _fwd_step(
     acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off, v_base, v_so, v_si, vc_off,
     div, hi, N, D, is_t, scale_hi, scale_lo,
     MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, RAW_MAX: tl.constexpr,
 ):
+    """One key block of the forward loop. MASKED=False: a whole block of patch keys that every row
+    sees (``_whole_keys``), loaded and used without masks but the head dim's. RAW_MAX (a positive
+    scale, not float64): m_i is the running max of the unscaled products and the scaling folds
+    into exp2's argument (FlashAttention's exp2(s c - m c): one multiply-add per probability)."""
     offs_n = start + tl.arange(0, BLOCK_N)
-    k = _load_tokens(K, KC, k_base, _tok_off(offs_n, div, k_so, k_si, MODE), kc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
-    v = _load_tokens(V, VC, v_base, _tok_off(offs_n, div, v_so, v_si, MODE), vc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
-    s = _logits(tl.dot(q, tl.trans(k), input_precision=PREC), scale_hi, scale_lo, IS_F64)  # [BLOCK_M, BLOCK_N]
-    s = tl.where(_visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL), s, float("-inf"))
+    if MASKED:
+        k = _load_tokens(K, KC, k_base, _tok_off(offs_n, div, k_so, k_si, MODE), kc_off, offs_n, hi, N, offs_d, D,
+                         HAS_CLS)
+        v = _load_tokens(V, VC, v_base, _tok_off(offs_n, div, v_so, v_si, MODE), vc_off, offs_n, hi, N, offs_d, D,
+                         HAS_CLS)
+    else:
+        mask_d = (offs_d < D)[None, :]
+        k = tl.load(K + k_base + _tok_off(offs_n, div, k_so, k_si, MODE)[:, None] + offs_d[None, :], mask=mask_d,
+                    other=0.0)
+        v = tl.load(V + v_base + _tok_off(offs_n, div, v_so, v_si, MODE)[:, None] + offs_d[None, :], mask=mask_d,
+                    other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
+    if not RAW_MAX:
+        s = _logits(s, scale_hi, scale_lo, IS_F64)
+    if MASKED:
+        s = tl.where(_visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL), s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    # a row that has seen no key yet keeps m = -inf: shift by 0 instead, exp(-inf) = 0
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = _exp(m_i - m_safe, IS_F64)
-    p = _exp(s - m_safe[:, None], IS_F64)
+    if MASKED:
+        # a row that has seen no key yet keeps m = -inf: shift by 0 instead, exp(-inf) = 0
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_safe = m_new
+    if RAW_MAX:
+        scale2 = scale_hi * 1.4426950408889634
+        alpha = tl.exp2((m_i - m_safe) * scale2)
+        p = tl.exp2(s * scale2 - (m_safe * scale2)[:, None])
+    else:
+        alpha = _exp(m_i - m_safe, IS_F64)
+        p = _exp(s - m_safe[:, None], IS_F64)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
     return acc, m_new, l_i
@@ -400,7 +442,7 @@ def _attn_fwd_kernel(
     CAUSAL: tl.constexpr, HAS_LENS: tl.constexpr, HAS_CLS: tl.constexpr, MODE: tl.constexpr,
     IS_F64: tl.constexpr, PREC: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    T_SHORT: tl.constexpr, BLOCK_G_T: tl.constexpr, T_PAD: tl.constexpr,
+    T_SHORT: tl.constexpr, BLOCK_G_T: tl.constexpr, T_PAD: tl.constexpr, RAW_MAX: tl.constexpr,
 ):
     """Forward over one row block of one sequence: ``out``, ``lse`` (and the CLS row's).
 
@@ -448,23 +490,35 @@ def _attn_fwd_kernel(
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     lo, hi = _key_range(blk * BLOCK_M, L, L_valid, div, is_t, BLOCK_M, MODE, CAUSAL)
+    whole = _whole_keys(lo, hi, blk * BLOCK_M, L, div, MODE, CAUSAL, HAS_CLS, BLOCK_N)
     if INTERPRET:
         start = lo
+        while start < whole:
+            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
+                                      v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, False, RAW_MAX)
+            start += BLOCK_N
         while start < hi:
             acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
                                       v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
+                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, True, RAW_MAX)
             start += BLOCK_N
     else:
-        for start in range(lo, hi, BLOCK_N):
+        for start in range(lo, whole, BLOCK_N):
             acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
                                       v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N)
+                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, False, RAW_MAX)
+        for start in range(whole, hi, BLOCK_N):
+            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
+                                      v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, True, RAW_MAX)
 
     # l_i == 0 only on rows that saw no key; a NaN sum (NaN input) must stay NaN, not become 0
     ok = (offs_m < L_valid) & (l_i != 0)
     l_safe = tl.where(ok, l_i, 1.0)
     out = tl.where(ok[:, None], acc / l_safe[:, None], 0.0)
+    if RAW_MAX:
+        m_i = m_i * (scale_hi * 1.4426950408889634)  # the running max in base-2 logits
     if IS_F64:
         lse = m_i + tl.log(l_safe)
     else:
@@ -825,7 +879,8 @@ def attn_fwd(mode, q, k, v, out, lse, scale, *, cls=None, cls_out=None, lse_cls=
         B, T, N, H, temporal_heads, n_tp, D, hi, lo,
         CAUSAL=bool(causal), HAS_LENS=frame_lens is not None, HAS_CLS=has_cls, MODE=mode,
         IS_F64=q.dtype == torch.float64, PREC=_precision(q.dtype), INTERPRET=_interpreting(),
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=_block_d(D), num_warps=warps, num_stages=stages, **plan,
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=_block_d(D), RAW_MAX=q.dtype != torch.float64 and hi > 0.0,
+        num_warps=warps, num_stages=stages, **plan,
     )
 
 

@@ -481,24 +481,40 @@ def _temporal_attn_bwd_short_kernel(
 def _fwd_tile(
     acc, m_i, l_i, q, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m, mask_d, length,
     scale_hi, scale_lo, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, IEEE: tl.constexpr, EXP2: tl.constexpr,
+    MASKED: tl.constexpr, RAW_MAX: tl.constexpr,
 ):
     """One key block of the forward loop. EXP2: logits, m_i and the shifts are in base 2 (the
-    scale carries log2(e)), so each probability costs one multiply-add and one ex2."""
+    scale carries log2(e)), so each probability costs one multiply-add and one ex2. RAW_MAX (EXP2
+    with a positive scale): m_i is the running max of the unscaled products, so the scaling folds
+    into that multiply-add (FlashAttention's exp2(s c - m c)) instead of a pass of its own.
+    MASKED=False: every key of the block is below ``length`` and every row sees every key (no
+    causal mask, no frame_lens), so the block takes no masks but the head dim's."""
     cols = start_n + offs_n
-    mask_n = cols < length
-    mask_kv = mask_n[:, None] & mask_d[None, :]
+    if MASKED:
+        mask_n = cols < length
+        mask_kv = mask_n[:, None] & mask_d[None, :]
+    else:
+        mask_kv = mask_d[None, :]
     k = tl.load(ptr_k + cols.to(tl.int64)[:, None] * skt, mask=mask_kv, other=0.0)  # [BLOCK_N, D_PAD]
     v = tl.load(ptr_v + cols.to(tl.int64)[:, None] * svt, mask=mask_kv, other=0.0)
     s = _dot(q, tl.trans(k), IEEE)  # [BLOCK_M, BLOCK_N]
-    s = _scale_logits(s, scale_hi, scale_lo, IS_F64)
-    visible = mask_m[:, None] & mask_n[None, :]
-    if CAUSAL:
-        visible = visible & (offs_m[:, None] >= cols[None, :])
-    s = tl.where(visible, s, float("-inf"))
+    if not RAW_MAX:
+        s = _scale_logits(s, scale_hi, scale_lo, IS_F64)
+    if MASKED:
+        visible = mask_m[:, None] & mask_n[None, :]
+        if CAUSAL:
+            visible = visible & (offs_m[:, None] >= cols[None, :])
+        s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    # Rows that have seen no key yet keep shift 0 (exp(-inf - 0) = 0, never NaN).
-    m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-    if EXP2:
+    if MASKED:
+        # Rows that have seen no key yet keep shift 0 (exp(-inf - 0) = 0, never NaN).
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_shift = m_new
+    if RAW_MAX:
+        alpha = tl.exp2((m_i - m_shift) * scale_hi)
+        p = tl.exp2(s * scale_hi - (m_shift * scale_hi)[:, None])
+    elif EXP2:
         alpha = tl.exp2(m_i - m_shift)
         p = tl.exp2(s - m_shift[:, None])
     else:
@@ -520,7 +536,7 @@ def _temporal_attn_fwd_tiled_kernel(
     scale_hi, scale_lo,
     HAS_LENS: tl.constexpr, CAUSAL: tl.constexpr, IS_F64: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
-    EXP2: tl.constexpr,
+    EXP2: tl.constexpr, RAW_MAX: tl.constexpr, EVEN: tl.constexpr,
 ):
     scale_hi, scale_lo = _scale_arg(scale_hi, IS_F64), _scale_arg(scale_lo, IS_F64)
     if EXP2:
@@ -555,22 +571,28 @@ def _temporal_attn_fwd_tiled_kernel(
     if CAUSAL:
         hi = tl.minimum(hi, start_m + BLOCK_M)
     hi = tl.where(start_m < length, hi, 0)  # a block of padded query frames sees nothing
+    # EVEN (no causal mask, no frame_lens, T a multiple of BLOCK_N): every block is whole and every
+    # row sees it; rows past T compute on zero queries and are never stored.
     if INTERPRET:
         start_n = 0
         while start_n < hi:
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m,
-                                      mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE, EXP2)
+                                      mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE, EXP2, not EVEN,
+                                      RAW_MAX)
             start_n += BLOCK_N
     else:
         for start_n in range(0, hi, BLOCK_N):
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, ptr_k, ptr_v, skt, svt, start_n, offs_m, offs_n, mask_m,
-                                      mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE, EXP2)
+                                      mask_d, length, scale_hi, scale_lo, CAUSAL, IS_F64, IEEE, EXP2, not EVEN,
+                                      RAW_MAX)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_safe[:, None]
     mask_out = offs_m < T
     tl.store(O + b * sob + n * son + h * soh + offs_m.to(tl.int64)[:, None] * sot + offs_d[None, :],
              o.to(O.dtype.element_ty), mask=mask_out[:, None] & mask_d[None, :])
+    if RAW_MAX:
+        m_i = m_i * scale_hi  # the running max in base-2 logits
     if EXP2:
         lse = tl.where(l_i > 0.0, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))  # natural log
     else:
@@ -853,12 +875,14 @@ def temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal: bool, scale: float)
     block_m, block_n, num_warps = _tiled_config(T, D_PAD, q.dtype, backward=False)
     num_stages = _tiled_stages(q.dtype, False, block_n, D_PAD)
     grid = (num_groups * triton.cdiv(T, block_m),)
+    exp2 = _TILED_FWD_EXP2 and not is_f64
     torch.library.wrap_triton(_temporal_attn_fwd_tiled_kernel)[grid](
         q, k, v, out, lse, lens, *strides,
         T, N, H, D, scale_hi, scale_lo,
         HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(),
         BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=_ieee(q.dtype), ALIGN=align,
-        EXP2=_TILED_FWD_EXP2 and not is_f64, num_warps=num_warps, num_stages=num_stages,
+        EXP2=exp2, RAW_MAX=exp2 and scale_hi > 0.0, EVEN=not causal and not has_lens and T % block_n == 0,
+        num_warps=num_warps, num_stages=num_stages,
     )
 
 
