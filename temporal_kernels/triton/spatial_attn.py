@@ -443,6 +443,7 @@ def _attn_fwd_kernel(
     IS_F64: tl.constexpr, PREC: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     T_SHORT: tl.constexpr, BLOCK_G_T: tl.constexpr, T_PAD: tl.constexpr, RAW_MAX: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr,
 ):
     """Forward over one row block of one sequence: ``out``, ``lse`` (and the CLS row's).
 
@@ -490,7 +491,10 @@ def _attn_fwd_kernel(
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     lo, hi = _key_range(blk * BLOCK_M, L, L_valid, div, is_t, BLOCK_M, MODE, CAUSAL)
-    whole = _whole_keys(lo, hi, blk * BLOCK_M, L, div, MODE, CAUSAL, HAS_CLS, BLOCK_N)
+    if WHOLE_BLOCKS:
+        whole = _whole_keys(lo, hi, blk * BLOCK_M, L, div, MODE, CAUSAL, HAS_CLS, BLOCK_N)
+    else:
+        whole = lo
     if INTERPRET:
         start = lo
         while start < whole:
@@ -765,6 +769,16 @@ def _fwd_config(D: int, dtype: torch.dtype, mode: int, causal: bool, has_cls: bo
     return (128, 64, 8, 2) if bd <= 64 else (64, 32, 8, 2) if bd <= 128 else (16, 32, 8, 1)
 
 
+# A/B switches for scripts/time_fwd_variants.py (module flags, read at launch).
+_RAW_MAX = True
+_WHOLE_BLOCKS = {(MODE_SPATIAL, False): True, (MODE_JOINT, False): True, (MODE_JOINT, True): True}
+
+
+def _whole_blocks(mode: int, causal: bool) -> bool:
+    """Whether the forward runs its mask-free loop over whole key blocks before the masked rest."""
+    return _WHOLE_BLOCKS.get((mode, causal), False)
+
+
 def _bwd_configs(D: int, dtype: torch.dtype, mode: int, N: int) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dK/dV kernel (BLOCK_N keys per program,
     BLOCK_M query rows per step) and of the dQ kernel (BLOCK_M rows per program), for ``mode``
@@ -879,7 +893,8 @@ def attn_fwd(mode, q, k, v, out, lse, scale, *, cls=None, cls_out=None, lse_cls=
         B, T, N, H, temporal_heads, n_tp, D, hi, lo,
         CAUSAL=bool(causal), HAS_LENS=frame_lens is not None, HAS_CLS=has_cls, MODE=mode,
         IS_F64=q.dtype == torch.float64, PREC=_precision(q.dtype), INTERPRET=_interpreting(),
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=_block_d(D), RAW_MAX=q.dtype != torch.float64 and hi > 0.0,
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=_block_d(D), RAW_MAX=_RAW_MAX and q.dtype != torch.float64 and hi > 0.0,
+        WHOLE_BLOCKS=_whole_blocks(mode, bool(causal)),
         num_warps=warps, num_stages=stages, **plan,
     )
 

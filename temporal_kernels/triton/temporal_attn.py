@@ -180,6 +180,9 @@ def _tiled_config(T: int, D_PAD: int, dtype: torch.dtype, backward: bool) -> tup
 # Base-2 softmax in the tiled forward (float16/bfloat16/float32; float64 keeps exp): a module
 # flag only so scripts/tune_temporal.py can time both in one process.
 _TILED_FWD_EXP2 = True
+# The same for the tiled forward's raw-product max and its mask-free loop (scripts/time_fwd_variants.py).
+_TILED_FWD_RAW_MAX = True
+_TILED_FWD_EVEN = True
 
 
 def _tiled_stages(dtype: torch.dtype, backward: bool, block_n: int, D_PAD: int) -> int:
@@ -881,7 +884,8 @@ def temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal: bool, scale: float)
         T, N, H, D, scale_hi, scale_lo,
         HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(),
         BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=_ieee(q.dtype), ALIGN=align,
-        EXP2=exp2, RAW_MAX=exp2 and scale_hi > 0.0, EVEN=not causal and not has_lens and T % block_n == 0,
+        EXP2=exp2, RAW_MAX=_TILED_FWD_RAW_MAX and exp2 and scale_hi > 0.0,
+        EVEN=_TILED_FWD_EVEN and not causal and not has_lens and T % block_n == 0,
         num_warps=num_warps, num_stages=num_stages,
     )
 

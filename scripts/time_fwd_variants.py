@@ -1,0 +1,93 @@
+"""A/B of the Triton forwards' softmax variants in one process (GPU machine).
+
+    python scripts/time_fwd_variants.py
+
+For each case (SPEC §5 shapes, patch-major bf16 views) and each combination of the two switches
+(``raw``: the running max on unscaled products, exp2(s c - m c); ``whole``: the mask-free loop
+over whole key blocks, temporal: EVEN launches), the forward's median time as CUDA-graph replays
+over rotating inputs (``tune_temporal.graph_time_ms``) and its error against the float64
+reference. A tool: its output feeds the switches' defaults, it is not a result.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+import temporal_kernels as tk
+from temporal_kernels import reference
+from temporal_kernels.triton import spatial_attn as sa
+from temporal_kernels.triton import temporal_attn as ta
+
+from tune_temporal import graph_time_ms  # scripts/ is on sys.path
+
+CASES = [
+    # (name, op, (B, T, N, H, D), keyword arguments)
+    ("temporal T256", "temporal", (1, 256, 64, 12, 64), {}),
+    ("temporal T96", "temporal", (1, 96, 196, 12, 64), {}),
+    ("spatial N196", "spatial", (8, 8, 196, 12, 64), {}),
+    ("spatial N784", "spatial", (2, 16, 784, 12, 64), {}),
+    ("spatial_cls N196+1", "spatial_cls", (8, 8, 196, 12, 64), {}),
+    ("spatial_cls N784+1", "spatial_cls", (2, 16, 784, 12, 64), {}),
+    ("joint", "joint", (2, 8, 196, 12, 64), {}),
+    ("joint_causal", "joint", (2, 8, 196, 12, 64), dict(causal=True)),
+]
+
+
+def run_op(op, q, k, v, cls, kw):
+    if op == "temporal":
+        return tk.temporal_attention(q, k, v, backend="triton", **kw)
+    if op == "joint":
+        return tk.joint_attention(q, k, v, backend="triton", **kw)
+    return tk.spatial_attention(q, k, v, cls=cls, backend="triton")
+
+
+def reference_out(op, q, k, v, cls, kw):
+    q, k, v = (x.double() for x in (q, k, v))
+    if op == "temporal":
+        return reference.temporal_attention(q, k, v, **kw)
+    if op == "joint":
+        return reference.joint_attention(q, k, v, **kw)
+    return reference.spatial_attention(q, k, v, cls=tuple(c.double() for c in cls) if cls else None)
+
+
+def set_switches(op, causal, raw, whole):
+    ta._TILED_FWD_RAW_MAX = raw
+    ta._TILED_FWD_EVEN = whole
+    sa._RAW_MAX = raw
+    mode = sa.MODE_JOINT if op == "joint" else sa.MODE_SPATIAL
+    sa._WHOLE_BLOCKS[(mode, causal)] = whole
+
+
+def main() -> None:
+    defaults = (ta._TILED_FWD_RAW_MAX, ta._TILED_FWD_EVEN, sa._RAW_MAX, dict(sa._WHOLE_BLOCKS))
+    print("case                  raw  whole   time us   rel err")
+    for name, op, (B, T, N, H, D), kw in CASES:
+        sets = max(1, min(16, (256 * 2**20) // (8 * B * T * N * H * D * 2)))
+        inputs = []
+        for _ in range(sets):
+            x = torch.randn(B, N, T, 3, H, D, device="cuda", dtype=torch.bfloat16)
+            q, k, v = x.permute(0, 2, 1, 3, 4, 5).unbind(3)
+            cls = tuple(torch.randn(B, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3)) \
+                if op == "spatial_cls" else None
+            inputs.append((q, k, v, cls))
+        op_name = "spatial" if op == "spatial_cls" else op
+        q, k, v, cls = inputs[0]
+        ref = reference_out(op_name, q, k, v, cls, kw)
+        ref = ref[0] if isinstance(ref, tuple) else ref
+        for raw, whole in itertools.product((False, True), (False, True)):
+            set_switches(op_name, bool(kw.get("causal", False)), raw, whole)
+            out = run_op(op_name, q, k, v, cls, kw)
+            out = out[0] if isinstance(out, tuple) else out
+            err = ((out.double() - ref).norm() / ref.norm()).item()
+            fns = [(lambda i=i: run_op(op_name, i[0], i[1], i[2], i[3], kw)) for i in inputs]
+            us = graph_time_ms(fns) * 1e3
+            print(f"{name:20s}  {int(raw):3d}  {int(whole):5d}  {us:8.1f}  {err:8.1e}", flush=True)
+        ta._TILED_FWD_RAW_MAX, ta._TILED_FWD_EVEN, sa._RAW_MAX = defaults[:3]
+        sa._WHOLE_BLOCKS.clear()
+        sa._WHOLE_BLOCKS.update(defaults[3])
+
+
+if __name__ == "__main__":
+    main()
