@@ -44,12 +44,13 @@ def run_op(op, q, k, v, cls, kw):
 
 
 def reference_out(op, q, k, v, cls, kw):
+    scale = q.shape[-1] ** -0.5
     q, k, v = (x.double() for x in (q, k, v))
     if op == "temporal":
-        return reference.temporal_attention(q, k, v, **kw)
+        return reference.temporal_attention(q, k, v, scale=scale, **kw)
     if op == "joint":
-        return reference.joint_attention(q, k, v, **kw)
-    return reference.spatial_attention(q, k, v, cls=tuple(c.double() for c in cls) if cls else None)
+        return reference.joint_attention(q, k, v, scale=scale, **kw)
+    return reference.spatial_attention(q, k, v, cls=tuple(c.double() for c in cls) if cls else None, scale=scale)
 
 
 def set_switches(op, causal, raw, whole):
