@@ -3,8 +3,9 @@
     python scripts/time_fwd_variants.py
 
 For each case (SPEC §5 shapes, patch-major bf16 views) and each combination of the two switches
-(``raw``: the running max on unscaled products, exp2(s c - m c); ``whole``: the mask-free loop
-over whole key blocks, temporal: EVEN launches), the forward's median time as CUDA-graph replays
+(``raw``: the temporal tiled forward's running max on unscaled products, exp2(s c - m c);
+``whole``: the mask-free loop over whole key blocks, temporal: EVEN launches), the forward's
+median time as CUDA-graph replays
 over rotating inputs (``tune_temporal.graph_time_ms``) and its error against the float64
 reference. A tool: its output feeds the switches' defaults, it is not a result.
 """
@@ -53,16 +54,14 @@ def reference_out(op, q, k, v, cls, kw):
     return reference.spatial_attention(q, k, v, cls=tuple(c.double() for c in cls) if cls else None, scale=scale)
 
 
-def set_switches(op, causal, raw, whole):
+def set_switches(raw, whole):
     ta._TILED_FWD_RAW_MAX = raw
     ta._TILED_FWD_EVEN = whole
-    sa._RAW_MAX = raw
-    mode = sa.MODE_JOINT if op == "joint" else sa.MODE_SPATIAL
-    sa._WHOLE_BLOCKS[(mode, causal)] = whole
+    sa._WHOLE_BLOCKS_FORCE = whole
 
 
 def main() -> None:
-    defaults = (ta._TILED_FWD_RAW_MAX, ta._TILED_FWD_EVEN, sa._RAW_MAX, dict(sa._WHOLE_BLOCKS))
+    defaults = (ta._TILED_FWD_RAW_MAX, ta._TILED_FWD_EVEN, sa._WHOLE_BLOCKS_FORCE)
     print("case                  raw  whole   time us   rel err")
     for name, op, (B, T, N, H, D), kw in CASES:
         sets = max(1, min(16, (256 * 2**20) // (8 * B * T * N * H * D * 2)))
@@ -77,17 +76,16 @@ def main() -> None:
         q, k, v, cls = inputs[0]
         ref = reference_out(op_name, q, k, v, cls, kw)
         ref = ref[0] if isinstance(ref, tuple) else ref
-        for raw, whole in itertools.product((False, True), (False, True)):
-            set_switches(op_name, bool(kw.get("causal", False)), raw, whole)
+        raws = (False, True) if op == "temporal" else (False,)
+        for raw, whole in itertools.product(raws, (False, True)):
+            set_switches(raw, whole)
             out = run_op(op_name, q, k, v, cls, kw)
             out = out[0] if isinstance(out, tuple) else out
             err = ((out.double() - ref).norm() / ref.norm()).item()
             fns = [(lambda i=i: run_op(op_name, i[0], i[1], i[2], i[3], kw)) for i in inputs]
             us = graph_time_ms(fns) * 1e3
             print(f"{name:20s}  {int(raw):3d}  {int(whole):5d}  {us:8.1f}  {err:8.1e}", flush=True)
-        ta._TILED_FWD_RAW_MAX, ta._TILED_FWD_EVEN, sa._RAW_MAX = defaults[:3]
-        sa._WHOLE_BLOCKS.clear()
-        sa._WHOLE_BLOCKS.update(defaults[3])
+        ta._TILED_FWD_RAW_MAX, ta._TILED_FWD_EVEN, sa._WHOLE_BLOCKS_FORCE = defaults
 
 
 if __name__ == "__main__":

@@ -127,9 +127,9 @@ def _spatial_jobs(mode, D, dtype, N, T=8):
         return {k: v for k, v in plan.items() if k != "N_TP"}
 
     BM, BN, warps, stages = sa._fwd_config(D, dtype, flags["MODE"], flags["CAUSAL"], flags["HAS_CLS"])
-    fwd = dict(flags, BLOCK_M=BM, BLOCK_N=BN, RAW_MAX=dtype != torch.float64,
-               WHOLE_BLOCKS=sa._whole_blocks(flags["MODE"], flags["CAUSAL"]), **temporal(BM, warps, False))
-    yield sa._attn_fwd_kernel, fwd, warps, stages
+    fwd = dict(flags, BLOCK_M=BM, BLOCK_N=BN, **temporal(BM, warps, False))
+    for whole in (False, True):  # the rule picks either, by mode and frame size (_whole_blocks)
+        yield sa._attn_fwd_kernel, dict(fwd, WHOLE_BLOCKS=whole), warps, stages
     (BM, BN, warps, stages), (BM2, BN2, warps2, stages2) = sa._bwd_configs(D, dtype, SPATIAL_MODES[mode]["MODE"], N)
     bwd_temporal = temporal(BN, warps, True)
     yield sa._attn_bwd_dkdv_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN, **bwd_temporal), warps, stages

@@ -349,14 +349,16 @@ _WHOLE_BLOCK_MODES_GPU = {"spatial": (2, 2, 197, 2, 64), "spatial_cls": (2, 2, 1
                           "joint_causal_lens": (3, 3, 70, 2, 64)}
 
 
-@pytest.mark.parametrize("scale", [-0.5, 0.0, 0.35], ids=lambda s: f"scale{s}")
+@pytest.mark.parametrize("whole", [False, True], ids=["one_loop", "whole_blocks"])
+@pytest.mark.parametrize("scale", [-0.5, 0.35], ids=lambda s: f"scale{s}")
 @pytest.mark.parametrize("mode", list(_WHOLE_BLOCK_MODES))
-def test_forward_whole_key_blocks_and_scales(mode, scale):
-    """The forward's mask-free loop over whole key blocks, then the masked rest, in every mode,
-    and its softmax variants: with a positive scale (16-bit and float32) the running max is taken
-    on the unscaled products and the scaling folds into exp2's argument; zero and negative scales
-    keep the scaled max. Outputs and, through the backward, lse against the reference."""
+def test_forward_whole_key_blocks(mode, scale, whole, monkeypatch):
+    """The forward's mask-free loop over whole key blocks, then the masked rest, in every mode
+    (and, forced off, the one masked loop), with either sign of the scale. Outputs and, through
+    the backward, lse against the reference."""
     from temporal_kernels.triton import spatial_attn as sa
+
+    monkeypatch.setattr(sa, "_WHOLE_BLOCKS_FORCE", whole)
 
     (B, T, N, H, D), kw = _WHOLE_BLOCK_MODES[mode]
     if DEVICE == "cuda":

@@ -337,12 +337,10 @@ def _fwd_step(
     acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off, v_base, v_so, v_si, vc_off,
     div, hi, N, D, is_t, scale_hi, scale_lo,
     MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, RAW_MAX: tl.constexpr,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
 ):
     """One key block of the forward loop. MASKED=False: a whole block of patch keys that every row
-    sees (``_whole_keys``), loaded and used without masks but the head dim's. RAW_MAX (a positive
-    scale, not float64): m_i is the running max of the unscaled products and the scaling folds
-    into exp2's argument (FlashAttention's exp2(s c - m c): one multiply-add per probability)."""
+    sees (``_whole_keys``), loaded and used without masks but the head dim's."""
     offs_n = start + tl.arange(0, BLOCK_N)
     if MASKED:
         k = _load_tokens(K, KC, k_base, _tok_off(offs_n, div, k_so, k_si, MODE), kc_off, offs_n, hi, N, offs_d, D,
@@ -355,9 +353,7 @@ def _fwd_step(
                     other=0.0)
         v = tl.load(V + v_base + _tok_off(offs_n, div, v_so, v_si, MODE)[:, None] + offs_d[None, :], mask=mask_d,
                     other=0.0)
-    s = tl.dot(q, tl.trans(k), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
-    if not RAW_MAX:
-        s = _logits(s, scale_hi, scale_lo, IS_F64)
+    s = _logits(tl.dot(q, tl.trans(k), input_precision=PREC), scale_hi, scale_lo, IS_F64)  # [BLOCK_M, BLOCK_N]
     if MASKED:
         s = tl.where(_visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL), s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -366,13 +362,8 @@ def _fwd_step(
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
         m_safe = m_new
-    if RAW_MAX:
-        scale2 = scale_hi * 1.4426950408889634
-        alpha = tl.exp2((m_i - m_safe) * scale2)
-        p = tl.exp2(s * scale2 - (m_safe * scale2)[:, None])
-    else:
-        alpha = _exp(m_i - m_safe, IS_F64)
-        p = _exp(s - m_safe[:, None], IS_F64)
+    alpha = _exp(m_i - m_safe, IS_F64)
+    p = _exp(s - m_safe[:, None], IS_F64)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
     return acc, m_new, l_i
@@ -442,8 +433,7 @@ def _attn_fwd_kernel(
     CAUSAL: tl.constexpr, HAS_LENS: tl.constexpr, HAS_CLS: tl.constexpr, MODE: tl.constexpr,
     IS_F64: tl.constexpr, PREC: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    T_SHORT: tl.constexpr, BLOCK_G_T: tl.constexpr, T_PAD: tl.constexpr, RAW_MAX: tl.constexpr,
-    WHOLE_BLOCKS: tl.constexpr,
+    T_SHORT: tl.constexpr, BLOCK_G_T: tl.constexpr, T_PAD: tl.constexpr, WHOLE_BLOCKS: tl.constexpr,
 ):
     """Forward over one row block of one sequence: ``out``, ``lse`` (and the CLS row's).
 
@@ -500,29 +490,27 @@ def _attn_fwd_kernel(
         while start < whole:
             acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
                                       v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, False, RAW_MAX)
+                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, False)
             start += BLOCK_N
         while start < hi:
             acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
                                       v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, True, RAW_MAX)
+                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, True)
             start += BLOCK_N
     else:
         for start in range(lo, whole, BLOCK_N):
             acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
                                       v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, False, RAW_MAX)
+                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, False)
         for start in range(whole, hi, BLOCK_N):
             acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
                                       v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, True, RAW_MAX)
+                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, True)
 
     # l_i == 0 only on rows that saw no key; a NaN sum (NaN input) must stay NaN, not become 0
     ok = (offs_m < L_valid) & (l_i != 0)
     l_safe = tl.where(ok, l_i, 1.0)
     out = tl.where(ok[:, None], acc / l_safe[:, None], 0.0)
-    if RAW_MAX:
-        m_i = m_i * (scale_hi * 1.4426950408889634)  # the running max in base-2 logits
     if IS_F64:
         lse = m_i + tl.log(l_safe)
     else:
@@ -769,14 +757,22 @@ def _fwd_config(D: int, dtype: torch.dtype, mode: int, causal: bool, has_cls: bo
     return (128, 64, 8, 2) if bd <= 64 else (64, 32, 8, 2) if bd <= 128 else (16, 32, 8, 1)
 
 
-# A/B switches for scripts/time_fwd_variants.py (module flags, read at launch).
-_RAW_MAX = True
-_WHOLE_BLOCKS = {(MODE_SPATIAL, False): True, (MODE_JOINT, False): True, (MODE_JOINT, True): True}
+# scripts/time_fwd_variants.py forces the choice below (None: the rule).
+_WHOLE_BLOCKS_FORCE: bool | None = None
 
 
-def _whole_blocks(mode: int, causal: bool) -> bool:
-    """Whether the forward runs its mask-free loop over whole key blocks before the masked rest."""
-    return _WHOLE_BLOCKS.get((mode, causal), False)
+def _whole_blocks(mode: int, has_cls: bool, N: int) -> bool:
+    """Whether the forward runs a mask-free loop over the whole key blocks every row sees before
+    the masked rest (``_whole_keys``). Measured (H100, bf16, logs/time_fwd_variants_7d3ed41.log,
+    mask-free against one masked loop): frame-causal joint 62.7 vs 87.0 us (its mask divides key
+    and row indices by N per element), plain spatial N = 784 216.9 vs 233.8, with CLS 232.4 vs
+    246.4, joint 73.6 vs 75.3, plain spatial N = 196 64.9 vs 64.3 (even); with CLS at N = 196 the
+    second loop (one block of four patches and the CLS key after six whole ones, 32-key tiles)
+    cost more than the masks: 60.1 vs 57.6 us, so small frames with CLS keep the one loop. The
+    factorized mode's temporal heads are masked throughout (``_whole_keys``)."""
+    if _WHOLE_BLOCKS_FORCE is not None:
+        return _WHOLE_BLOCKS_FORCE
+    return not (mode == MODE_SPATIAL and has_cls and N <= 256)
 
 
 def _bwd_configs(D: int, dtype: torch.dtype, mode: int, N: int) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
@@ -893,8 +889,7 @@ def attn_fwd(mode, q, k, v, out, lse, scale, *, cls=None, cls_out=None, lse_cls=
         B, T, N, H, temporal_heads, n_tp, D, hi, lo,
         CAUSAL=bool(causal), HAS_LENS=frame_lens is not None, HAS_CLS=has_cls, MODE=mode,
         IS_F64=q.dtype == torch.float64, PREC=_precision(q.dtype), INTERPRET=_interpreting(),
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=_block_d(D), RAW_MAX=_RAW_MAX and q.dtype != torch.float64 and hi > 0.0,
-        WHOLE_BLOCKS=_whole_blocks(mode, bool(causal)),
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=_block_d(D), WHOLE_BLOCKS=_whole_blocks(mode, has_cls, N),
         num_warps=warps, num_stages=stages, **plan,
     )
 
