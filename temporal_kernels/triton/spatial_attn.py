@@ -481,27 +481,30 @@ def _attn_fwd_kernel(
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     lo, hi = _key_range(blk * BLOCK_M, L, L_valid, div, is_t, BLOCK_M, MODE, CAUSAL)
+    # whole key blocks first, without masks (WHOLE_BLOCKS; see _whole_blocks), then the masked rest
+    whole = lo
     if WHOLE_BLOCKS:
         whole = _whole_keys(lo, hi, blk * BLOCK_M, L, div, MODE, CAUSAL, HAS_CLS, BLOCK_N)
-    else:
-        whole = lo
+        if INTERPRET:
+            start = lo
+            while start < whole:
+                acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
+                                          kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                                          MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, False)
+                start += BLOCK_N
+        else:
+            for start in range(lo, whole, BLOCK_N):
+                acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
+                                          kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                                          MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, False)
     if INTERPRET:
-        start = lo
-        while start < whole:
-            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
-                                      v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, False)
-            start += BLOCK_N
+        start = whole
         while start < hi:
             acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
                                       v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
                                       MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, True)
             start += BLOCK_N
     else:
-        for start in range(lo, whole, BLOCK_N):
-            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
-                                      v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, False)
         for start in range(whole, hi, BLOCK_N):
             acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
                                       v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
@@ -764,15 +767,15 @@ _WHOLE_BLOCKS_FORCE: bool | None = None
 def _whole_blocks(mode: int, has_cls: bool, N: int) -> bool:
     """Whether the forward runs a mask-free loop over the whole key blocks every row sees before
     the masked rest (``_whole_keys``). Measured (H100, bf16, logs/time_fwd_variants_7d3ed41.log,
-    mask-free against one masked loop): frame-causal joint 62.7 vs 87.0 us (its mask divides key
-    and row indices by N per element), plain spatial N = 784 216.9 vs 233.8, with CLS 232.4 vs
-    246.4, joint 73.6 vs 75.3, plain spatial N = 196 64.9 vs 64.3 (even); with CLS at N = 196 the
-    second loop (one block of four patches and the CLS key after six whole ones, 32-key tiles)
-    cost more than the masks: 60.1 vs 57.6 us, so small frames with CLS keep the one loop. The
-    factorized mode's temporal heads are masked throughout (``_whole_keys``)."""
+    mask-free loop against one masked loop): frame-causal joint 62.7 vs 87.0 us (its mask divides
+    key and row indices by N per element), spatial N = 784 216.9 vs 233.8, with CLS 232.4 vs
+    246.4, joint 73.6 vs 75.3. Frames of at most 256 patches (four 64-key blocks or fewer) keep
+    the one loop: with CLS at N = 196 the second loop cost more than the masks (60.1 vs 57.6
+    us), without it 64.9 vs 64.3 us there and 0.0608 vs 0.0583 ms in the benchmark (b1e0d19
+    against 8f4ee39). The factorized mode's temporal heads are masked throughout (``_whole_keys``)."""
     if _WHOLE_BLOCKS_FORCE is not None:
         return _WHOLE_BLOCKS_FORCE
-    return not (mode == MODE_SPATIAL and has_cls and N <= 256)
+    return not (mode == MODE_SPATIAL and N <= 256)
 
 
 def _bwd_configs(D: int, dtype: torch.dtype, mode: int, N: int) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
