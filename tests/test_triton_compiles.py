@@ -135,7 +135,8 @@ def _spatial_jobs(mode, D, dtype, N, T=8):
     yield sa._attn_bwd_dkdv_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN, **bwd_temporal), warps, stages
     dq_flags = dict(flags, BLOCK_M=BM2, BLOCK_N=BN2, T_SHORT=bwd_temporal["T_SHORT"])
     for delta_only in (True, False):
-        yield sa._attn_bwd_dq_kernel, dict(dq_flags, DELTA_ONLY=delta_only), warps2, stages2
+        whole = delta_only  # either loop structure, on one pass each
+        yield sa._attn_bwd_dq_kernel, dict(dq_flags, DELTA_ONLY=delta_only, WHOLE_BLOCKS=whole), warps2, stages2
     yield sa._attn_bwd_delta_kernel, dict(BLOCK_R=32, BLOCK_D=sa._block_d(D)), 4, 1
 
 

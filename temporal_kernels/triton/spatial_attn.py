@@ -401,16 +401,30 @@ def _dq_step(
     acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
     v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
     MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
-    DELTA_ONLY: tl.constexpr, BLOCK_N: tl.constexpr,
+    DELTA_ONLY: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
 ):
     """One key block of the dQ loop: ``acc += dS K``; with DELTA_ONLY, ``acc += rowsum(P * dP)``
-    (``acc`` ``[BLOCK_M]``, ``delta`` unused)."""
+    (``acc`` ``[BLOCK_M]``, ``delta`` unused). MASKED=False: a whole block of patch keys every row
+    sees (``_whole_keys``), without masks: rows past ``frame_lens`` have lse = +inf (P = 0) and
+    zero q / dout, rows past the sequence are never stored."""
     offs_n = start + tl.arange(0, BLOCK_N)
-    k = _load_tokens(K, KC, k_base, _tok_off(offs_n, div, k_so, k_si, MODE), kc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
-    v = _load_tokens(V, VC, v_base, _tok_off(offs_n, div, v_so, v_si, MODE), vc_off, offs_n, hi, N, offs_d, D, HAS_CLS)
+    if MASKED:
+        k = _load_tokens(K, KC, k_base, _tok_off(offs_n, div, k_so, k_si, MODE), kc_off, offs_n, hi, N, offs_d, D,
+                         HAS_CLS)
+        v = _load_tokens(V, VC, v_base, _tok_off(offs_n, div, v_so, v_si, MODE), vc_off, offs_n, hi, N, offs_d, D,
+                         HAS_CLS)
+    else:
+        mask_d = (offs_d < D)[None, :]
+        k = tl.load(K + k_base + _tok_off(offs_n, div, k_so, k_si, MODE)[:, None] + offs_d[None, :], mask=mask_d,
+                    other=0.0)
+        v = tl.load(V + v_base + _tok_off(offs_n, div, v_so, v_si, MODE)[:, None] + offs_d[None, :], mask=mask_d,
+                    other=0.0)
     s = _logits(tl.dot(q, tl.trans(k), input_precision=PREC), scale_hi, scale_lo, IS_F64)  # [BLOCK_M, BLOCK_N]
-    vis = _visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL) & row_ok[:, None]
-    p = tl.where(vis, _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64), 0.0)
+    if MASKED:
+        vis = _visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL) & row_ok[:, None]
+        p = tl.where(vis, _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64), 0.0)
+    else:
+        p = _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
     if DELTA_ONLY:
         acc += tl.sum(p * dp, 1)
@@ -624,6 +638,7 @@ def _attn_bwd_dq_kernel(
     CAUSAL: tl.constexpr, HAS_LENS: tl.constexpr, HAS_CLS: tl.constexpr, MODE: tl.constexpr,
     IS_F64: tl.constexpr, PREC: tl.constexpr, INTERPRET: tl.constexpr, DELTA_ONLY: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, T_SHORT: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr,
 ):
     """dQ of one query block (the CLS query's per-frame partial into DQC ``[B, T, H, D]``).
 
@@ -669,18 +684,34 @@ def _attn_bwd_dq_kernel(
         delta = _load_stat(DELTA, DELTAC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)
         delta = tl.where(row_ok, delta, 0.0)  # see _dkdv_step
         acc = tl.zeros([BLOCK_M, BLOCK_D], lse.dtype)
+    # as in the forward: whole key blocks without masks (WHOLE_BLOCKS), then the masked rest
+    whole = lo
+    if WHOLE_BLOCKS:
+        whole = _whole_keys(lo, hi, blk * BLOCK_M, L, div, MODE, CAUSAL, HAS_CLS, BLOCK_N)
+        if INTERPRET:
+            start = lo
+            while start < whole:
+                acc = _dq_step(acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so,
+                               k_si, kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                               MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N, False)
+                start += BLOCK_N
+        else:
+            for start in range(lo, whole, BLOCK_N):
+                acc = _dq_step(acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so,
+                               k_si, kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                               MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N, False)
     if INTERPRET:
-        start = lo
+        start = whole
         while start < hi:
             acc = _dq_step(acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
                            kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                           MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N)
+                           MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N, True)
             start += BLOCK_N
     else:
-        for start in range(lo, hi, BLOCK_N):
+        for start in range(whole, hi, BLOCK_N):
             acc = _dq_step(acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
                            kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                           MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N)
+                           MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N, True)
     if DELTA_ONLY:
         tl.store(DELTA + l_base + l_off, acc, mask=offs_m < n_main)
         if HAS_CLS:
@@ -956,12 +987,14 @@ def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None,
     n_tp = plan.pop("N_TP")
     n_tp_dq = 0 if plan["T_SHORT"] else _temporal_plan(mode, q, temporal_heads, BM2, warps2, backward=True)["N_TP"]
     grid_dq = (n_tp_dq + _spatial_programs(mode, B, T, N, H, temporal_heads, has_cls, BM2),)
+    whole_dq = _whole_blocks(mode, has_cls, N)
     if exact_delta:
         torch.library.wrap_triton(_attn_bwd_dq_kernel)[grid_dq](
             q, k, v, dout, lse, delta, qc, kc, vc, doc, lsec, delta_cls, _placeholder(dq), _placeholder(dq, stat), lens,
             *_s4(q), *_s4(k), *_s4(v), *_s4(dout), 0, 0, 0, 0, *_cls_strides(cls), *sdoc,
             B, T, N, H, temporal_heads, n_tp_dq, D, hi, lo,
             BLOCK_M=BM2, BLOCK_N=BN2, num_warps=warps2, num_stages=stages2, DELTA_ONLY=True, T_SHORT=plan["T_SHORT"],
+            WHOLE_BLOCKS=whole_dq,
             **common,
         )
     # The dK/dV kernel writes dq only from T_SHORT temporal programs: a stand-in otherwise
@@ -978,6 +1011,7 @@ def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None,
         *_s4(q), *_s4(k), *_s4(v), *_s4(dout), *_s4(dq), *_cls_strides(cls), *sdoc,
         B, T, N, H, temporal_heads, n_tp_dq, D, hi, lo,
         BLOCK_M=BM2, BLOCK_N=BN2, num_warps=warps2, num_stages=stages2, DELTA_ONLY=False, T_SHORT=plan["T_SHORT"],
+        WHOLE_BLOCKS=whole_dq,
         **common,
     )
     if has_cls:
