@@ -803,7 +803,11 @@ def _whole_blocks(mode: int, has_cls: bool, N: int) -> bool:
     246.4, joint 73.6 vs 75.3. Frames of at most 256 patches (four 64-key blocks or fewer) keep
     the one loop: with CLS at N = 196 the second loop cost more than the masks (60.1 vs 57.6
     us), without it 64.9 vs 64.3 us there and 0.0608 vs 0.0583 ms in the benchmark (b1e0d19
-    against 8f4ee39). The factorized mode's temporal heads are masked throughout (``_whole_keys``)."""
+    against 8f4ee39). The factorized mode's temporal heads are masked throughout (``_whole_keys``).
+    The dQ kernels (and the 16-bit delta pass) follow the same rule: their backward A/B
+    (logs/time_bwd_variants_fdb4753.log, mask-free against one loop, us) frame-causal joint 256.8
+    vs 298.9, joint 336.2 vs 347.2, spatial even within 1% (N = 784 1145.3 vs 1133.3, with CLS
+    1187.8 vs 1192.5)."""
     if _WHOLE_BLOCKS_FORCE is not None:
         return _WHOLE_BLOCKS_FORCE
     return not (mode == MODE_SPATIAL and N <= 256)
