@@ -333,15 +333,10 @@ def _times_scale(x, scale_hi, scale_lo, IS_F64: tl.constexpr):
 
 
 @triton.jit
-def _fwd_step(
-    acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off, v_base, v_so, v_si, vc_off,
-    div, hi, N, D, is_t, scale_hi, scale_lo,
-    MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-):
-    """One key block of the forward loop. MASKED=False: a whole block of patch keys that every row
-    sees (``_whole_keys``), loaded and used without masks but the head dim's."""
-    offs_n = start + tl.arange(0, BLOCK_N)
+def _load_kv(K, KC, V, VC, k_base, k_so, k_si, kc_off, v_base, v_so, v_si, vc_off, offs_n, div, hi, N, offs_d, D,
+             MODE: tl.constexpr, HAS_CLS: tl.constexpr, MASKED: tl.constexpr):
+    """Key and value rows ``offs_n`` ``[BLOCK_N, BLOCK_D]``; MASKED=False: patch keys below ``hi``
+    only (a whole block, ``_whole_keys``), loaded without the row masks and the CLS select."""
     if MASKED:
         k = _load_tokens(K, KC, k_base, _tok_off(offs_n, div, k_so, k_si, MODE), kc_off, offs_n, hi, N, offs_d, D,
                          HAS_CLS)
@@ -353,6 +348,21 @@ def _fwd_step(
                     other=0.0)
         v = tl.load(V + v_base + _tok_off(offs_n, div, v_so, v_si, MODE)[:, None] + offs_d[None, :], mask=mask_d,
                     other=0.0)
+    return k, v
+
+
+@triton.jit
+def _fwd_step(
+    acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off, v_base, v_so, v_si, vc_off,
+    div, hi, N, D, is_t, scale_hi, scale_lo,
+    MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+):
+    """One key block of the forward loop. MASKED=False: a whole block of patch keys that every row
+    sees (``_whole_keys``), loaded and used without masks but the head dim's."""
+    offs_n = start + tl.arange(0, BLOCK_N)
+    k, v = _load_kv(K, KC, V, VC, k_base, k_so, k_si, kc_off, v_base, v_so, v_si, vc_off, offs_n, div, hi, N, offs_d, D,
+                    MODE, HAS_CLS, MASKED)
     s = _logits(tl.dot(q, tl.trans(k), input_precision=PREC), scale_hi, scale_lo, IS_F64)  # [BLOCK_M, BLOCK_N]
     if MASKED:
         s = tl.where(_visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL), s, float("-inf"))
@@ -408,17 +418,8 @@ def _dq_step(
     sees (``_whole_keys``), without masks: rows past ``frame_lens`` have lse = +inf (P = 0) and
     zero q / dout, rows past the sequence are never stored."""
     offs_n = start + tl.arange(0, BLOCK_N)
-    if MASKED:
-        k = _load_tokens(K, KC, k_base, _tok_off(offs_n, div, k_so, k_si, MODE), kc_off, offs_n, hi, N, offs_d, D,
-                         HAS_CLS)
-        v = _load_tokens(V, VC, v_base, _tok_off(offs_n, div, v_so, v_si, MODE), vc_off, offs_n, hi, N, offs_d, D,
-                         HAS_CLS)
-    else:
-        mask_d = (offs_d < D)[None, :]
-        k = tl.load(K + k_base + _tok_off(offs_n, div, k_so, k_si, MODE)[:, None] + offs_d[None, :], mask=mask_d,
-                    other=0.0)
-        v = tl.load(V + v_base + _tok_off(offs_n, div, v_so, v_si, MODE)[:, None] + offs_d[None, :], mask=mask_d,
-                    other=0.0)
+    k, v = _load_kv(K, KC, V, VC, k_base, k_so, k_si, kc_off, v_base, v_so, v_si, vc_off, offs_n, div, hi, N, offs_d, D,
+                    MODE, HAS_CLS, MASKED)
     s = _logits(tl.dot(q, tl.trans(k), input_precision=PREC), scale_hi, scale_lo, IS_F64)  # [BLOCK_M, BLOCK_N]
     if MASKED:
         vis = _visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL) & row_ok[:, None]
@@ -431,6 +432,52 @@ def _dq_step(
     else:
         ds = p * (dp - delta[:, None])
         acc += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _fwd_loop(
+    acc, m_i, l_i, q, lo, end, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off, v_base, v_so, v_si, vc_off,
+    div, hi, N, D, is_t, scale_hi, scale_lo,
+    MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    """``_fwd_step`` over the key blocks of ``[lo, end)``."""
+    if INTERPRET:
+        start = lo
+        while start < end:
+            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
+                                      v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, MASKED)
+            start += BLOCK_N
+    else:
+        for start in range(lo, end, BLOCK_N):
+            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
+                                      v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, MASKED)
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _dq_loop(
+    acc, q, do, lse, delta, row_ok, lo, end, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
+    v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+    MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
+    DELTA_ONLY: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    """``_dq_step`` over the key blocks of ``[lo, end)``."""
+    if INTERPRET:
+        start = lo
+        while start < end:
+            acc = _dq_step(acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
+                           kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                           MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N, MASKED)
+            start += BLOCK_N
+    else:
+        for start in range(lo, end, BLOCK_N):
+            acc = _dq_step(acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
+                           kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                           MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N, MASKED)
     return acc
 
 
@@ -499,30 +546,12 @@ def _attn_fwd_kernel(
     whole = lo
     if WHOLE_BLOCKS:
         whole = _whole_keys(lo, hi, blk * BLOCK_M, L, div, MODE, CAUSAL, HAS_CLS, BLOCK_N)
-        if INTERPRET:
-            start = lo
-            while start < whole:
-                acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
-                                          kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                                          MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, False)
-                start += BLOCK_N
-        else:
-            for start in range(lo, whole, BLOCK_N):
-                acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
-                                          kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                                          MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, False)
-    if INTERPRET:
-        start = whole
-        while start < hi:
-            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
-                                      v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, True)
-            start += BLOCK_N
-    else:
-        for start in range(whole, hi, BLOCK_N):
-            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
-                                      v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                                      MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, True)
+        acc, m_i, l_i = _fwd_loop(acc, m_i, l_i, q, lo, whole, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
+                                  v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                                  MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, False, INTERPRET)
+    acc, m_i, l_i = _fwd_loop(acc, m_i, l_i, q, whole, hi, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si, kc_off,
+                              v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                              MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_N, True, INTERPRET)
 
     # l_i == 0 only on rows that saw no key; a NaN sum (NaN input) must stay NaN, not become 0
     ok = (offs_m < L_valid) & (l_i != 0)
@@ -688,30 +717,12 @@ def _attn_bwd_dq_kernel(
     whole = lo
     if WHOLE_BLOCKS:
         whole = _whole_keys(lo, hi, blk * BLOCK_M, L, div, MODE, CAUSAL, HAS_CLS, BLOCK_N)
-        if INTERPRET:
-            start = lo
-            while start < whole:
-                acc = _dq_step(acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so,
-                               k_si, kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                               MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N, False)
-                start += BLOCK_N
-        else:
-            for start in range(lo, whole, BLOCK_N):
-                acc = _dq_step(acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so,
-                               k_si, kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                               MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N, False)
-    if INTERPRET:
-        start = whole
-        while start < hi:
-            acc = _dq_step(acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
-                           kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                           MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N, True)
-            start += BLOCK_N
-    else:
-        for start in range(whole, hi, BLOCK_N):
-            acc = _dq_step(acc, q, do, lse, delta, row_ok, start, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
-                           kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
-                           MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N, True)
+        acc = _dq_loop(acc, q, do, lse, delta, row_ok, lo, whole, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
+                       kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                       MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N, False, INTERPRET)
+    acc = _dq_loop(acc, q, do, lse, delta, row_ok, whole, hi, offs_m, offs_d, K, KC, V, VC, k_base, k_so, k_si,
+                   kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
+                   MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N, True, INTERPRET)
     if DELTA_ONLY:
         tl.store(DELTA + l_base + l_off, acc, mask=offs_m < n_main)
         if HAS_CLS:
