@@ -247,7 +247,8 @@ def _key_range(m0, L, L_valid, div, is_t, BLOCK_M: tl.constexpr, MODE: tl.conste
 def _whole_keys(lo, hi, m0, L, div, MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr,
                 BLOCK_N: tl.constexpr):
     """End of the whole key blocks ``[lo, end)`` that every row of ``[m0, m0 + BLOCK_M)`` sees and
-    that hold patch keys only (``_fwd_step`` without masks); the rest of ``[lo, hi)`` is masked.
+    that hold patch keys only (``_fwd_step`` / ``_dq_step`` without masks); the rest of ``[lo, hi)``
+    is masked.
     Rows past the sequence are never stored, and rows past ``frame_lens`` are zeroed after the
     loop, so only the keys decide: below ``hi`` (``frame_lens`` included), before the CLS key, and,
     frame-causal, in a frame no later than the block's first row's. The factorized mode's
@@ -806,19 +807,20 @@ def _fwd_config(D: int, dtype: torch.dtype, mode: int, causal: bool, has_cls: bo
 _WHOLE_BLOCKS_FORCE: bool | None = None
 
 
-def _whole_blocks(mode: int, has_cls: bool, N: int) -> bool:
-    """Whether the forward runs a mask-free loop over the whole key blocks every row sees before
-    the masked rest (``_whole_keys``). Measured (H100, bf16, logs/time_fwd_variants_7d3ed41.log,
-    mask-free loop against one masked loop): frame-causal joint 62.7 vs 87.0 us (its mask divides
-    key and row indices by N per element), spatial N = 784 216.9 vs 233.8, with CLS 232.4 vs
-    246.4, joint 73.6 vs 75.3. Frames of at most 256 patches (four 64-key blocks or fewer) keep
-    the one loop: with CLS at N = 196 the second loop cost more than the masks (60.1 vs 57.6
-    us), without it 64.9 vs 64.3 us there and 0.0608 vs 0.0583 ms in the benchmark (b1e0d19
-    against 8f4ee39). The factorized mode's temporal heads are masked throughout (``_whole_keys``).
-    The dQ kernels (and the 16-bit delta pass) follow the same rule: their backward A/B
-    (logs/time_bwd_variants_fdb4753.log, mask-free against one loop, us) frame-causal joint 256.8
-    vs 298.9, joint 336.2 vs 347.2, spatial even within 1% (N = 784 1145.3 vs 1133.3, with CLS
-    1187.8 vs 1192.5)."""
+def _whole_blocks(mode: int, N: int) -> bool:
+    """Whether the forward and dQ kernels run a mask-free loop over the whole key blocks every row
+    sees before the masked rest (``_whole_keys``), for ``mode`` with ``N`` patches per frame.
+
+    Forward, measured (H100, bf16, logs/time_fwd_variants_7d3ed41.log, mask-free loop against one
+    masked loop, us): frame-causal joint 62.7 vs 87.0 (its mask divides key and row indices by N
+    per element), spatial N = 784 216.9 vs 233.8, with CLS 232.4 vs 246.4, joint 73.6 vs 75.3.
+    Frames of at most 256 patches (four 64-key blocks or fewer) keep the one loop: with CLS at
+    N = 196 the second loop cost more than the masks (60.1 vs 57.6), without it 64.9 vs 64.3 there
+    and 0.0608 vs 0.0583 ms in the benchmark (b1e0d19 against 8f4ee39). The dQ kernels (and the
+    16-bit delta pass) follow the same rule (logs/time_bwd_variants_fdb4753.log, backward op):
+    frame-causal joint 256.8 vs 298.9, joint 336.2 vs 347.2, spatial within 1% (N = 784 1145.3 vs
+    1133.3, with CLS 1187.8 vs 1192.5). The factorized mode's temporal heads are masked
+    throughout (``_whole_keys``)."""
     if _WHOLE_BLOCKS_FORCE is not None:
         return _WHOLE_BLOCKS_FORCE
     return not (mode == MODE_SPATIAL and N <= 256)
@@ -938,7 +940,7 @@ def attn_fwd(mode, q, k, v, out, lse, scale, *, cls=None, cls_out=None, lse_cls=
         B, T, N, H, temporal_heads, n_tp, D, hi, lo,
         CAUSAL=bool(causal), HAS_LENS=frame_lens is not None, HAS_CLS=has_cls, MODE=mode,
         IS_F64=q.dtype == torch.float64, PREC=_precision(q.dtype), INTERPRET=_interpreting(),
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=_block_d(D), WHOLE_BLOCKS=_whole_blocks(mode, has_cls, N),
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=_block_d(D), WHOLE_BLOCKS=_whole_blocks(mode, N),
         num_warps=warps, num_stages=stages, **plan,
     )
 
@@ -1002,7 +1004,7 @@ def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None,
     n_tp = plan.pop("N_TP")
     n_tp_dq = 0 if plan["T_SHORT"] else _temporal_plan(mode, q, temporal_heads, BM2, warps2, backward=True)["N_TP"]
     grid_dq = (n_tp_dq + _spatial_programs(mode, B, T, N, H, temporal_heads, has_cls, BM2),)
-    whole_dq = _whole_blocks(mode, has_cls, N)
+    whole_dq = _whole_blocks(mode, N)
     if exact_delta:
         torch.library.wrap_triton(_attn_bwd_dq_kernel)[grid_dq](
             q, k, v, dout, lse, delta, qc, kc, vc, doc, lsec, delta_cls, _placeholder(dq), _placeholder(dq, stat), lens,
