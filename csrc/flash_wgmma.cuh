@@ -242,7 +242,7 @@ __device__ __forceinline__ void wg_attend_tile(const uint32_t (&qf)[kD / 16][4],
 // runs on the ALUs while the tensor cores finish O, which takes the rescale once it has landed;
 // pa then holds this tile's P, whose product the next step (or the kernel after its last tile)
 // issues. Every tile but a sequence's last has 64 keys, so the previous product is 64 wide.
-template <typename T, int kD, int kKeys>
+template <typename T, int kD, int kKeys, bool kFirst>
 __device__ __forceinline__ void wg_overlap_tile(uint32_t (&qf)[kD / 16][4], const T* kb, const T* vb_prev,
                                                 const int (&tile_begin)[2], const int (&tile_end)[2], bool masked,
                                                 float qk_scale, float (&m)[2], float (&l)[2], float (&o)[kD / 8][4],
@@ -251,11 +251,11 @@ __device__ __forceinline__ void wg_overlap_tile(uint32_t (&qf)[kD / 16][4], cons
   wgmma_pin(o);
   wgmma_fence();
   wg_scores_issue<T, kD, kKeys>(qf, kb, sc);
-  if (vb_prev != nullptr) {
+  if constexpr (kFirst) {
+    wgmma_wait<0>();
+  } else {
     wg_pv_issue<T, kD, 64>(pa, vb_prev, o);
     wgmma_wait<1>();  // S; the O product may still run
-  } else {
-    wgmma_wait<0>();
   }
   // the registers S read stay untouched until it has landed
   wgmma_pin(qf);
@@ -350,7 +350,7 @@ __global__ void __launch_bounds__(128 * kWG, wg_min_blocks<kD, kWG>())
 
     // Every warp computes every tile (wgmma is warpgroup-wide); a warp of padded rows masks
     // all its keys, so its rows keep m = -inf, l = 0 and O = 0.
-    uint32_t pa[4][4];  // kOverlap: the previous tile's P, whose O += P V is still to issue
+    uint32_t pa[4][4] = {};  // kOverlap: the previous tile's P, whose O += P V is still to issue
     for (int64_t t = 0; t < n_tiles; ++t) {
       if constexpr (kOverlap) {
         cp_async_wait<0>();
@@ -397,13 +397,23 @@ __global__ void __launch_bounds__(128 * kWG, wg_min_blocks<kD, kWG>())
       // A last tile of at most 16 or 32 keys (N = 196: 4 of 64; T = 96: 32) runs narrower.
       const int64_t tile_keys = blk_end - t * kN;
       if constexpr (kOverlap) {
-        const T* vb_prev = t > 0 ? v_s + static_cast<int>((t - 1) % 3) * kTile : nullptr;
-        if (tile_keys <= 16) {
-          wg_overlap_tile<T, kD, 16>(qf, kb, vb_prev, tile_begin, tile_end, masked, qk_scale, m, l, o, pa);
-        } else if (tile_keys <= 32) {
-          wg_overlap_tile<T, kD, 32>(qf, kb, vb_prev, tile_begin, tile_end, masked, qk_scale, m, l, o, pa);
+        const T* vb_prev = v_s + static_cast<int>((t + 2) % 3) * kTile;  // tile t - 1's
+        if (t == 0) {
+          if (tile_keys <= 16) {
+            wg_overlap_tile<T, kD, 16, true>(qf, kb, vb_prev, tile_begin, tile_end, masked, qk_scale, m, l, o, pa);
+          } else if (tile_keys <= 32) {
+            wg_overlap_tile<T, kD, 32, true>(qf, kb, vb_prev, tile_begin, tile_end, masked, qk_scale, m, l, o, pa);
+          } else {
+            wg_overlap_tile<T, kD, 64, true>(qf, kb, vb_prev, tile_begin, tile_end, masked, qk_scale, m, l, o, pa);
+          }
         } else {
-          wg_overlap_tile<T, kD, 64>(qf, kb, vb_prev, tile_begin, tile_end, masked, qk_scale, m, l, o, pa);
+          if (tile_keys <= 16) {
+            wg_overlap_tile<T, kD, 16, false>(qf, kb, vb_prev, tile_begin, tile_end, masked, qk_scale, m, l, o, pa);
+          } else if (tile_keys <= 32) {
+            wg_overlap_tile<T, kD, 32, false>(qf, kb, vb_prev, tile_begin, tile_end, masked, qk_scale, m, l, o, pa);
+          } else {
+            wg_overlap_tile<T, kD, 64, false>(qf, kb, vb_prev, tile_begin, tile_end, masked, qk_scale, m, l, o, pa);
+          }
         }
       } else {
         const T* vb = v_s + static_cast<int>(t & 1) * kTile;
@@ -418,18 +428,15 @@ __global__ void __launch_bounds__(128 * kWG, wg_min_blocks<kD, kWG>())
       }
     }
     if constexpr (kOverlap) {
-      if (n_tiles > 0) {  // the last tile's O += P V
+      if (n_tiles > 0) {
+        // The last tile's O += P V, 64 keys wide whatever its width: its V rows past the sequence
+        // were staged as zeros and pa's columns past the tile hold finite probabilities of an
+        // earlier tile (or the zeros below), so they add exactly 0. Branching on the width here,
+        // ptxas (nvcc 13.0) serialized every wgmma of the kernel (C7520, "WG.AR in divergent path").
         const T* vb = v_s + static_cast<int>((n_tiles - 1) % 3) * kTile;
-        const int64_t last_keys = blk_end - (n_tiles - 1) * kN;
         wgmma_pin(o);
         wgmma_fence();
-        if (last_keys <= 16) {
-          wg_pv_issue<T, kD, 16>(pa, vb, o);
-        } else if (last_keys <= 32) {
-          wg_pv_issue<T, kD, 32>(pa, vb, o);
-        } else {
-          wg_pv_issue<T, kD, 64>(pa, vb, o);
-        }
+        wg_pv_issue<T, kD, 64>(pa, vb, o);
         wgmma_wait<0>();
         wgmma_pin(o);
         wgmma_pin(pa);
