@@ -338,33 +338,42 @@ def test_backward_delta_paths(mode, exact_delta):
 
 _WHOLE_BLOCK_MODES = {
     # mode: ((B, T, N, H, D), keyword arguments); sizes with whole key blocks (16 keys in the
-    # interpreter, 32-64 on the GPU) before a partial one, the CLS key, or a frame-causal limit
+    # interpreter, 32-64 on the GPU) before a partial one, the CLS key, or a frame-causal limit.
+    # In the interpreter the dK/dV programs of whole key blocks run whole query blocks, then a
+    # masked block: the one with the CLS row (spatial_cls: patches 16-30 and the CLS row 31) or
+    # rows past frame_lens ([3, 0, 2] frames); frame-causal, after a masked block of earlier frames
+    # too. A key block across frame_lens (joint_lens) is masked throughout; with 17 patches the
+    # factorized mode's spatial heads have a whole key block.
     "spatial": ((2, 2, 37, 2, 12), {}),
-    "spatial_cls": ((2, 2, 32, 2, 12), {}),
+    "spatial_cls": ((2, 2, 31, 2, 12), {}),
     "joint": ((3, 3, 11, 2, 8), {}),
+    "joint_lens": ((3, 3, 11, 2, 8), {}),
     "joint_causal_lens": ((3, 3, 11, 2, 8), dict(causal=True)),
-    "factorized": ((1, 5, 7, 3, 8), dict(causal=True, temporal_heads=2)),
+    "factorized": ((1, 5, 17, 3, 8), dict(causal=True, temporal_heads=2)),
 }
 _WHOLE_BLOCK_MODES_GPU = {"spatial": (2, 2, 197, 2, 64), "spatial_cls": (2, 2, 128, 2, 64), "joint": (2, 3, 70, 2, 64),
-                          "joint_causal_lens": (3, 3, 70, 2, 64)}
+                          "joint_lens": (3, 3, 70, 2, 64), "joint_causal_lens": (3, 3, 70, 2, 64)}
 
 
 @pytest.mark.parametrize("whole", [False, True], ids=["one_loop", "whole_blocks"])
 @pytest.mark.parametrize("mode", list(_WHOLE_BLOCK_MODES))
 def test_forward_whole_key_blocks(mode, whole, monkeypatch):
     """The forward's and the dQ kernels' mask-free loop over whole key blocks, then the masked
-    rest, in every mode (and, forced off, the one masked loop): outputs, and every gradient (lse
-    read back through the backward), against the reference."""
+    rest, and the dK/dV kernel's over whole query blocks between masked ones, in every mode (and,
+    forced off, the one masked loop of each): outputs, and every gradient (lse read back through
+    the backward), against the reference. Each switch steers kernels of its own, so the two move
+    together. dout is NaN in padded frames: the whole blocks must not read it."""
     from temporal_kernels.triton import spatial_attn as sa
 
     monkeypatch.setattr(sa, "_WHOLE_BLOCKS_FORCE", whole)
+    monkeypatch.setattr(sa, "_WHOLE_QUERY_BLOCKS_FORCE", whole)
 
     (B, T, N, H, D), kw = _WHOLE_BLOCK_MODES[mode]
     scale = 0.35
     if DEVICE == "cuda":
         B, T, N, H, D = _WHOLE_BLOCK_MODES_GPU.get(mode, (B, T, N, H, D))
     sa_mode = {"spatial": sa.MODE_SPATIAL, "spatial_cls": sa.MODE_SPATIAL, "joint": sa.MODE_JOINT,
-               "joint_causal_lens": sa.MODE_JOINT, "factorized": sa.MODE_FACTORIZED}[mode]
+               "joint_lens": sa.MODE_JOINT, "joint_causal_lens": sa.MODE_JOINT, "factorized": sa.MODE_FACTORIZED}[mode]
     for dtype in kernel_dtypes():
         gen = torch.Generator().manual_seed(N)
         q, k, v = make_qkv("packed_nt", B, T, N, H, D, dtype, generator=gen)
@@ -372,7 +381,7 @@ def test_forward_whole_key_blocks(mode, whole, monkeypatch):
         nan = float("nan")
         stat = torch.float64 if dtype == torch.float64 else torch.float32
         cls = cls_out = lse_cls = None
-        frame_lens = torch.tensor([3, 0, 2], device=DEVICE) if mode == "joint_causal_lens" else None
+        frame_lens = torch.tensor([3, 0, 2], device=DEVICE) if mode.endswith("_lens") else None
         if mode == "spatial_cls":
             cls = tuple(torch.randn(B, H, D, dtype=torch.float64, generator=gen).to(DEVICE, dtype) for _ in range(3))
             cls_out = torch.full((B, T, H, D), nan, dtype=dtype, device=DEVICE)
@@ -393,6 +402,9 @@ def test_forward_whole_key_blocks(mode, whole, monkeypatch):
             assert_close(f"{name} {dtype}", got, w, dtype)
         # the backward reads lse: wrong statistics show in every gradient
         douts = _grad_outputs(want, gen)
+        if frame_lens is not None:
+            # dout of a padded frame (whose output is the constant 0) is never read: NaN there
+            douts[0][torch.arange(T, device=DEVICE)[None, :] >= frame_lens[:, None]] = nan
         dq, dk, dv = (torch.full_like(x, nan) for x in (q, k, v))
         dcls = tuple(torch.full((B, H, D), nan, dtype=dtype, device=DEVICE) for _ in range(3)) if cls else None
         sa.attn_bwd(sa_mode, douts[0].to(dtype), q, k, v, out, lse, scale, dq, dk, dv,
