@@ -32,7 +32,7 @@ bool tc_enabled() {
 // 1.10x faster at N = 196 / T = 256). TEMPORAL_KERNELS_CUDA_WGMMA=0, 1
 // or 2 forces it (A/B runs). The sm_90a kernels run on devices of compute capability 9.0 exactly
 // (their code is arch-specific).
-int wgmma_warpgroups(const SpatialParams& p, int kd, bool overlap) {
+int wgmma_warpgroups(const SpatialParams& p) {
   if (!detail::kWgmmaBuilt) return 0;
   const char* env = std::getenv("TEMPORAL_KERNELS_CUDA_WGMMA");
   if (env != nullptr && std::strcmp(env, "0") == 0) return 0;
@@ -42,17 +42,7 @@ int wgmma_warpgroups(const SpatialParams& p, int kd, bool overlap) {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
   if (major != 9 || minor != 0) return 0;
   if (env != nullptr && (std::strcmp(env, "1") == 0 || std::strcmp(env, "2") == 0)) return env[0] - '0';
-  // The overlapped schedule holds a tile's S and the previous tile's P at once: at head dim 64
-  // two warpgroups under their 128-register cap spill 108 bytes (ptxas, sm_90a), one fits in 168.
-  if (overlap && kd == 64) return 1;
   return p.mode == SeqMode::kJoint || detail::seq_len(p) <= detail::kWgRows ? 1 : 2;
-}
-
-// The wgmma forward's schedule: each tile's O += P V overlapped with the next tile's softmax
-// (wg_overlap_tile), unless TEMPORAL_KERNELS_CUDA_WGMMA_OVERLAP=0 (A/B runs).
-bool wgmma_overlap() {
-  const char* env = std::getenv("TEMPORAL_KERNELS_CUDA_WGMMA_OVERLAP");
-  return env == nullptr || std::strcmp(env, "0") != 0;
 }
 
 template <typename T>
@@ -61,10 +51,9 @@ bool launch_fwd(const SpatialParams& p, cudaStream_t stream) {
   if constexpr (detail::kTcDtype<T>) {
     detail::TcLaunch l = detail::tc_launch(p);
     if (l.grid == 0) return true;
-    const bool overlap = wgmma_overlap();
-    const int wgs = detail::wg_applies(l) ? wgmma_warpgroups(p, l.kd, overlap) : 0;
-    if (wgs > 0) l = detail::wg_launch(l, p, wgs, overlap);
-    const detail::TcKernel<T> kernel = wgs > 0 ? detail::wg_kernel<T>(l, overlap) : detail::tc_kernel<T>(l);
+    const int wgs = detail::wg_applies(l) ? wgmma_warpgroups(p) : 0;
+    if (wgs > 0) l = detail::wg_launch(l, p, wgs);
+    const detail::TcKernel<T> kernel = wgs > 0 ? detail::wg_kernel<T>(l) : detail::tc_kernel<T>(l);
     if (l.smem > 48 * 1024) {
       C10_CUDA_CHECK(
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(l.smem)));

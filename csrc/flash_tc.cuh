@@ -229,15 +229,11 @@ constexpr int tc_min_blocks() {
 // mma.sync / wgmma accumulator: element e of column tile nt is row g + 8 (e / 2), key
 // nt * 8 + 2 tq + e % 2) scaled to base 2 and, when `masked`, masked to the keys
 // [tile_begin[r], tile_end[r]) of row half r; the running max m and this lane's part of the row
-// sums l updated; sc left holding the tile's probabilities; corr[r] the factor row half r of O
-// takes, applied here to o unless kDeferO (the wgmma forward's overlapped schedule applies it
-// once the previous tile's O += P V has landed; o is then not touched). The rescale stays where
-// it was in the loop over r: moved after the exponentials, ptxas (nvcc 13.0, sm_90a) spilled
-// 60 instead of 40 bytes in the register-capped mma.sync forward at head dim 128.
-template <int kD, int kNT, bool kDeferO = false>
+// sums l updated; O rescaled; sc left holding the tile's probabilities.
+template <int kD, int kNT>
 __device__ __forceinline__ void tc_online_softmax(float (&sc)[kNT][4], const int (&tile_begin)[2], const int (&tile_end)[2],
                                                   bool masked, float qk_scale, float (&m)[2], float (&l)[2],
-                                                  float (&o)[kD / 8][4], float (&corr)[2]) {
+                                                  float (&o)[kD / 8][4]) {
   constexpr int kDT = kD / 8;
   const int tq = (threadIdx.x % 32) % 4;
   float mx[2] = {m[0], m[1]};
@@ -270,15 +266,13 @@ __device__ __forceinline__ void tc_online_softmax(float (&sc)[kNT][4], const int
     // A row that has seen no key yet keeps m = -inf; exponents then use base 0, so every
     // probability (and the correction of the zero accumulators) is exactly 0, not NaN.
     base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
-    corr[r] = exp2_approx(m[r] - base[r]);
+    const float corr = exp2_approx(m[r] - base[r]);
     m[r] = mx[r];
-    l[r] *= corr[r];
-    if constexpr (!kDeferO) {
+    l[r] *= corr;
 #pragma unroll
-      for (int dt = 0; dt < kDT; ++dt) {
-        o[dt][2 * r] *= corr[r];
-        o[dt][2 * r + 1] *= corr[r];
-      }
+    for (int dt = 0; dt < kDT; ++dt) {
+      o[dt][2 * r] *= corr;
+      o[dt][2 * r + 1] *= corr;
     }
   }
 #pragma unroll
@@ -289,14 +283,6 @@ __device__ __forceinline__ void tc_online_softmax(float (&sc)[kNT][4], const int
       l[e / 2] += sc[nt][e];
     }
   }
-}
-
-template <int kD, int kNT>
-__device__ __forceinline__ void tc_online_softmax(float (&sc)[kNT][4], const int (&tile_begin)[2], const int (&tile_end)[2],
-                                                  bool masked, float qk_scale, float (&m)[2], float (&l)[2],
-                                                  float (&o)[kD / 8][4]) {
-  float corr[2];
-  tc_online_softmax<kD, kNT, false>(sc, tile_begin, tile_end, masked, qk_scale, m, l, o, corr);
 }
 
 // One key tile for one warp's 16 query rows: S = Q K^T (qf: the rows' A fragments, kb: the tile's

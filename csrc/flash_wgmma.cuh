@@ -53,12 +53,6 @@ constexpr int kWgRows = 64;  // query rows per block and keys per tile (one warp
 __device__ __forceinline__ void wgmma_fence() { TK_WGMMA_ASM("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { TK_WGMMA_ASM("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait_all() { TK_WGMMA_ASM("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-// Waits until at most kPending of the warpgroup's committed wgmma groups are in flight (groups
-// complete in commit order).
-template <int kPending>
-__device__ __forceinline__ void wgmma_wait() {
-  TK_WGMMA_ASM("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
-}
 
 // Shared memory written by cp.async (generic proxy) becomes visible to wgmma (async proxy).
 __device__ __forceinline__ void fence_proxy_async_smem() {
@@ -74,17 +68,6 @@ __device__ __forceinline__ void wgmma_pin(float (&d)[kRows][4]) {
   for (int i = 0; i < kRows; ++i) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
-  }
-}
-
-// The same for A-operand registers that an in-flight wgmma still reads: pinned after its wait,
-// they stay live (unreused) until then.
-template <int kSteps>
-__device__ __forceinline__ void wgmma_pin(uint32_t (&a)[kSteps][4]) {
-#pragma unroll
-  for (int i = 0; i < kSteps; ++i) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[i][e])::"memory");
   }
 }
 
@@ -167,44 +150,33 @@ constexpr int wg_min_blocks() {
   return kWG == 1 ? (kD <= 64 ? 3 : 2) : (kD <= 64 ? 2 : 1);
 }
 
-// S = Q K^T for one key tile of kKeys keys (64; a sequence's last tile of at most 16 or 32 keys
-// runs narrower), issued and committed as one wgmma group: K-major B, head dims
-// [16 kk, 16 kk + 16) of 64-column block kk / 4 of the stage's swizzled K tile kb.
+// One key tile of kKeys keys (64; a sequence's last tile of at most 16 or 32 keys runs narrower)
+// for the warpgroup's 64 rows (this warp's 16): flash_tc.cuh's tc_attend_tile with both products
+// on wgmma. kb, vb: the stage's swizzled K and V tiles.
 template <typename T, int kD, int kKeys>
-__device__ __forceinline__ void wg_scores_issue(const uint32_t (&qf)[kD / 16][4], const T* kb,
-                                                float (&sc)[kKeys / 8][4]) {
+__device__ __forceinline__ void wg_attend_tile(const uint32_t (&qf)[kD / 16][4], const T* kb, const T* vb,
+                                               const int (&tile_begin)[2], const int (&tile_end)[2], bool masked,
+                                               float qk_scale, float (&m)[2], float (&l)[2], float (&o)[kD / 8][4]) {
+  constexpr int kNT = kKeys / 8;        // 8-key column tiles of S
   constexpr int kBlock = kWgRows * 64;  // elements of one 64-column block of a tile
   constexpr uint32_t kAtomBytes = 8 * 64 * sizeof(T);
+  float sc[kNT][4];
+
+  // S = Q K^T: K-major B, head dims [16 kk, 16 kk + 16) of 64-column block kk / 4.
+  wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < kD / 16; ++kk) {
     wgmma_m64nNk16<T, false, kKeys, 0>(sc, qf[kk], wgmma_desc(kb + (kk / 4) * kBlock + (kk % 4) * 16, 16, kAtomBytes),
                                        kk > 0);
   }
   wgmma_commit();
-}
+  wgmma_wait_all();
+  wgmma_pin(sc);
 
-// O += P V for a tile of kKeys keys, issued and committed as one wgmma group: pa[kk] holds P's A
-// fragments of keys [16 kk, 16 kk + 16), V is MN-major in the stage's swizzled tile vb, head dims
-// [64 j, 64 j + 64) per product.
-template <typename T, int kD, int kKeys>
-__device__ __forceinline__ void wg_pv_issue(const uint32_t (&pa)[4][4], const T* vb, float (&o)[kD / 8][4]) {
-  constexpr int kBlock = kWgRows * 64;
-  constexpr uint32_t kAtomBytes = 8 * 64 * sizeof(T);
-#pragma unroll
-  for (int kk = 0; kk < kKeys / 16; ++kk) {
-    const T* rows = vb + kk * 16 * 64;
-    wgmma_m64nNk16<T, true, 64, 0>(o, pa[kk], wgmma_desc(rows, kBlock * sizeof(T), kAtomBytes), 1);
-    if constexpr (kD == 128) {
-      wgmma_m64nNk16<T, true, 64, 8>(o, pa[kk], wgmma_desc(rows + kBlock, kBlock * sizeof(T), kAtomBytes), 1);
-    }
-  }
-  wgmma_commit();
-}
+  tc_online_softmax<kD, kNT>(sc, tile_begin, tile_end, masked, qk_scale, m, l, o);
 
-// The tile's probabilities as P's A fragments: column tiles 2 kk and 2 kk + 1 of the accumulator
-// are keys [16 kk, 16 kk + 16) (FlashAttention-2's register reuse).
-template <typename T, int kNT>
-__device__ __forceinline__ void wg_pack_probs(const float (&sc)[kNT][4], uint32_t (&pa)[4][4]) {
+  // O += P V: V MN-major, keys [16 kk, 16 kk + 16), head dims [64 j, 64 j + 64).
+  uint32_t pa[kNT / 2][4];
 #pragma unroll
   for (int kk = 0; kk < kNT / 2; ++kk) {
     pa[kk][0] = pack2<T>(sc[2 * kk][0], sc[2 * kk][1]);
@@ -212,79 +184,22 @@ __device__ __forceinline__ void wg_pack_probs(const float (&sc)[kNT][4], uint32_
     pa[kk][2] = pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
     pa[kk][3] = pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
   }
-}
-
-// One key tile for the warpgroup's 64 rows (this warp's 16), each product waited for before the
-// next step: flash_tc.cuh's tc_attend_tile with both products on wgmma. kb, vb: the stage's
-// swizzled K and V tiles.
-template <typename T, int kD, int kKeys>
-__device__ __forceinline__ void wg_attend_tile(const uint32_t (&qf)[kD / 16][4], const T* kb, const T* vb,
-                                               const int (&tile_begin)[2], const int (&tile_end)[2], bool masked,
-                                               float qk_scale, float (&m)[2], float (&l)[2], float (&o)[kD / 8][4]) {
-  float sc[kKeys / 8][4];
-  wgmma_fence();
-  wg_scores_issue<T, kD, kKeys>(qf, kb, sc);
-  wgmma_wait_all();
-  wgmma_pin(sc);
-  tc_online_softmax<kD, kKeys / 8>(sc, tile_begin, tile_end, masked, qk_scale, m, l, o);
-  uint32_t pa[4][4];
-  wg_pack_probs<T>(sc, pa);
   wgmma_pin(o);
   wgmma_fence();
-  wg_pv_issue<T, kD, kKeys>(pa, vb, o);
-  wgmma_wait_all();
-  wgmma_pin(o);
-}
-
-// The same step overlapped with the previous tile's O += P V (FlashAttention-3's intra-warpgroup
-// pipelining): S = Q K^T of this tile is issued, then O += P_prev V_prev (pa: the previous tile's
-// probabilities, vb_prev its V stage; null for the first tile); the softmax waits for S only and
-// runs on the ALUs while the tensor cores finish O, which takes the rescale once it has landed;
-// pa then holds this tile's P, whose product the next step (or the kernel after its last tile)
-// issues. Every tile but a sequence's last has 64 keys, so the previous product is 64 wide.
-template <typename T, int kD, int kKeys, bool kFirst>
-__device__ __forceinline__ void wg_overlap_tile(uint32_t (&qf)[kD / 16][4], const T* kb, const T* vb_prev,
-                                                const int (&tile_begin)[2], const int (&tile_end)[2], bool masked,
-                                                float qk_scale, float (&m)[2], float (&l)[2], float (&o)[kD / 8][4],
-                                                uint32_t (&pa)[4][4]) {
-  float sc[kKeys / 8][4];
-  wgmma_pin(o);
-  wgmma_fence();
-  wg_scores_issue<T, kD, kKeys>(qf, kb, sc);
-  if constexpr (kFirst) {
-    wgmma_wait<0>();
-  } else {
-    wg_pv_issue<T, kD, 64>(pa, vb_prev, o);
-    wgmma_wait<1>();  // S; the O product may still run
-  }
-  // the registers S read stay untouched until it has landed
-  wgmma_pin(qf);
-  wgmma_pin(sc);
-  float corr[2];
-  tc_online_softmax<kD, kKeys / 8, true>(sc, tile_begin, tile_end, masked, qk_scale, m, l, o, corr);
-  wgmma_wait<0>();
-  wgmma_pin(o);
-  wgmma_pin(pa);
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-#pragma unroll
-    for (int dt = 0; dt < kD / 8; ++dt) {
-      o[dt][2 * r] *= corr[r];
-      o[dt][2 * r + 1] *= corr[r];
+  for (int kk = 0; kk < kNT / 2; ++kk) {
+    const T* rows = vb + kk * 16 * 64;
+    wgmma_m64nNk16<T, true, 64, 0>(o, pa[kk], wgmma_desc(rows, kBlock * sizeof(T), kAtomBytes), 1);
+    if constexpr (kD == 128) {
+      wgmma_m64nNk16<T, true, 64, 8>(o, pa[kk], wgmma_desc(rows + kBlock, kBlock * sizeof(T), kAtomBytes), 1);
     }
   }
-  wg_pack_probs<T>(sc, pa);
+  wgmma_commit();
+  wgmma_wait_all();
+  wgmma_pin(o);
 }
 
-// V stages of the forward: the overlapped schedule (kOverlap) still reads tile t - 1's V while
-// tile t + 1's is staged, so it keeps three; K (read by tile t's S only) and the plain schedule
-// keep two. One stage when the sequence has a single tile.
-template <bool kOverlap>
-constexpr int wg_v_stages(int stages) {
-  return kOverlap && stages > 1 ? 3 : stages;
-}
-
-template <typename T, int kD, int kWG, bool kOverlap>
+template <typename T, int kD, int kWG>
 __global__ void __launch_bounds__(128 * kWG, wg_min_blocks<kD, kWG>())
     flash_fwd_wgmma_kernel(const SpatialParams p, const int64_t nblk, const int stages) {
   static_assert(kD == 64 || kD == 128, "head dims of the wgmma tiles");
@@ -299,8 +214,8 @@ __global__ void __launch_bounds__(128 * kWG, wg_min_blocks<kD, kWG>())
   // K and V stages first, from the first 1024-byte boundary (the swizzle atoms'), then Q.
   unsigned char* raw = dynamic_smem();
   T* k_s = reinterpret_cast<T*>(raw + (1024u - smem_addr(raw) % 1024u) % 1024u);  // [stages, kTile]
-  T* v_s = k_s + stages * kTile;                                                  // [v_stages, kTile]
-  T* q_s = v_s + wg_v_stages<kOverlap>(stages) * kTile;  // [kM, kRow], padded rows; at the end, the output rows
+  T* v_s = k_s + stages * kTile;                                                  // [stages, kTile]
+  T* q_s = v_s + stages * kTile;  // [kM, kRow], padded rows; at the end, the output rows
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, tq = lane % 4;
@@ -350,34 +265,18 @@ __global__ void __launch_bounds__(128 * kWG, wg_min_blocks<kD, kWG>())
 
     // Every warp computes every tile (wgmma is warpgroup-wide); a warp of padded rows masks
     // all its keys, so its rows keep m = -inf, l = 0 and O = 0.
-    uint32_t pa[4][4] = {};  // kOverlap: the previous tile's P, whose O += P V is still to issue
     for (int64_t t = 0; t < n_tiles; ++t) {
-      if constexpr (kOverlap) {
-        cp_async_wait<0>();
-        fence_proxy_async_smem();
-        // Tile t is staged. Every warp is past tile t - 1's step, which waited for S of tile t - 1
-        // and O += P V of tile t - 2: K buffer (t + 1) % 2 and V buffer (t + 1) % 3 are free.
-        __syncthreads();
-        if (t + 1 < n_tiles) {
-          tc_stage<T, kD, kWarps, true, kN>(k_s + static_cast<int>((t + 1) & 1) * kTile, k_rows, (t + 1) * kN, blk_end,
-                                            p.D);
-          tc_stage<T, kD, kWarps, true, kN>(v_s + static_cast<int>((t + 1) % 3) * kTile, v_rows, (t + 1) * kN, blk_end,
-                                            p.D);
-          cp_async_commit();
-        }
+      if (t + 1 < n_tiles) {
+        const int nb = static_cast<int>((t + 1) & 1);
+        tc_stage<T, kD, kWarps, true, kN>(k_s + nb * kTile, k_rows, (t + 1) * kN, blk_end, p.D);
+        tc_stage<T, kD, kWarps, true, kN>(v_s + nb * kTile, v_rows, (t + 1) * kN, blk_end, p.D);
+        cp_async_commit();
+        cp_async_wait<1>();
       } else {
-        if (t + 1 < n_tiles) {
-          const int nb = static_cast<int>((t + 1) & 1);
-          tc_stage<T, kD, kWarps, true, kN>(k_s + nb * kTile, k_rows, (t + 1) * kN, blk_end, p.D);
-          tc_stage<T, kD, kWarps, true, kN>(v_s + nb * kTile, v_rows, (t + 1) * kN, blk_end, p.D);
-          cp_async_commit();
-          cp_async_wait<1>();
-        } else {
-          cp_async_wait<0>();
-        }
-        fence_proxy_async_smem();
-        __syncthreads();
+        cp_async_wait<0>();
       }
+      fence_proxy_async_smem();
+      __syncthreads();
       // Q's A fragments are reloaded for every tile: kept from the first tile (loaded under
       // `t == 0`, as the mma.sync kernel does), the wgmma of later tiles read wrong A values on the
       // H100 (scripts/probe_wgmma.cu: every row of a sequence of two or more tiles wrong; the
@@ -387,6 +286,7 @@ __global__ void __launch_bounds__(128 * kWG, wg_min_blocks<kD, kWG>())
         ldsm_x4(qf[kk], q_s + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kRow + kk * 16 + 8 * (lane / 16));
       }
       const T* kb = k_s + static_cast<int>(t & 1) * kTile;
+      const T* vb = v_s + static_cast<int>(t & 1) * kTile;
       int tile_end[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
@@ -396,51 +296,14 @@ __global__ void __launch_bounds__(128 * kWG, wg_min_blocks<kD, kWG>())
       const bool masked = !__all_sync(0xffffffffu, tile_end[0] == kN && tile_end[1] == kN);
       // A last tile of at most 16 or 32 keys (N = 196: 4 of 64; T = 96: 32) runs narrower.
       const int64_t tile_keys = blk_end - t * kN;
-      if constexpr (kOverlap) {
-        const T* vb_prev = v_s + static_cast<int>((t + 2) % 3) * kTile;  // tile t - 1's
-        if (t == 0) {
-          if (tile_keys <= 16) {
-            wg_overlap_tile<T, kD, 16, true>(qf, kb, vb_prev, tile_begin, tile_end, masked, qk_scale, m, l, o, pa);
-          } else if (tile_keys <= 32) {
-            wg_overlap_tile<T, kD, 32, true>(qf, kb, vb_prev, tile_begin, tile_end, masked, qk_scale, m, l, o, pa);
-          } else {
-            wg_overlap_tile<T, kD, 64, true>(qf, kb, vb_prev, tile_begin, tile_end, masked, qk_scale, m, l, o, pa);
-          }
-        } else {
-          if (tile_keys <= 16) {
-            wg_overlap_tile<T, kD, 16, false>(qf, kb, vb_prev, tile_begin, tile_end, masked, qk_scale, m, l, o, pa);
-          } else if (tile_keys <= 32) {
-            wg_overlap_tile<T, kD, 32, false>(qf, kb, vb_prev, tile_begin, tile_end, masked, qk_scale, m, l, o, pa);
-          } else {
-            wg_overlap_tile<T, kD, 64, false>(qf, kb, vb_prev, tile_begin, tile_end, masked, qk_scale, m, l, o, pa);
-          }
-        }
+      if (tile_keys <= 16) {
+        wg_attend_tile<T, kD, 16>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
+      } else if (tile_keys <= 32) {
+        wg_attend_tile<T, kD, 32>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
       } else {
-        const T* vb = v_s + static_cast<int>(t & 1) * kTile;
-        if (tile_keys <= 16) {
-          wg_attend_tile<T, kD, 16>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
-        } else if (tile_keys <= 32) {
-          wg_attend_tile<T, kD, 32>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
-        } else {
-          wg_attend_tile<T, kD, 64>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
-        }
-        __syncthreads();  // this stage's buffers are refilled two tiles later
+        wg_attend_tile<T, kD, 64>(qf, kb, vb, tile_begin, tile_end, masked, qk_scale, m, l, o);
       }
-    }
-    if constexpr (kOverlap) {
-      if (n_tiles > 0) {
-        // The last tile's O += P V, 64 keys wide whatever its width: its V rows past the sequence
-        // were staged as zeros and pa's columns past the tile hold finite probabilities of an
-        // earlier tile (or the zeros below), so they add exactly 0. Branching on the width here,
-        // ptxas (nvcc 13.0) serialized every wgmma of the kernel (C7520, "WG.AR in divergent path").
-        const T* vb = v_s + static_cast<int>((n_tiles - 1) % 3) * kTile;
-        wgmma_pin(o);
-        wgmma_fence();
-        wg_pv_issue<T, kD, 64>(pa, vb, o);
-        wgmma_wait<0>();
-        wgmma_pin(o);
-        wgmma_pin(pa);
-      }
+      __syncthreads();  // this stage's buffers are refilled two tiles later
     }
     cp_async_wait<0>();
     __syncthreads();
@@ -483,29 +346,20 @@ __global__ void __launch_bounds__(128 * kWG, wg_min_blocks<kD, kWG>())
 // the build and the device allow wgmma, and the launch with `wgs` warpgroups per block.
 inline bool wg_applies(const TcLaunch& l) { return l.pack == 0 && l.warps == 4 && (l.kd == 64 || l.kd == 128); }
 
-// `overlap`: the overlapped schedule (wg_overlap_tile).
-inline TcLaunch wg_launch(const TcLaunch& l, const SpatialParams& p, int wgs, bool overlap) {
+inline TcLaunch wg_launch(const TcLaunch& l, const SpatialParams& p, int wgs) {
   TcLaunch w = l;
   const int64_t rows = int64_t(kWgRows) * wgs;
-  const int v_stages = overlap ? wg_v_stages<true>(l.stages) : wg_v_stages<false>(l.stages);
   w.warps = 4 * wgs;
   w.nblk = (seq_len(p) + rows - 1) / rows;
   w.grid = std::min<int64_t>(seq_count(p) * w.nblk, int64_t(1) << 30);
-  w.smem = static_cast<size_t>(1024 + (l.stages + v_stages) * kWgRows * l.kd * 2 + rows * (l.kd + 8) * 2);
+  w.smem = static_cast<size_t>(1024 + 2 * l.stages * kWgRows * l.kd * 2 + rows * (l.kd + 8) * 2);
   return w;
 }
 
-template <typename T, bool kOverlap>
-TcKernel<T> wg_kernel(const TcLaunch& w) {
-  if (w.warps == 4) {
-    return w.kd == 64 ? flash_fwd_wgmma_kernel<T, 64, 1, kOverlap> : flash_fwd_wgmma_kernel<T, 128, 1, kOverlap>;
-  }
-  return w.kd == 64 ? flash_fwd_wgmma_kernel<T, 64, 2, kOverlap> : flash_fwd_wgmma_kernel<T, 128, 2, kOverlap>;
-}
-
 template <typename T>
-TcKernel<T> wg_kernel(const TcLaunch& w, bool overlap) {
-  return overlap ? wg_kernel<T, true>(w) : wg_kernel<T, false>(w);
+TcKernel<T> wg_kernel(const TcLaunch& w) {
+  if (w.warps == 4) return w.kd == 64 ? flash_fwd_wgmma_kernel<T, 64, 1> : flash_fwd_wgmma_kernel<T, 128, 1>;
+  return w.kd == 64 ? flash_fwd_wgmma_kernel<T, 64, 2> : flash_fwd_wgmma_kernel<T, 128, 2>;
 }
 
 }  // namespace detail

@@ -1,12 +1,11 @@
 """A/B of the CUDA backend's forward on the GPU: the tensor-core kernels (csrc/flash_tc.cuh, with the
 Hopper forward of csrc/flash_wgmma.cuh where it applies; "tc" is the launcher's choice) against
-the Hopper forward's variants ("ov1" / "ov2": the overlapped schedule with one / two warpgroups
-per block, "plain1" / "plain2": each product waited for; TEMPORAL_KERNELS_CUDA_WGMMA_OVERLAP and
-TEMPORAL_KERNELS_CUDA_WGMMA), the mma.sync forward ("mma": TEMPORAL_KERNELS_CUDA_WGMMA=0), the
-scalar kernels they replace (TEMPORAL_KERNELS_CUDA_TC=0; all read per launch) and the Triton
-backend, on the SPEC §5 shapes in bfloat16, packed-projection views in the "nt" token order as the
-benchmark uses. Every variant's output is checked against the float64 reference first (SPEC §3
-bound); "err" is the worst of them, and a variant past the bound is named.
+the Hopper forward with one / two warpgroups per block ("1wg" / "2wg": TEMPORAL_KERNELS_CUDA_WGMMA),
+the mma.sync forward ("mma": TEMPORAL_KERNELS_CUDA_WGMMA=0), the scalar kernels they replace
+(TEMPORAL_KERNELS_CUDA_TC=0; all read per launch) and the Triton backend, on the SPEC §5 shapes in
+bfloat16, packed-projection views in the "nt" token order as the benchmark uses. Every variant's
+output is checked against the float64 reference first (SPEC §3 bound); "err" is the worst of
+them, and a variant past the bound is named.
 
     python scripts/time_cuda_fwd.py [--ops temporal,spatial,spatial_cls,joint,joint_causal] [--bwd] [--no-scalar]
 
@@ -46,13 +45,11 @@ ROTATE = 4
 
 
 # name: (backend, environment); None unsets a variable (the launcher's own choice)
-_KNOBS = ("TEMPORAL_KERNELS_CUDA_TC", "TEMPORAL_KERNELS_CUDA_WGMMA", "TEMPORAL_KERNELS_CUDA_WGMMA_OVERLAP")
+_KNOBS = ("TEMPORAL_KERNELS_CUDA_TC", "TEMPORAL_KERNELS_CUDA_WGMMA")
 VARIANTS = {
     "tc": ("cuda", {}),
-    "ov1": ("cuda", {"TEMPORAL_KERNELS_CUDA_WGMMA": "1", "TEMPORAL_KERNELS_CUDA_WGMMA_OVERLAP": "1"}),
-    "ov2": ("cuda", {"TEMPORAL_KERNELS_CUDA_WGMMA": "2", "TEMPORAL_KERNELS_CUDA_WGMMA_OVERLAP": "1"}),
-    "plain1": ("cuda", {"TEMPORAL_KERNELS_CUDA_WGMMA": "1", "TEMPORAL_KERNELS_CUDA_WGMMA_OVERLAP": "0"}),
-    "plain2": ("cuda", {"TEMPORAL_KERNELS_CUDA_WGMMA": "2", "TEMPORAL_KERNELS_CUDA_WGMMA_OVERLAP": "0"}),
+    "1wg": ("cuda", {"TEMPORAL_KERNELS_CUDA_WGMMA": "1"}),
+    "2wg": ("cuda", {"TEMPORAL_KERNELS_CUDA_WGMMA": "2"}),
     "mma": ("cuda", {"TEMPORAL_KERNELS_CUDA_WGMMA": "0"}),
     "scalar": ("cuda", {"TEMPORAL_KERNELS_CUDA_TC": "0"}),
     "triton": ("triton", {}),

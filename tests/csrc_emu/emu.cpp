@@ -200,13 +200,9 @@ inline uint32_t smem_addr(const void* ptr) {
 inline void wgmma_fence() {}
 inline void wgmma_commit() {}
 inline void wgmma_wait_all() {}
-template <int kPending>
-void wgmma_wait() {}
 inline void fence_proxy_async_smem() {}
 template <int kRows>
 void wgmma_pin(float (&)[kRows][4]) {}
-template <int kSteps>
-void wgmma_pin(uint32_t (&)[kSteps][4]) {}
 
 struct WgmmaOperands {
   uint32_t a[4];
@@ -379,13 +375,11 @@ void run_grid(Kernel kernel, const tk::AttnParams& p, const td::Launch& l, int64
 int g_use_tc = 0;
 int g_use_wgmma = 0;  // and flash_wgmma.cuh's forward where it applies (as on an sm_90a build and
                       // device), with this many warpgroups per block
-int g_wgmma_overlap = 1;  // its overlapped schedule (flash_tc.cu's default) or the plain one
 int g_last_tc = 0;  // 0: scalar kernel, 1: flash_fwd_tc_kernel, 2: temporal_fwd_tc_packed_kernel (T <= 32),
                     // 3: flash_fwd_wgmma_kernel
 
 extern "C" void emu_set_tc(int on) { g_use_tc = on; }
 extern "C" void emu_set_wgmma(int on) { g_use_wgmma = on; }
-extern "C" void emu_set_wgmma_overlap(int on) { g_wgmma_overlap = on; }
 extern "C" int emu_last_tc() { return g_last_tc; }
 
 template <typename Body>
@@ -399,9 +393,9 @@ bool run_tc(const tk::SpatialParams& p, int64_t max_grid) {
   if constexpr (td::kTcDtype<T>) {
     td::TcLaunch l = td::tc_launch(p);
     const bool wg = g_use_wgmma > 0 && td::wg_applies(l);
-    if (wg) l = td::wg_launch(l, p, g_use_wgmma, g_wgmma_overlap != 0);
+    if (wg) l = td::wg_launch(l, p, g_use_wgmma);
     const int64_t grid = max_grid > 0 ? std::min(l.grid, max_grid) : l.grid;
-    const td::TcKernel<T> kernel = wg ? td::wg_kernel<T>(l, g_wgmma_overlap != 0) : td::tc_kernel<T>(l);
+    const td::TcKernel<T> kernel = wg ? td::wg_kernel<T>(l) : td::tc_kernel<T>(l);
     run_blocks(grid, l.smem, [&] { kernel(p, l.nblk, l.stages); }, l.warps * 32);
     g_last_tc = wg ? 3 : l.pack > 0 ? 2 : 1;
   }
