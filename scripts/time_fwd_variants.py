@@ -1,17 +1,15 @@
 """A/B of the Triton forwards' softmax variants in one process (GPU machine).
 
-    python scripts/time_fwd_variants.py [--bwd [--sweep-dq]]
+    python scripts/time_fwd_variants.py [--bwd]
 
 For each case (SPEC §5 shapes, patch-major bf16 views) and each combination of the two switches
 (``raw``: the temporal tiled forward's running max on unscaled products, exp2(s c - m c);
 ``whole``: the mask-free loop over whole key blocks, temporal: EVEN launches), the forward's
 median time as CUDA-graph replays
 over rotating inputs (``tune_temporal.graph_time_ms``) and its error against the float64
-reference. ``--bwd``: the spatial / joint backward op instead, on saved forward outputs, the
-error the worst gradient's; its dQ kernels take the ``whole`` switch at its rule (printed as the
-rule's choice; ``--sweep-dq``: off and on), and a last column ``wq`` switches the dK/dV kernel's
-mask-free loop over whole query blocks (``_WHOLE_QUERY_BLOCKS_FORCE``) off and on. A tool: its
-output feeds the switches' defaults, it is not a result.
+reference. ``--bwd``: the spatial / joint backward op instead (its dQ kernels take the same
+``whole`` switch), on saved forward outputs; the error is the worst gradient's. A tool: its output
+feeds the switches' defaults, it is not a result.
 """
 
 from __future__ import annotations
@@ -59,14 +57,10 @@ def reference_out(op, q, k, v, cls, kw):
     return reference.spatial_attention(q, k, v, cls=tuple(c.double() for c in cls) if cls else None, scale=scale)
 
 
-def set_switches(raw, whole, whole_queries=None):
-    """None: the spatial core's rules (``_whole_blocks``, ``_whole_query_blocks``); the temporal
-    forward's EVEN launches then keep theirs."""
+def set_switches(raw, whole):
     ta._TILED_FWD_RAW_MAX = raw
-    if whole is not None:
-        ta._TILED_FWD_EVEN = whole
+    ta._TILED_FWD_EVEN = whole
     sa._WHOLE_BLOCKS_FORCE = whole
-    sa._WHOLE_QUERY_BLOCKS_FORCE = whole_queries
 
 
 def backward_calls(op, inputs, kw):
@@ -107,14 +101,9 @@ def grad_error(op, first, douts, kw, grads):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bwd", action="store_true")
-    ap.add_argument("--sweep-dq", action="store_true",
-                    help="--bwd: the dQ kernels' whole switch off and on instead of its rule")
     args = ap.parse_args()
-    defaults = (ta._TILED_FWD_RAW_MAX, ta._TILED_FWD_EVEN, sa._WHOLE_BLOCKS_FORCE, sa._WHOLE_QUERY_BLOCKS_FORCE)
-    if args.bwd:
-        print("backward: case       raw  whole   time us   rel err  wq")
-    else:
-        print("forward: case       raw  whole   time us   rel err")
+    defaults = (ta._TILED_FWD_RAW_MAX, ta._TILED_FWD_EVEN, sa._WHOLE_BLOCKS_FORCE)
+    print(f"{'backward' if args.bwd else 'forward'}: case       raw  whole   time us   rel err")
     for name, op, (B, T, N, H, D), kw in CASES:
         if args.bwd and op == "temporal":
             continue
@@ -129,15 +118,13 @@ def main() -> None:
         op_name = "spatial" if op == "spatial_cls" else op
         q, k, v, cls = inputs[0]
         if args.bwd:
-            mode = sa.MODE_JOINT if op == "joint" else sa.MODE_SPATIAL
-            for whole, wq in itertools.product((False, True) if args.sweep_dq else (None,), (False, True)):
-                set_switches(False, whole, wq)
-                shown = sa._whole_blocks(mode, N)  # whole, or the rule's choice
+            for whole in (False, True):
+                set_switches(False, whole)
                 calls, douts = backward_calls(op_name, inputs, kw)
                 err = grad_error(op_name, inputs[0], douts[0], kw, calls[0]())
                 us = graph_time_ms(calls) * 1e3
-                print(f"{name:20s}  {0:3d}  {int(shown):5d}  {us:8.1f}  {err:8.1e}  {int(wq):2d}", flush=True)
-            ta._TILED_FWD_RAW_MAX, ta._TILED_FWD_EVEN, sa._WHOLE_BLOCKS_FORCE, sa._WHOLE_QUERY_BLOCKS_FORCE = defaults
+                print(f"{name:20s}  {0:3d}  {int(whole):5d}  {us:8.1f}  {err:8.1e}", flush=True)
+            ta._TILED_FWD_RAW_MAX, ta._TILED_FWD_EVEN, sa._WHOLE_BLOCKS_FORCE = defaults
             continue
         ref = reference_out(op_name, q, k, v, cls, kw)
         ref = ref[0] if isinstance(ref, tuple) else ref
@@ -150,7 +137,7 @@ def main() -> None:
             fns = [(lambda i=i: run_op(op_name, i[0], i[1], i[2], i[3], kw)) for i in inputs]
             us = graph_time_ms(fns) * 1e3
             print(f"{name:20s}  {int(raw):3d}  {int(whole):5d}  {us:8.1f}  {err:8.1e}", flush=True)
-        ta._TILED_FWD_RAW_MAX, ta._TILED_FWD_EVEN, sa._WHOLE_BLOCKS_FORCE, sa._WHOLE_QUERY_BLOCKS_FORCE = defaults
+        ta._TILED_FWD_RAW_MAX, ta._TILED_FWD_EVEN, sa._WHOLE_BLOCKS_FORCE = defaults
 
 
 if __name__ == "__main__":

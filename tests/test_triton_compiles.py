@@ -132,9 +132,7 @@ def _spatial_jobs(mode, D, dtype, N, T=8):
         yield sa._attn_fwd_kernel, dict(fwd, WHOLE_BLOCKS=whole), warps, stages
     (BM, BN, warps, stages), (BM2, BN2, warps2, stages2) = sa._bwd_configs(D, dtype, SPATIAL_MODES[mode]["MODE"], N)
     bwd_temporal = temporal(BN, warps, True)
-    for whole in (False, True):  # the rule may pick either (_whole_query_blocks)
-        dkdv = dict(flags, BLOCK_M=BM, BLOCK_N=BN, WHOLE_BLOCKS=whole, **bwd_temporal)
-        yield sa._attn_bwd_dkdv_kernel, dkdv, warps, stages
+    yield sa._attn_bwd_dkdv_kernel, dict(flags, BLOCK_M=BM, BLOCK_N=BN, **bwd_temporal), warps, stages
     dq_flags = dict(flags, BLOCK_M=BM2, BLOCK_N=BN2, T_SHORT=bwd_temporal["T_SHORT"])
     for delta_only in (True, False):
         whole = delta_only  # either loop structure, on one pass each

@@ -338,18 +338,13 @@ def test_backward_delta_paths(mode, exact_delta):
 
 _WHOLE_BLOCK_MODES = {
     # mode: ((B, T, N, H, D), keyword arguments); sizes with whole key blocks (16 keys in the
-    # interpreter, 32-64 on the GPU) before a partial one, the CLS key, or a frame-causal limit.
-    # In the interpreter the dK/dV programs of whole key blocks run whole query blocks, then a
-    # masked block: the one with the CLS row (spatial_cls: patches 16-30 and the CLS row 31) or
-    # rows past frame_lens ([3, 0, 2] frames); frame-causal, after a masked block of earlier frames
-    # too. A key block across frame_lens (joint_lens) is masked throughout; with 17 patches the
-    # factorized mode's spatial heads have a whole key block.
+    # interpreter, 32-64 on the GPU) before a partial one, the CLS key, or a frame-causal limit
     "spatial": ((2, 2, 37, 2, 12), {}),
     "spatial_cls": ((2, 2, 31, 2, 12), {}),
     "joint": ((3, 3, 11, 2, 8), {}),
     "joint_lens": ((3, 3, 11, 2, 8), {}),
     "joint_causal_lens": ((3, 3, 11, 2, 8), dict(causal=True)),
-    "factorized": ((1, 5, 17, 3, 8), dict(causal=True, temporal_heads=2)),
+    "factorized": ((1, 5, 7, 3, 8), dict(causal=True, temporal_heads=2)),
 }
 _WHOLE_BLOCK_MODES_GPU = {"spatial": (2, 2, 197, 2, 64), "spatial_cls": (2, 2, 128, 2, 64), "joint": (2, 3, 70, 2, 64),
                           "joint_lens": (3, 3, 70, 2, 64), "joint_causal_lens": (3, 3, 70, 2, 64)}
@@ -359,14 +354,12 @@ _WHOLE_BLOCK_MODES_GPU = {"spatial": (2, 2, 197, 2, 64), "spatial_cls": (2, 2, 1
 @pytest.mark.parametrize("mode", list(_WHOLE_BLOCK_MODES))
 def test_forward_whole_key_blocks(mode, whole, monkeypatch):
     """The forward's and the dQ kernels' mask-free loop over whole key blocks, then the masked
-    rest, and the dK/dV kernel's over whole query blocks between masked ones, in every mode (and,
-    forced off, the one masked loop of each): outputs, and every gradient (lse read back through
-    the backward), against the reference. Each switch steers kernels of its own, so the two move
-    together. dout is NaN in padded frames: the whole blocks must not read it."""
+    rest, in every mode (and, forced off, the one masked loop): outputs, and every gradient (lse
+    read back through the backward), against the reference. dout is NaN in padded frames: the
+    whole blocks must not read it."""
     from temporal_kernels.triton import spatial_attn as sa
 
     monkeypatch.setattr(sa, "_WHOLE_BLOCKS_FORCE", whole)
-    monkeypatch.setattr(sa, "_WHOLE_QUERY_BLOCKS_FORCE", whole)
 
     (B, T, N, H, D), kw = _WHOLE_BLOCK_MODES[mode]
     scale = 0.35

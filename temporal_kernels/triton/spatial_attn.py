@@ -263,33 +263,6 @@ def _whole_keys(lo, hi, m0, L, div, MODE: tl.constexpr, CAUSAL: tl.constexpr, HA
 
 
 @triton.jit
-def _whole_queries(lo, hi, n0, L, L_valid, div, is_t, MODE: tl.constexpr, CAUSAL: tl.constexpr,
-                   HAS_CLS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Bounds ``(w0, w1)`` of the whole query blocks ``[w0, w1)``, on ``lo``'s grid of BLOCK_M rows,
-    that see every key of ``[n0, n0 + BLOCK_N)`` (``_dkdv_step`` without masks); ``[lo, w0)`` and
-    ``[w1, hi)`` are masked.
-    Only a whole key block has them: patch keys below ``L_valid``, as in ``_whole_keys`` (of those
-    keys only the ones past ``frame_lens`` would come out wrong unmasked, as each key's dK/dV
-    depends on its own column of P alone). Its whole rows are patch rows below ``hi``: a row past
-    ``frame_lens`` has a dout that is never read (NaN is allowed), one past the sequence is another
-    sequence's, and the CLS row is read by pointer; frame-causal, they also start at the frame of
-    the block's last key. The factorized mode's temporal heads are masked throughout. Without
-    whole blocks ``w0 = w1 = hi``: one masked loop."""
-    n_main = _n_main(L, HAS_CLS)
-    first = lo
-    if MODE == 1:
-        if CAUSAL:
-            first = (n0 + BLOCK_N - 1) // div * div  # the last key's frame, from lo (n0's) on
-    # rounded up onto lo's grid, which can pass hi
-    w0 = tl.minimum(hi, lo + tl.cdiv(first - lo, BLOCK_M) * BLOCK_M)
-    w1 = w0 + tl.maximum(tl.minimum(hi, n_main) - w0, 0) // BLOCK_M * BLOCK_M
-    whole = n0 + BLOCK_N <= tl.minimum(L_valid, n_main)
-    if MODE == 2:
-        whole = whole & (is_t == 0)
-    return tl.where(whole, w0, hi), tl.where(whole, w1, hi)
-
-
-@triton.jit
 def _query_range(n0, L, L_valid, div, is_t, BLOCK_N: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr):
     """Query indices ``[lo, hi)`` that can see keys ``[n0, n0 + BLOCK_N)``."""
     lo = n0 * 0
@@ -361,23 +334,22 @@ def _times_scale(x, scale_hi, scale_lo, IS_F64: tl.constexpr):
 
 
 @triton.jit
-def _load_pair(X, XC, Y, YC, x_base, x_so, x_si, xc_off, y_base, y_so, y_si, yc_off, rows, div, hi, N, offs_d, D,
-               MODE: tl.constexpr, HAS_CLS: tl.constexpr, MASKED: tl.constexpr):
-    """Rows ``rows`` ``[len(rows), BLOCK_D]`` of two token sequences (keys and values; the dK/dV
-    loop's queries and output gradients); MASKED=False: patch rows below ``hi`` only (a whole
-    block, ``_whole_keys`` / ``_whole_queries``), loaded without the row masks and the CLS select."""
+def _load_kv(K, KC, V, VC, k_base, k_so, k_si, kc_off, v_base, v_so, v_si, vc_off, offs_n, div, hi, N, offs_d, D,
+             MODE: tl.constexpr, HAS_CLS: tl.constexpr, MASKED: tl.constexpr):
+    """Key and value rows ``offs_n`` ``[BLOCK_N, BLOCK_D]``; MASKED=False: patch keys below ``hi``
+    only (a whole block, ``_whole_keys``), loaded without the row masks and the CLS select."""
     if MASKED:
-        x = _load_tokens(X, XC, x_base, _tok_off(rows, div, x_so, x_si, MODE), xc_off, rows, hi, N, offs_d, D,
+        k = _load_tokens(K, KC, k_base, _tok_off(offs_n, div, k_so, k_si, MODE), kc_off, offs_n, hi, N, offs_d, D,
                          HAS_CLS)
-        y = _load_tokens(Y, YC, y_base, _tok_off(rows, div, y_so, y_si, MODE), yc_off, rows, hi, N, offs_d, D,
+        v = _load_tokens(V, VC, v_base, _tok_off(offs_n, div, v_so, v_si, MODE), vc_off, offs_n, hi, N, offs_d, D,
                          HAS_CLS)
     else:
         mask_d = (offs_d < D)[None, :]
-        x = tl.load(X + x_base + _tok_off(rows, div, x_so, x_si, MODE)[:, None] + offs_d[None, :], mask=mask_d,
+        k = tl.load(K + k_base + _tok_off(offs_n, div, k_so, k_si, MODE)[:, None] + offs_d[None, :], mask=mask_d,
                     other=0.0)
-        y = tl.load(Y + y_base + _tok_off(rows, div, y_so, y_si, MODE)[:, None] + offs_d[None, :], mask=mask_d,
+        v = tl.load(V + v_base + _tok_off(offs_n, div, v_so, v_si, MODE)[:, None] + offs_d[None, :], mask=mask_d,
                     other=0.0)
-    return x, y
+    return k, v
 
 
 @triton.jit
@@ -390,8 +362,8 @@ def _fwd_step(
     """One key block of the forward loop. MASKED=False: a whole block of patch keys that every row
     sees (``_whole_keys``), loaded and used without masks but the head dim's."""
     offs_n = start + tl.arange(0, BLOCK_N)
-    k, v = _load_pair(K, KC, V, VC, k_base, k_so, k_si, kc_off, v_base, v_so, v_si, vc_off, offs_n, div, hi, N, offs_d,
-                      D, MODE, HAS_CLS, MASKED)
+    k, v = _load_kv(K, KC, V, VC, k_base, k_so, k_si, kc_off, v_base, v_so, v_si, vc_off, offs_n, div, hi, N, offs_d, D,
+                    MODE, HAS_CLS, MASKED)
     s = _logits(tl.dot(q, tl.trans(k), input_precision=PREC), scale_hi, scale_lo, IS_F64)  # [BLOCK_M, BLOCK_N]
     if MASKED:
         s = tl.where(_visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL), s, float("-inf"))
@@ -414,28 +386,20 @@ def _dkdv_step(
     q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, l_base, l_so, l_si, stat_c_off,
     div, hi, L_valid, n_main, N, D, is_t, scale_hi, scale_lo,
     MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
-    """One query block of the dK/dV loop. MASKED=False: a whole block of patch rows below ``hi``
-    that see every key of the program's block (``_whole_queries``), loaded and used without masks
-    but the head dim's."""
     offs_m = start + tl.arange(0, BLOCK_M)
-    q, do = _load_pair(Q, QC, DO, DOC, q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, offs_m, div, hi, N,
-                       offs_d, D, MODE, HAS_CLS, MASKED)  # [BLOCK_M, BLOCK_D]
+    q = _load_tokens(Q, QC, q_base, _tok_off(offs_m, div, q_so, q_si, MODE), qc_off, offs_m, hi, N, offs_d, D, HAS_CLS)
+    do = _load_tokens(DO, DOC, do_base, _tok_off(offs_m, div, do_so, do_si, MODE), doc_off, offs_m, hi, N, offs_d, D,
+                      HAS_CLS)  # [BLOCK_M, BLOCK_D]
     l_off = _tok_off(offs_m, div, l_so, l_si, MODE)
-    if MASKED:
-        lse = _load_stat(LSE, LSEC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)  # [BLOCK_M]
-        delta = _load_stat(DELTA, DELTAC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)
-        # delta of a padded row is dout . out, NaN when its (never read) dout is: 0 * NaN in dS
-        delta = tl.where(offs_m < hi, delta, 0.0)
-    else:
-        lse = tl.load(LSE + l_base + l_off)  # [BLOCK_M]
-        delta = tl.load(DELTA + l_base + l_off)
+    lse = _load_stat(LSE, LSEC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)  # [BLOCK_M]
+    delta = _load_stat(DELTA, DELTAC, l_base, l_off, stat_c_off, offs_m, n_main, 0.0, HAS_CLS)
+    # delta of a padded row is dout . out, NaN when its (never read) dout is: 0 * NaN in dS
+    delta = tl.where(offs_m < hi, delta, 0.0)
     s = _logits(tl.dot(q, tl.trans(k), input_precision=PREC), scale_hi, scale_lo, IS_F64)  # [BLOCK_M, BLOCK_N]
-    p = _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64)
-    if MASKED:
-        vis = _visible(offs_m, offs_n, div, L_valid, is_t, MODE, CAUSAL) & (offs_m < hi)[:, None]
-        p = tl.where(vis, p, 0.0)
+    vis = _visible(offs_m, offs_n, div, L_valid, is_t, MODE, CAUSAL) & (offs_m < hi)[:, None]
+    p = tl.where(vis, _exp(s - _lse_domain(lse, IS_F64)[:, None], IS_F64), 0.0)
     dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [BLOCK_M, BLOCK_N]
     ds = p * (dp - delta[:, None])
@@ -455,8 +419,8 @@ def _dq_step(
     sees (``_whole_keys``), without masks: rows past ``frame_lens`` have lse = +inf (P = 0) and
     zero q / dout, rows past the sequence are never stored."""
     offs_n = start + tl.arange(0, BLOCK_N)
-    k, v = _load_pair(K, KC, V, VC, k_base, k_so, k_si, kc_off, v_base, v_so, v_si, vc_off, offs_n, div, hi, N, offs_d,
-                      D, MODE, HAS_CLS, MASKED)
+    k, v = _load_kv(K, KC, V, VC, k_base, k_so, k_si, kc_off, v_base, v_so, v_si, vc_off, offs_n, div, hi, N, offs_d, D,
+                    MODE, HAS_CLS, MASKED)
     s = _logits(tl.dot(q, tl.trans(k), input_precision=PREC), scale_hi, scale_lo, IS_F64)  # [BLOCK_M, BLOCK_N]
     if MASKED:
         vis = _visible(offs_m, offs_n, div, hi, is_t, MODE, CAUSAL) & row_ok[:, None]
@@ -516,32 +480,6 @@ def _dq_loop(
                            kc_off, v_base, v_so, v_si, vc_off, div, hi, N, D, is_t, scale_hi, scale_lo,
                            MODE, CAUSAL, HAS_CLS, IS_F64, PREC, DELTA_ONLY, BLOCK_N, MASKED)
     return acc
-
-
-@triton.jit
-def _dkdv_loop(
-    dk, dv, k, v, lo, end, offs_n, offs_d, Q, QC, DO, DOC, LSE, LSEC, DELTA, DELTAC,
-    q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, l_base, l_so, l_si, stat_c_off,
-    div, hi, L_valid, n_main, N, D, is_t, scale_hi, scale_lo,
-    MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_CLS: tl.constexpr, IS_F64: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, INTERPRET: tl.constexpr,
-):
-    """``_dkdv_step`` over the query blocks of ``[lo, end)``."""
-    if INTERPRET:
-        start = lo
-        while start < end:
-            dk, dv = _dkdv_step(dk, dv, k, v, start, offs_n, offs_d, Q, QC, DO, DOC, LSE, LSEC, DELTA, DELTAC,
-                                q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, l_base, l_so, l_si,
-                                stat_c_off, div, hi, L_valid, n_main, N, D, is_t, scale_hi, scale_lo,
-                                MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_M, MASKED)
-            start += BLOCK_M
-    else:
-        for start in range(lo, end, BLOCK_M):
-            dk, dv = _dkdv_step(dk, dv, k, v, start, offs_n, offs_d, Q, QC, DO, DOC, LSE, LSEC, DELTA, DELTAC,
-                                q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, l_base, l_so, l_si,
-                                stat_c_off, div, hi, L_valid, n_main, N, D, is_t, scale_hi, scale_lo,
-                                MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_M, MASKED)
-    return dk, dv
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,7 +583,7 @@ def _attn_bwd_dkdv_kernel(
     CAUSAL: tl.constexpr, HAS_LENS: tl.constexpr, HAS_CLS: tl.constexpr, MODE: tl.constexpr,
     IS_F64: tl.constexpr, PREC: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    T_SHORT: tl.constexpr, BLOCK_G_T: tl.constexpr, T_PAD: tl.constexpr, WHOLE_BLOCKS: tl.constexpr,
+    T_SHORT: tl.constexpr, BLOCK_G_T: tl.constexpr, T_PAD: tl.constexpr,
 ):
     """dK, dV of one key block (the CLS key's per-frame partials into DKC/DVC ``[B, T, H, D]``).
 
@@ -697,25 +635,20 @@ def _attn_bwd_dkdv_kernel(
         dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     lo, hi = _query_range(blk * BLOCK_N, L, L_valid, div, is_t, BLOCK_N, MODE, CAUSAL)
-    # the whole query blocks [w0, w1) without masks (WHOLE_BLOCKS; see _whole_query_blocks), masked
-    # blocks before and after them: the order of the one masked loop, so its sums are unchanged
-    w0 = hi
-    w1 = hi
-    if WHOLE_BLOCKS:
-        w0, w1 = _whole_queries(lo, hi, blk * BLOCK_N, L, L_valid, div, is_t, MODE, CAUSAL, HAS_CLS, BLOCK_M, BLOCK_N)
-    dk, dv = _dkdv_loop(dk, dv, k, v, lo, w0, offs_n, offs_d, Q, QC, DO, DOC, LSE, LSEC, DELTA, DELTAC,
-                        q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, l_base, l_so, l_si, stat_c_off,
-                        div, hi, L_valid, n_main, N, D, is_t, scale_hi, scale_lo,
-                        MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_M, True, INTERPRET)
-    if WHOLE_BLOCKS:
-        dk, dv = _dkdv_loop(dk, dv, k, v, w0, w1, offs_n, offs_d, Q, QC, DO, DOC, LSE, LSEC, DELTA, DELTAC,
-                            q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, l_base, l_so, l_si, stat_c_off,
-                            div, hi, L_valid, n_main, N, D, is_t, scale_hi, scale_lo,
-                            MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_M, False, INTERPRET)
-        dk, dv = _dkdv_loop(dk, dv, k, v, w1, hi, offs_n, offs_d, Q, QC, DO, DOC, LSE, LSEC, DELTA, DELTAC,
-                            q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, l_base, l_so, l_si, stat_c_off,
-                            div, hi, L_valid, n_main, N, D, is_t, scale_hi, scale_lo,
-                            MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_M, True, INTERPRET)
+    if INTERPRET:
+        start = lo
+        while start < hi:
+            dk, dv = _dkdv_step(dk, dv, k, v, start, offs_n, offs_d, Q, QC, DO, DOC, LSE, LSEC, DELTA, DELTAC,
+                                q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, l_base, l_so, l_si,
+                                stat_c_off, div, hi, L_valid, n_main, N, D, is_t, scale_hi, scale_lo,
+                                MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_M)
+            start += BLOCK_M
+    else:
+        for start in range(lo, hi, BLOCK_M):
+            dk, dv = _dkdv_step(dk, dv, k, v, start, offs_n, offs_d, Q, QC, DO, DOC, LSE, LSEC, DELTA, DELTAC,
+                                q_base, q_so, q_si, qc_off, do_base, do_so, do_si, doc_off, l_base, l_so, l_si,
+                                stat_c_off, div, hi, L_valid, n_main, N, D, is_t, scale_hi, scale_lo,
+                                MODE, CAUSAL, HAS_CLS, IS_F64, PREC, BLOCK_M)
     dk = _times_scale(dk, scale_hi, scale_lo, IS_F64)
 
     c_off = ((b64 * T + t64) * H + h64) * D
@@ -891,22 +824,6 @@ def _whole_blocks(mode: int, N: int) -> bool:
     if _WHOLE_BLOCKS_FORCE is not None:
         return _WHOLE_BLOCKS_FORCE
     return not (mode == MODE_SPATIAL and N <= 256)
-
-
-# scripts/time_fwd_variants.py forces the choice below (None: the rule).
-_WHOLE_QUERY_BLOCKS_FORCE: bool | None = None
-
-
-def _whole_query_blocks(mode: int, N: int) -> bool:
-    """Whether the dK/dV kernel runs its whole query blocks (``_whole_queries``) in a mask-free
-    loop between masked ones, for ``mode`` with ``N`` patches per frame.
-
-    On for every mode until measured: the GPU A/B (``scripts/time_fwd_variants.py --bwd``, the dQ
-    kernels' switch at its rule) decides where the split pays. The factorized mode's temporal
-    heads are masked throughout (``_whole_queries``)."""
-    if _WHOLE_QUERY_BLOCKS_FORCE is not None:
-        return _WHOLE_QUERY_BLOCKS_FORCE
-    return True
 
 
 def _bwd_configs(D: int, dtype: torch.dtype, mode: int, N: int) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
@@ -1104,8 +1021,7 @@ def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None,
         *_s4(q), *_s4(k), *_s4(v), *_s4(dout), *_s4(dk), *_s4(dv), *s_dq_t,
         *_cls_strides(cls), *sdoc,
         B, T, N, H, temporal_heads, n_tp, D, hi, lo,
-        BLOCK_M=BM, BLOCK_N=BN, num_warps=warps, num_stages=stages, WHOLE_BLOCKS=_whole_query_blocks(mode, N),
-        **plan, **common,
+        BLOCK_M=BM, BLOCK_N=BN, num_warps=warps, num_stages=stages, **plan, **common,
     )
     torch.library.wrap_triton(_attn_bwd_dq_kernel)[grid_dq](
         q, k, v, dout, lse, delta, qc, kc, vc, doc, lsec, delta_cls, dq, dqc, lens,
