@@ -2,7 +2,7 @@
 
     python scripts/tune_spatial.py [--bwd] [--ops spatial_cls,spatial,joint] [--shapes B,T,N,H,D ...]
                                    [--kernels fwd,bwd_dkdv,bwd_dq] [--budget-s 400] [--dtype bf16]
-                                   [--csv PATH]
+                                   [--csv PATH] [--configs BM,BN,W,S ...]
 
 Every (op, shape) case (SPEC §5 rows by default: spatial with and without CLS at (8,8,196,12,64)
 and (2,16,784,12,64), joint at (2,8,196,12,64) with causal False and True) runs on patch-major
@@ -88,8 +88,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--dtype", choices=sorted(BOUNDS), default="bf16")
     ap.add_argument("--seed", type=int, default=0, help="order of the candidates after the default")
     ap.add_argument("--csv", default=None, metavar="PATH", help="also write every measured row to PATH")
+    ap.add_argument("--configs", nargs="*", default=None, metavar="BM,BN,W,S",
+                    help="candidates to time after the default (default: the whole grid, shuffled)")
     ap.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.configs is not None:
+        try:
+            args.configs = [tuple(int(x) for x in c.split(",")) for c in args.configs]
+        except ValueError:
+            ap.error(f"--configs: expected BM,BN,W,S integers, got {args.configs}")
+        if any(len(c) != 4 for c in args.configs):
+            ap.error(f"--configs: expected four integers BM,BN,W,S per config, got {args.configs}")
     args.ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     bad = [o for o in args.ops if o not in OPS]
     if bad:
@@ -349,6 +358,8 @@ def main(argv=None) -> None:
         rng = random.Random(args.seed)
         if args.cpu_smoke:
             others = [SMOKE_CONFIGS[sw.kernel]]
+        elif args.configs is not None:
+            others = list(args.configs)
         else:
             others = list(itertools.product(BLOCKS, BLOCKS, WARPS, STAGES))
             rng.shuffle(others)
