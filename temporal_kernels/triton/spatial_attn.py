@@ -32,8 +32,8 @@ Tiles (``_fwd_config`` / ``_bwd_configs``), picked from sm_90 compiles without s
 with D <= 64 run the forward with BLOCK_M=128, BLOCK_N=64 (8 warps; from forward sweeps: spatial
 and joint 3 pipeline stages, spatial with CLS 128 x 32 with 4 warps, frame-causal joint 64 x 32
 with 4 warps, both with 3 stages; the factorized mode 2 stages), dK/dV with 128 keys per program
-and 128 query rows per step (64 for spatial frames of N > 256), dQ with 64 rows x 32 keys per step,
-the backward unpipelined (see ``_bwd_configs``); larger D and fp32/fp64 use narrower tiles.
+and 128 query rows per step (64 for spatial frames of N > 256), unpipelined, dQ with 64 rows x 32
+keys per step, pipelined three deep but in the factorized mode (see ``_bwd_configs``); larger D and fp32/fp64 use narrower tiles.
 N=196 (+CLS = 197) gives 2 row blocks of 128 (23% of the last unused, as with 4 blocks of 64:
 196 = 3*64 + 4); 784/785 gives 7 blocks of 128 (12% waste). Under the interpreter every tile is 16
 so that small CPU tests cross block boundaries.
@@ -839,18 +839,24 @@ def _bwd_configs(D: int, dtype: torch.dtype, mode: int, N: int) -> tuple[tuple[i
         if bd <= 64:
             return (16, 32, 8, 2), (64, 32, 8, 2)
         return (16, 16, 8, 1), ((32, 16, 8, 1) if bd <= 128 else (16, 16, 8, 1))
-    # Unpipelined (num_stages=1): the dK/dV kernel at (32, 64, 8, 2) and (32, 64, 8, 3) corrupted
+    # dK/dV unpipelined (num_stages=1): at (32, 64, 8, 2) and (32, 64, 8, 3) it corrupted
     # 8-column chunks of dK in a few (b, t, h) slices on the H100, nondeterministically
     # (scripts/diag_spatial_16bit.py; tune_spatial.py marks such configs RACY). The D <= 64 pair
     # is the fastest unpipelined one of the bf16 sweep (benchmarks/results/h100/logs/
-    # tune_spatial_bwd_bf16.log): 0.89x the old default's backward time; pipelined configs were
-    # ~5-9% faster still. Spatial attention over large frames (N = 784) runs dK/dV faster in
-    # 64-row steps over 128 keys with 4 warps: 0.96x the fwd+bwd time of the 128 x 128 kernel
-    # (benchmarks/results/h100, commit c7ccd94); at N = 196 that tile was 1.00-1.15x slower, and
-    # the joint cases of the sweep prefer 128 x 128 too.
+    # tune_spatial_bwd_bf16.log): 0.89x the old default's backward time. Spatial attention over
+    # large frames (N = 784) runs dK/dV faster in 64-row steps over 128 keys with 4 warps: 0.96x
+    # the fwd+bwd time of the 128 x 128 kernel (benchmarks/results/h100, commit c7ccd94); at
+    # N = 196 that tile was 1.00-1.15x slower, and the joint cases of the sweep prefer 128 x 128.
+    # The dQ kernel (and the 16-bit delta pass, the same kernel) pipelines three deep in spatial
+    # and joint attention: the backward op 1.10-1.17x faster at every SPEC shape, none of the
+    # five pipelined candidates racy or wrong (logs/tune_dq_db5427d.log: joint 337.3 -> 286.8 us,
+    # frame-causal 258.7 -> 234.5, spatial N = 196 268.3 -> 241.7, N = 784 1130.2 -> 964.9, with
+    # CLS 297.5 -> 271.7 and 1190.9 -> 1035.6; the best candidate was at most 1.5% faster). The
+    # factorized mode, not measured so, keeps the unpipelined dQ.
     if bd <= 64:
         wide_frames = mode == MODE_SPATIAL and N > 256
-        return ((64, 128, 4, 1) if wide_frames else (128, 128, 8, 1)), (64, 32, 4, 1)
+        dq = (64, 32, 4, 1) if mode == MODE_FACTORIZED else (64, 32, 4, 3)
+        return ((64, 128, 4, 1) if wide_frames else (128, 128, 8, 1)), dq
     if bd <= 128:
         return (32, 32, 8, 1), (32, 32, 8, 1)
     return (16, 16, 8, 1), (16, 16, 8, 1)
