@@ -187,6 +187,9 @@ _TILED_FWD_EVEN = True
 
 # The 16-bit tiled backward's dQ kernel (and its delta pass) at D_PAD <= 64: pipelining depth
 # (a module variable so scripts/time_fwd_variants.py --bwd can time the choices in one process).
+# Unpipelined: unlike the spatial / joint dQ kernel, deeper was not faster (backward op, us, depth
+# 1 / 2 / 3: T = 256 252.8 / 254.3 / 264.8, T = 96 234.0 / 241.0 / 242.9, causal 220.0 / 221.2 /
+# 231.8; benchmarks/results/h100/logs/time_bwd_variants_3237bf0.log).
 _TILED_BWD_DQ_STAGES = 1
 
 
