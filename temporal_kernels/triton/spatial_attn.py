@@ -33,10 +33,10 @@ with D <= 64 run the forward with BLOCK_M=128, BLOCK_N=64 (8 warps; from forward
 and joint 3 pipeline stages, spatial with CLS 128 x 32 with 4 warps, frame-causal joint 64 x 32
 with 4 warps, both with 3 stages; the factorized mode 2 stages), dK/dV with 128 keys per program
 and 128 query rows per step (64 for spatial frames of N > 256), unpipelined, dQ with 64 rows x 32
-keys per step, pipelined three deep but in the factorized mode (see ``_bwd_configs``); larger D and fp32/fp64 use narrower tiles.
-N=196 (+CLS = 197) gives 2 row blocks of 128 (23% of the last unused, as with 4 blocks of 64:
-196 = 3*64 + 4); 784/785 gives 7 blocks of 128 (12% waste). Under the interpreter every tile is 16
-so that small CPU tests cross block boundaries.
+keys per step, pipelined three deep but in the factorized mode (see ``_bwd_configs``); larger D
+and fp32/fp64 use narrower tiles. N=196 (+CLS = 197) gives 2 row blocks of 128 (23% of the last
+unused, as with 4 blocks of 64: 196 = 3*64 + 4); 784/785 gives 7 blocks of 128 (12% waste). Under
+the interpreter every tile is 16 so that small CPU tests cross block boundaries.
 """
 
 from __future__ import annotations
