@@ -44,7 +44,7 @@ SHAPES = {
 ROTATE = 4
 
 
-# name: (backend, environment); None unsets a variable (the launcher's own choice)
+# name: (backend, environment); a knob absent from the environment is unset (the launcher's own choice)
 _KNOBS = ("TEMPORAL_KERNELS_CUDA_TC", "TEMPORAL_KERNELS_CUDA_WGMMA")
 VARIANTS = {
     "tc": ("cuda", {}),

@@ -7,9 +7,8 @@ For each case (SPEC §5 shapes, patch-major bf16 views) and each combination of 
 ``whole``: the mask-free loop over whole key blocks, temporal: EVEN launches), the forward's
 median time as CUDA-graph replays
 over rotating inputs (``tune_temporal.graph_time_ms``) and its error against the float64
-reference. ``--bwd``: the backward op instead (the spatial / joint dQ kernels take the same
-``whole`` switch; the temporal tiled backward is timed at dQ pipelining depths 1-3,
-``_TILED_BWD_DQ_STAGES``), on saved forward outputs; the error is the worst gradient's. A tool: its output
+reference. ``--bwd``: the spatial / joint backward op instead (its dQ kernels take the same
+``whole`` switch), on saved forward outputs; the error is the worst gradient's. A tool: its output
 feeds the switches' defaults, it is not a result.
 """
 
@@ -31,7 +30,6 @@ CASES = [
     # (name, op, (B, T, N, H, D), keyword arguments)
     ("temporal T256", "temporal", (1, 256, 64, 12, 64), {}),
     ("temporal T96", "temporal", (1, 96, 196, 12, 64), {}),
-    ("temporal T96 causal", "temporal", (1, 96, 196, 12, 64), dict(causal=True)),
     ("spatial N196", "spatial", (8, 8, 196, 12, 64), {}),
     ("spatial N784", "spatial", (2, 16, 784, 12, 64), {}),
     ("spatial_cls N196+1", "spatial_cls", (8, 8, 196, 12, 64), {}),
@@ -73,12 +71,7 @@ def backward_calls(op, inputs, kw):
     calls, douts = [], []
     for q, k, v, cls in inputs:
         dout = torch.randn_like(q)
-        if op == "temporal":
-            out, lse = ops.triton_temporal_fwd(q, k, v, None, causal, scale)
-            calls.append(lambda q=q, k=k, v=v, out=out, lse=lse, dout=dout:
-                         ops.triton_temporal_bwd(dout, q, k, v, out, lse, None, causal, scale))
-            douts.append((dout,))
-        elif op == "joint":
+        if op == "joint":
             out, lse = ops.triton_joint_fwd(q, k, v, None, causal, scale)
             calls.append(lambda q=q, k=k, v=v, out=out, lse=lse, dout=dout:
                          ops.triton_joint_bwd(dout, q, k, v, out, lse, None, causal, scale))
@@ -110,9 +103,10 @@ def main() -> None:
     ap.add_argument("--bwd", action="store_true")
     args = ap.parse_args()
     defaults = (ta._TILED_FWD_RAW_MAX, ta._TILED_FWD_EVEN, sa._WHOLE_BLOCKS_FORCE)
-    dq_default = ta._TILED_BWD_DQ_STAGES
     print(f"{'backward' if args.bwd else 'forward'}: case       raw  whole   time us   rel err")
     for name, op, (B, T, N, H, D), kw in CASES:
+        if args.bwd and op == "temporal":
+            continue
         sets = max(1, min(16, (256 * 2**20) // (8 * B * T * N * H * D * 2)))
         inputs = []
         for _ in range(sets):
@@ -124,21 +118,13 @@ def main() -> None:
         op_name = "spatial" if op == "spatial_cls" else op
         q, k, v, cls = inputs[0]
         if args.bwd:
-            # temporal: the tiled dQ kernel's pipelining depth (printed as "dq stages"); spatial /
-            # joint: the whole switch
-            variants = [(None, st) for st in (1, 2, 3)] if op == "temporal" else [(w, None) for w in (False, True)]
-            for whole, dq_stages in variants:
-                if whole is not None:
-                    set_switches(False, whole)
-                if dq_stages is not None:
-                    ta._TILED_BWD_DQ_STAGES = dq_stages
+            for whole in (False, True):
+                set_switches(False, whole)
                 calls, douts = backward_calls(op_name, inputs, kw)
                 err = grad_error(op_name, inputs[0], douts[0], kw, calls[0]())
                 us = graph_time_ms(calls) * 1e3
-                shown = f"dq stages {dq_stages}" if dq_stages is not None else f"{int(whole):5d}"
-                print(f"{name:20s}  {0:3d}  {shown}  {us:8.1f}  {err:8.1e}", flush=True)
+                print(f"{name:20s}  {0:3d}  {int(whole):5d}  {us:8.1f}  {err:8.1e}", flush=True)
             ta._TILED_FWD_RAW_MAX, ta._TILED_FWD_EVEN, sa._WHOLE_BLOCKS_FORCE = defaults
-            ta._TILED_BWD_DQ_STAGES = dq_default
             continue
         ref = reference_out(op_name, q, k, v, cls, kw)
         ref = ref[0] if isinstance(ref, tuple) else ref

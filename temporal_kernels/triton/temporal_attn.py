@@ -185,25 +185,19 @@ _TILED_FWD_RAW_MAX = True
 _TILED_FWD_EVEN = True
 
 
-# The 16-bit tiled backward's dQ kernel (and its delta pass) at D_PAD <= 64: pipelining depth
-# (a module variable so scripts/time_fwd_variants.py --bwd can time the choices in one process).
-# Unpipelined: unlike the spatial / joint dQ kernel, deeper was not faster (backward op, us, depth
-# 1 / 2 / 3: T = 256 252.8 / 254.3 / 264.8, T = 96 234.0 / 241.0 / 242.9, causal 220.0 / 221.2 /
-# 231.8; benchmarks/results/h100/logs/time_bwd_variants_3237bf0.log).
-_TILED_BWD_DQ_STAGES = 1
-
-
-def _tiled_stages(dtype: torch.dtype, backward: bool, block_n: int, D_PAD: int, dq: bool = False) -> int:
-    """Software-pipelining depth of the tiled loops (``dq``: of the backward's dQ kernel and
-    delta pass); float64 (gradcheck only) keeps its shared memory under 164 KiB at D = 256. The
-    16-bit forward over 32-key blocks keeps 4 in flight: 56 vs 60 us at T=96
-    (logs/tune_longT_3155492.log); the 16-bit dK/dV kernel at D_PAD <= 64 runs unpipelined (see
-    ``_tiled_config``), as the spatial kernels' does; its dQ kernel ``_TILED_BWD_DQ_STAGES``."""
+def _tiled_stages(dtype: torch.dtype, backward: bool, block_n: int, D_PAD: int) -> int:
+    """Software-pipelining depth of the tiled loops; float64 (gradcheck only) keeps its shared
+    memory under 164 KiB at D = 256. The 16-bit forward over 32-key blocks keeps 4 in flight:
+    56 vs 60 us at T=96 (logs/tune_longT_3155492.log); the 16-bit backward at D_PAD <= 64 runs
+    unpipelined (see ``_tiled_config``), as the spatial kernels' 16-bit dK/dV kernel does. Unlike
+    the spatial / joint dQ kernel, its dQ kernel was not faster deeper (backward op, us, dQ depth
+    1 / 2 / 3: T = 256 252.8 / 254.3 / 264.8, T = 96 234.0 / 241.0 / 242.9, causal 220.0 / 221.2 /
+    231.8; logs/time_bwd_variants_3237bf0.log, a switch since removed)."""
     if dtype == torch.float64:
         return 2
     if dtype.itemsize == 2:
         if backward and D_PAD <= 64:
-            return _TILED_BWD_DQ_STAGES if dq else 1
+            return 1
         if not backward and block_n == 32:
             return 4
     return 3
@@ -932,7 +926,6 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
         return
     block_m, block_n, num_warps = _tiled_config(T, D_PAD, q.dtype, backward=True)
     num_stages = _tiled_stages(q.dtype, True, block_n, D_PAD)
-    dq_stages = _tiled_stages(q.dtype, True, block_n, D_PAD, dq=True)
     delta = torch.empty((num_groups, T), dtype=lse.dtype, device=q.device)
     if exact_delta is None:
         exact_delta = q.dtype in (torch.float16, torch.bfloat16)
@@ -945,7 +938,7 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
             T, N, H, D, scale_hi, scale_lo,
             HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(), DELTA_ONLY=True,
             BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=ieee, ALIGN=align,
-            num_warps=num_warps, num_stages=dq_stages,
+            num_warps=num_warps, num_stages=num_stages,
         )
     else:
         torch.library.wrap_triton(_temporal_attn_bwd_delta_kernel)[(num_groups * triton.cdiv(T, block_m),)](
@@ -966,5 +959,5 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
         T, N, H, D, scale_hi, scale_lo,
         HAS_LENS=has_lens, CAUSAL=causal, IS_F64=is_f64, INTERPRET=_interpreting(), DELTA_ONLY=False,
         BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=ieee, ALIGN=align,
-        num_warps=num_warps, num_stages=dq_stages,
+        num_warps=num_warps, num_stages=num_stages,
     )
