@@ -28,3 +28,15 @@ def test_tune_spatial_cpu_smoke():
     rows = [line for line in summary.splitlines() if "(" in line and "tried" not in line and "ok," in line]
     assert len(rows) == 9, summary  # spatial_cls, joint, joint causal x fwd, dK/dV, dQ
     assert all("0 wrong, 0 racy, 0 skip" in line for line in rows), summary
+
+
+def test_host_overhead_runs():
+    pytest.importorskip("triton")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    run = subprocess.run([sys.executable, "scripts/host_overhead.py", "--iters", "2", "--repeats", "1"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = [line.split() for line in run.stdout.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["temporal", "temporal_causal", "temporal_qkvpacked", "spatial", "spatial_cls",
+                                    "spatial_qkvpacked_cls", "joint", "factorized"], run.stdout
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows), run.stdout

@@ -364,6 +364,17 @@ def test_block_heuristics_are_valid(monkeypatch):
                         assert block_m >= 16 and block_n >= 16 and math.log2(block_m).is_integer()
 
 
+
+def test_host_helpers_match_triton():
+    """The launchers' own next_power_of_2 / cdiv (Triton 3.6's are slow host calls) give Triton's
+    values."""
+    import triton
+
+    for n in list(range(0, 300)) + [2**31 - 1, 2**31, 2**31 + 1, 3 * 2**40]:
+        assert ta.next_power_of_2(n) == triton.next_power_of_2(n), n
+        for b in (1, 3, 16, 64, 128):
+            assert ta.cdiv(n, b) == triton.cdiv(n, b), (n, b)
+
 def test_launchers_switch_to_their_tensors_device(monkeypatch):
     """The launchers run under the CUDA device of their first tensor when it is not the current
     one (Triton launches on the current device: tensors on cuda:1 while cuda:0 was current failed

@@ -52,7 +52,9 @@ from .temporal_attn import (
     _scale_arg,
     _temporal_bwd_groups,
     _temporal_fwd_groups,
+    cdiv,
     factorized_short_groups,
+    next_power_of_2,
     on_tensor_device,
     use_short_path,
 )
@@ -766,7 +768,7 @@ def _interpreting() -> bool:
 
 
 def _block_d(D: int) -> int:
-    return max(16, triton.next_power_of_2(D))
+    return max(16, next_power_of_2(D))
 
 
 def _fwd_config(D: int, dtype: torch.dtype, mode: int, causal: bool, has_cls: bool) -> tuple[int, int, int, int]:
@@ -894,17 +896,17 @@ def _temporal_plan(mode: int, q: torch.Tensor, TH: int, block: int, num_warps: i
         return off
     if use_short_path(T, D, q.dtype, backward):
         groups = factorized_short_groups(T, D, q.dtype, num_warps, backward)
-        return dict(N_TP=triton.cdiv(B * N * TH, groups), T_SHORT=True, BLOCK_G_T=groups, T_PAD=_block_d(T))
-    return dict(off, N_TP=B * TH * N * triton.cdiv(T, block))
+        return dict(N_TP=cdiv(B * N * TH, groups), T_SHORT=True, BLOCK_G_T=groups, T_PAD=_block_d(T))
+    return dict(off, N_TP=B * TH * N * cdiv(T, block))
 
 
 def _spatial_programs(mode: int, B: int, T: int, N: int, H: int, TH: int, has_cls: bool, block: int) -> int:
     """Programs of a launch that are not the factorized mode's temporal ones."""
     if mode == MODE_SPATIAL:
-        return B * T * H * triton.cdiv(N + int(has_cls), block)
+        return B * T * H * cdiv(N + int(has_cls), block)
     if mode == MODE_JOINT:
-        return B * H * triton.cdiv(T * N, block)
-    return B * T * (H - TH) * triton.cdiv(N, block)
+        return B * H * cdiv(T * N, block)
+    return B * T * (H - TH) * cdiv(N, block)
 
 
 def _cls_strides(cls):
@@ -976,7 +978,7 @@ def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None,
     if not exact_delta:
         R = lse.numel()
         BLOCK_R = 32
-        torch.library.wrap_triton(_attn_bwd_delta_kernel)[(triton.cdiv(R, BLOCK_R),)](
+        torch.library.wrap_triton(_attn_bwd_delta_kernel)[(cdiv(R, BLOCK_R),)](
             dout, out, delta, *_s4(dout), *_s4(out), T, N, H, D, R,
             BLOCK_R=BLOCK_R, BLOCK_D=_block_d(D), num_warps=4,
         )

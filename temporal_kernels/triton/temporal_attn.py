@@ -68,9 +68,28 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def next_power_of_2(n: int) -> int:
+    """``triton.next_power_of_2`` on the host: Triton 3.6 wraps it (and ``cdiv``) in a
+    ``constexpr_function`` that costs ~6 us a call, and a launch configures itself with several.
+    The same arithmetic, so SymInts traced by torch.compile pass through it too."""
+    n -= 1
+    n |= n >> 1
+    n |= n >> 2
+    n |= n >> 4
+    n |= n >> 8
+    n |= n >> 16
+    n |= n >> 32
+    return n + 1
+
+
+def cdiv(a: int, b: int) -> int:
+    """``triton.cdiv`` on the host (see ``next_power_of_2``)."""
+    return (a + b - 1) // b
+
+
 def _pad(x: int) -> int:
     """Next power of two, at least 16 (``tl.dot`` needs every dim >= 16)."""
-    return max(16, triton.next_power_of_2(max(int(x), 1)))
+    return max(16, next_power_of_2(max(int(x), 1)))
 
 
 def _ieee(dtype: torch.dtype) -> bool:
@@ -869,7 +888,7 @@ def temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal: bool, scale: float)
     align = _alignment(D, q, k, v, out)
     if use_short_path(T, D, q.dtype, backward=False):
         block_g, num_warps = _short_config(T_PAD, D_PAD, q.dtype, backward=False)
-        grid = (triton.cdiv(num_groups, block_g),)
+        grid = (cdiv(num_groups, block_g),)
         torch.library.wrap_triton(_temporal_attn_fwd_short_kernel)[grid](
             q, k, v, out, lse, lens, *strides,
             T, N, H, D, num_groups, scale_hi, scale_lo,
@@ -880,7 +899,7 @@ def temporal_attn_fwd(q, k, v, out, lse, frame_lens, causal: bool, scale: float)
         return
     block_m, block_n, num_warps = _tiled_config(T, D_PAD, q.dtype, backward=False)
     num_stages = _tiled_stages(q.dtype, False, block_n, D_PAD)
-    grid = (num_groups * triton.cdiv(T, block_m),)
+    grid = (num_groups * cdiv(T, block_m),)
     exp2 = _TILED_FWD_EXP2 and not is_f64
     torch.library.wrap_triton(_temporal_attn_fwd_tiled_kernel)[grid](
         q, k, v, out, lse, lens, *strides,
@@ -914,7 +933,7 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
     align = _alignment(D, dout, q, k, v, dq, dk, dv, out)
     if use_short_path(T, D, q.dtype, backward=True):
         block_g, num_warps = _short_config(T_PAD, D_PAD, q.dtype, backward=True)
-        grid = (triton.cdiv(num_groups, block_g),)
+        grid = (cdiv(num_groups, block_g),)
         torch.library.wrap_triton(_temporal_attn_bwd_short_kernel)[grid](
             dout, q, k, v, lse, lens, dq, dk, dv,
             *s_do, *s_q, *s_k, *s_v, *s_dq, *s_dk, *s_dv,
@@ -932,7 +951,7 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
     if exact_delta:
         # delta = rowsum(P * dP), as the short path takes it: the 16-bit out is rounded, and that
         # rounding does not cancel in dP - delta (see spatial_attn.attn_bwd)
-        torch.library.wrap_triton(_temporal_attn_bwd_dq_kernel)[(num_groups * triton.cdiv(T, block_m),)](
+        torch.library.wrap_triton(_temporal_attn_bwd_dq_kernel)[(num_groups * cdiv(T, block_m),)](
             dout, q, k, v, lse, delta, lens, torch.empty(1, dtype=dq.dtype, device=dq.device),
             *s_do, *s_q, *s_k, *s_v, 0, 0, 0, 0,
             T, N, H, D, scale_hi, scale_lo,
@@ -941,11 +960,11 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
             num_warps=num_warps, num_stages=num_stages,
         )
     else:
-        torch.library.wrap_triton(_temporal_attn_bwd_delta_kernel)[(num_groups * triton.cdiv(T, block_m),)](
+        torch.library.wrap_triton(_temporal_attn_bwd_delta_kernel)[(num_groups * cdiv(T, block_m),)](
             dout, out, delta, lens, *s_do, *_strides(out), T, N, H, D,
             HAS_LENS=has_lens, BLOCK_M=block_m, D_PAD=D_PAD, ALIGN=align, num_warps=num_warps,
         )
-    torch.library.wrap_triton(_temporal_attn_bwd_dkdv_kernel)[(num_groups * triton.cdiv(T, block_n),)](
+    torch.library.wrap_triton(_temporal_attn_bwd_dkdv_kernel)[(num_groups * cdiv(T, block_n),)](
         dout, q, k, v, lse, delta, lens, dk, dv,
         *s_do, *s_q, *s_k, *s_v, *s_dk, *s_dv,
         T, N, H, D, scale_hi, scale_lo,
@@ -953,7 +972,7 @@ def temporal_attn_bwd(dout, q, k, v, out, lse, frame_lens, causal: bool, scale: 
         BLOCK_M=block_m, BLOCK_N=block_n, D_PAD=D_PAD, IEEE=ieee, ALIGN=align,
         num_warps=num_warps, num_stages=num_stages,
     )
-    torch.library.wrap_triton(_temporal_attn_bwd_dq_kernel)[(num_groups * triton.cdiv(T, block_m),)](
+    torch.library.wrap_triton(_temporal_attn_bwd_dq_kernel)[(num_groups * cdiv(T, block_m),)](
         dout, q, k, v, lse, delta, lens, dq,
         *s_do, *s_q, *s_k, *s_v, *s_dq,
         T, N, H, D, scale_hi, scale_lo,
