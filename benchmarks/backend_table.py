@@ -7,9 +7,10 @@ The table is generated from a benchmark CSV so that it never drifts from measure
     python -m benchmarks.backend_table --check     # exit 1 if the committed module is stale
 
 Kept rows: methods tk-triton, tk-cuda, tk-triton-packed and tk-cuda-packed with status ok and
-correct == yes. Per (op, mode, packed, B, T, N, H, D) each backend's time is the median over the
-rows it has there (layouts, repeated cases); only cases where both backends were measured make it
-into the table.
+correct == yes. Per (op, mode, packed, B, T, N, H, D) each backend's times are medians over the
+rows it has there (layouts, repeated cases): the kernel time (``ms``, the lower of eager and
+CUDA-graph replay) and the eager time (``ms_eager``, a stream of eager calls, host cost included;
+``ms`` where a row has none). Only cases where both backends were measured make it into the table.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ COMMAND = "python -m benchmarks.backend_table"
 
 METHODS = {"tk-triton": ("triton", False), "tk-cuda": ("cuda", False),
            "tk-triton-packed": ("triton", True), "tk-cuda-packed": ("cuda", True)}
-FIELDS = ("op", "mode", "packed", "B", "T", "N", "H", "D", "triton_ms", "cuda_ms")
+FIELDS = ("op", "mode", "packed", "B", "T", "N", "H", "D", "triton_ms", "cuda_ms", "triton_eager_ms", "cuda_eager_ms")
 # 4 significant digits resolve 0.1%, well inside the chooser's 2% margin, and keep the module short.
 SIGNIFICANT_DIGITS = 4
 
@@ -48,6 +49,7 @@ def _rounded(ms: float) -> float:
 def measured_rows(csv_path: str) -> tuple[list[tuple], dict]:
     """The table's rows (sorted) and where they came from: ``{"gpus", "dtypes", "commits"}``."""
     times: dict[tuple, dict[str, list[float]]] = {}
+    eager_times: dict[tuple, dict[str, list[float]]] = {}
     sources: dict[tuple, list[dict]] = {}
     with open(csv_path, newline="") as f:
         for row in csv.DictReader(f):
@@ -57,14 +59,17 @@ def measured_rows(csv_path: str) -> tuple[list[tuple], dict]:
             backend, packed = method
             key = (row["op"], row["mode"], packed) + tuple(int(row[axis]) for axis in "BTNHD")
             times.setdefault(key, {}).setdefault(backend, []).append(float(row["ms"]))
+            eager = row.get("ms_eager") or row["ms"]
+            eager_times.setdefault(key, {}).setdefault(backend, []).append(float(eager))
             sources.setdefault(key, []).append(row)
     rows, used = [], []
     for key in sorted(times):
         by_backend = times[key]
         if "triton" not in by_backend or "cuda" not in by_backend:
             continue
-        rows.append(key + (_rounded(statistics.median(by_backend["triton"])),
-                           _rounded(statistics.median(by_backend["cuda"]))))
+        eager = eager_times[key]
+        rows.append(key + tuple(_rounded(statistics.median(series[backend]))
+                                for series in (by_backend, eager) for backend in ("triton", "cuda")))
         used += sources[key]
     source = {
         "gpus": sorted({r["gpu"] for r in used}),
@@ -88,10 +93,12 @@ def render(csv_path: str) -> str:
         f"Device: {', '.join(source['gpus']) or '(none)'}; dtype: {', '.join(source['dtypes']) or '(none)'}; "
         f"rows of commits {', '.join(source['commits']) or '(none)'}.",
         "",
-        "One row per measured case with both kernel backends: (op, mode, packed, B, T, N, H, D, triton_ms, cuda_ms),",
-        "op as in the CSV (temporal, temporal_causal, spatial, spatial_cls, joint, joint_causal), mode",
-        "'fwd' or 'fwd+bwd', packed True for the *_qkvpacked functions; times are the median over the",
-        f"case's rows (layouts, repeats) in ms, to {SIGNIFICANT_DIGITS} significant digits.",
+        "One row per measured case with both kernel backends: (op, mode, packed, B, T, N, H, D, triton_ms, cuda_ms,",
+        "triton_eager_ms, cuda_eager_ms), op as in the CSV (temporal, temporal_causal, spatial, spatial_cls, joint,",
+        "joint_causal), mode 'fwd' or 'fwd+bwd', packed True for the *_qkvpacked functions; times are medians",
+        "over the case's rows (layouts, repeats) in ms, to "
+        f"{SIGNIFICANT_DIGITS} significant digits: kernel times (the lower of",
+        "eager and CUDA-graph replay) and eager times (a stream of eager calls, host cost included).",
         '"""',
         "",
         f"GPUS = {tuple(source['gpus'])!r}",

@@ -28,7 +28,19 @@ and an input requiring grad), dtype and shape ``(B, T, N, H, D)``:
    where the measured differences are; B*H least: it only counts independent sequences).
    All rows at the minimum distance count (a call between two measured shapes sees both).
 5. ``"cuda"`` if their summed Triton time exceeds their summed CUDA time by more than 2%
-   (``MARGIN``); otherwise, ties and noise included, ``"triton"``.
+   (``MARGIN``); otherwise, ties and noise included, ``"triton"``. Which times: a call traced by
+   torch.compile or captured into a CUDA graph, whose host cost is paid once, compares kernel
+   times (the lower of eager and CUDA-graph replay); an eager call compares kernel time plus
+   eager time (a stream of eager calls timed as they run, host cost included). The two differ
+   most in forward+backward: Triton's launch path costs ~1 ms of host time per call (Python
+   launchers, ~50 us per Triton launch of ~55 arguments, the Python custom-op dispatch), the C++
+   ops' ~0.3 ms (``scripts/profile_op_layers.py``): an eager spatial (8,8,196,12)
+   forward+backward takes 1.4-1.6 ms on Triton and 0.5 ms on CUDA while their kernels take 0.30
+   and 0.42 ms. Where an eager call lands depends on the model around it: where the host is the
+   bottleneck (the SPEC's mini model, HF Timesformer-base at B = 8) its eager time counts, where
+   the GPU is, its kernel time. The sum is the choice of least worst-case loss between the two:
+   CUDA loses ``cuda_ms - triton_ms`` where the GPU is the bottleneck, Triton
+   ``triton_eager_ms - cuda_eager_ms`` where the host is, and the sums compare exactly those.
 
 Everything here is plain Python on ints, floats and tuples, indexed at import time, so
 ``torch.compile(fullgraph=True)`` traces it: with static shapes it folds to a constant; with
@@ -76,11 +88,13 @@ _FAMILY = {
 
 
 def index_rows(rows) -> dict[tuple[str, str, bool], tuple[tuple[float, ...], ...]]:
-    """``(op, mode, packed) -> ((log2 T, log2 N, log2 D, log2 B*H, triton_ms, cuda_ms), ...)``."""
+    """``(op, mode, packed) -> ((log2 T, log2 N, log2 D, log2 B*H, triton_ms, cuda_ms,
+    triton_eager_ms, cuda_eager_ms), ...)``."""
     index: dict[tuple[str, str, bool], list[tuple[float, ...]]] = {}
-    for op, mode, packed, B, T, N, H, D, triton_ms, cuda_ms in rows:
+    for op, mode, packed, B, T, N, H, D, triton_ms, cuda_ms, triton_eager_ms, cuda_eager_ms in rows:
         index.setdefault((op, mode, packed), []).append(
-            (math.log2(T), math.log2(N), math.log2(D), math.log2(B * H), float(triton_ms), float(cuda_ms)))
+            (math.log2(T), math.log2(N), math.log2(D), math.log2(B * H), float(triton_ms), float(cuda_ms),
+             float(triton_eager_ms), float(cuda_eager_ms)))
     return {key: tuple(value) for key, value in index.items()}
 
 
@@ -121,10 +135,11 @@ def _tensor_core_applies(op: str, training: bool, dtype: torch.dtype, T: int, D:
 
 
 def pick(op: str, *, causal: bool, has_cls: bool, training: bool, dtype: torch.dtype, shape: tuple,
-         aligned: bool) -> str:
+         aligned: bool, eager: bool = False) -> str:
     """``"cuda"`` or ``"triton"`` for a call of public function ``op`` (rule in the module docstring).
 
-    ``shape`` is ``(B, T, N, H, D)``; ``aligned``: every input has the strides of rule 1.
+    ``shape`` is ``(B, T, N, H, D)``; ``aligned``: every input has the strides of rule 1;
+    ``eager``: compare kernel plus eager times (rule 5), else kernel times.
     """
     if op not in _FAMILY or not all(isinstance(size, int) for size in shape):
         return "triton"
@@ -135,7 +150,10 @@ def pick(op: str, *, causal: bool, has_cls: bool, training: bool, dtype: torch.d
     for key in _row_sets(op, causal, has_cls, training):
         nearest = None
         triton_ms = cuda_ms = 0.0
-        for row_t, row_n, row_d, row_bh, row_triton_ms, row_cuda_ms in TABLE.get(key, ()):
+        for row_t, row_n, row_d, row_bh, row_triton_ms, row_cuda_ms, *row_eager_ms in TABLE.get(key, ()):
+            if eager:
+                row_triton_ms += row_eager_ms[0]
+                row_cuda_ms += row_eager_ms[1]
             off_t, off_n, off_d = abs(log_t - row_t), abs(log_n - row_n), abs(log_d - row_d)
             if off_t > FAR_LOG2_T or off_d > FAR_LOG2_D or off_n > FAR_LOG2_N:
                 continue
@@ -163,7 +181,8 @@ def _aligned(tensors) -> bool:
 
 def pick_for(op: str, tensors: tuple, *, causal: bool, has_cls: bool) -> str:
     """``pick`` for the validated inputs of a call: ``tensors[0]`` is ``q`` ``[B, T, N, H, D]`` or
-    ``qkv`` ``[B, T, N, 3, H, D]``; the others (k, v, CLS tensors) count for alignment and grad."""
+    ``qkv`` ``[B, T, N, 3, H, D]``; the others (k, v, CLS tensors) count for alignment and grad.
+    The call is eager unless torch.compile traces it or a CUDA graph captures it (rule 5)."""
     first = tensors[0]
     shape = tuple(first.shape)
     if len(shape) == 6:
@@ -176,11 +195,12 @@ def pick_for(op: str, tensors: tuple, *, causal: bool, has_cls: bool) -> str:
         # traced once per graph: the memo would only be a side effect for dynamo to replay
         return pick(op, causal=causal, has_cls=has_cls, training=training, dtype=first.dtype, shape=shape,
                     aligned=aligned)
-    key = (op, causal, has_cls, training, first.dtype, shape, aligned)
+    eager = not (first.is_cuda and torch.cuda.is_current_stream_capturing())
+    key = (op, causal, has_cls, training, first.dtype, shape, aligned, eager)
     choice = _PICKS.get(key)
     if choice is None:
         if len(_PICKS) >= _PICKS_MAX:
             _PICKS.clear()
         choice = _PICKS[key] = pick(op, causal=causal, has_cls=has_cls, training=training, dtype=first.dtype,
-                                    shape=shape, aligned=aligned)
+                                    shape=shape, aligned=aligned, eager=eager)
     return choice

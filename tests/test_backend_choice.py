@@ -31,14 +31,17 @@ def use_table(monkeypatch, rows):
     monkeypatch.setattr(_choice, "_PICKS", {})
 
 
-def row(op="temporal", mode="fwd", packed=False, shape=SHAPE, triton_ms=1.0, cuda_ms=0.5):
-    return (op, mode, packed) + tuple(shape) + (triton_ms, cuda_ms)
+def row(op="temporal", mode="fwd", packed=False, shape=SHAPE, triton_ms=1.0, cuda_ms=0.5, triton_eager_ms=None,
+        cuda_eager_ms=None):
+    """A table row; eager times default to the kernel times (then eager calls decide alike)."""
+    eager = (triton_ms if triton_eager_ms is None else triton_eager_ms, cuda_ms if cuda_eager_ms is None else cuda_eager_ms)
+    return (op, mode, packed) + tuple(shape) + (triton_ms, cuda_ms) + eager
 
 
 def pick(op="temporal_attention", *, causal=False, has_cls=False, training=False, dtype=torch.bfloat16,
-         shape=SHAPE, aligned=True):
+         shape=SHAPE, aligned=True, eager=False):
     return _choice.pick(op, causal=causal, has_cls=has_cls, training=training, dtype=dtype, shape=shape,
-                        aligned=aligned)
+                        aligned=aligned, eager=eager)
 
 
 def with_dims(**dims):
@@ -202,6 +205,24 @@ def test_empty_shapes_keep_triton(monkeypatch, shape):
     assert pick(shape=shape) == "triton"
 
 
+@pytest.mark.parametrize(
+    "times, kernel_pick, eager_pick",
+    [
+        # spatial (8,8,196,12) fwd+bwd as measured: Triton's kernels faster, its launches ~1 ms slower
+        pytest.param((0.30, 0.42, 1.45, 0.49), "triton", "cuda", id="host-bound-call-takes-cuda-eagerly"),
+        # spatial+CLS (2,16,784+1,12): CUDA's kernels 0.65 ms slower, Triton's eager time 0.14 ms slower
+        pytest.param((1.29, 1.94, 2.08, 1.94), "triton", "triton", id="gpu-bound-call-keeps-triton"),
+        pytest.param((1.0, 0.5, 1.0, 5.0), "cuda", "triton", id="cuda-faster-kernels-slow-launches"),
+    ],
+)
+def test_eager_calls_weigh_kernel_and_eager_time(monkeypatch, times, kernel_pick, eager_pick):
+    triton_ms, cuda_ms, triton_eager_ms, cuda_eager_ms = times
+    use_table(monkeypatch, [row(triton_ms=triton_ms, cuda_ms=cuda_ms, triton_eager_ms=triton_eager_ms,
+                                cuda_eager_ms=cuda_eager_ms)])
+    assert pick(eager=False) == kernel_pick
+    assert pick(eager=True) == eager_pick
+
+
 # ---------------------------------------------------------------------------------------------
 # what pick_for reads off the tensors
 
@@ -254,6 +275,31 @@ def test_pick_for_packed_qkv_reads_B_T_N_H_D(small_table):
     assert _choice.pick_for("temporal_attention_qkvpacked", (nt,), causal=False, has_cls=False) == "cuda"
 
 
+def test_pick_for_eager_calls_weigh_eager_times(monkeypatch):
+    use_table(monkeypatch, [row(shape=(1, 8, 16, 2, 64), triton_ms=1.0, cuda_ms=0.5, triton_eager_ms=1.0,
+                                cuda_eager_ms=5.0)])
+    assert _choice.pick_for("temporal_attention", _qkv(), causal=False, has_cls=False) == "triton"
+    use_table(monkeypatch, [row(shape=(1, 8, 16, 2, 64), triton_ms=0.3, cuda_ms=0.4, triton_eager_ms=1.5,
+                                cuda_eager_ms=0.5)])
+    assert _choice.pick_for("temporal_attention", _qkv(), causal=False, has_cls=False) == "cuda"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a GPU")
+def test_pick_for_in_cuda_graph_capture_weighs_kernel_times(monkeypatch):
+    use_table(monkeypatch, [row(shape=(1, 8, 16, 2, 64), triton_ms=1.0, cuda_ms=0.5, triton_eager_ms=1.0,
+                                cuda_eager_ms=5.0)])
+    q, k, v = (x.cuda() for x in _qkv())
+    assert _choice.pick_for("temporal_attention", (q, k, v), causal=False, has_cls=False) == "triton"
+    picks = []
+    graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        with torch.cuda.graph(graph):
+            picks.append(_choice.pick_for("temporal_attention", (q, k, v), causal=False, has_cls=False))
+            q.add_(0)  # a captured kernel, so the graph is not empty
+    assert picks == ["cuda"]
+
+
 def test_pick_for_checks_the_cls_tensors_too(small_table):
     q, k, v = _qkv()
     cls = tuple(torch.randn(1, 2, 64, dtype=torch.bfloat16) for _ in range(3))
@@ -280,17 +326,19 @@ def test_check_reports_a_stale_table(tmp_path):
     assert backend_table.main(["--check", "--out", str(stale)]) == 1
 
 
-def _csv_row(method, ms, *, op="temporal", mode="fwd", layout="nt", status="ok", correct="yes", T=8, commit="abc1234"):
+def _csv_row(method, ms, *, op="temporal", mode="fwd", layout="nt", status="ok", correct="yes", T=8, commit="abc1234",
+             ms_eager=""):
     return {"gpu": "GPU X", "dtype": "bfloat16", "op": op, "layout": layout, "B": 2, "T": T, "N": 196, "H": 8, "D": 64,
-            "mode": mode, "method": method, "status": status, "correct": correct, "ms": ms, "commit": commit}
+            "mode": mode, "method": method, "status": status, "correct": correct, "ms": ms, "ms_eager": ms_eager,
+            "commit": commit}
 
 
 def test_generator_takes_medians_of_correct_rows_where_both_backends_ran(tmp_path):
     path = tmp_path / "results.csv"
     rows = [
-        _csv_row("tk-triton", 1.0, layout="nt"), _csv_row("tk-triton", 3.0, layout="tn"),
-        _csv_row("tk-triton", 2.0, layout="nt", commit="def5678"),
-        _csv_row("tk-cuda", 0.5), _csv_row("tk-cuda", 9.0, status="WRONG", correct="no"),
+        _csv_row("tk-triton", 1.0, layout="nt", ms_eager=4.0), _csv_row("tk-triton", 3.0, layout="tn", ms_eager=6.0),
+        _csv_row("tk-triton", 2.0, layout="nt", commit="def5678", ms_eager=5.0),
+        _csv_row("tk-cuda", 0.5, ms_eager=0.75), _csv_row("tk-cuda", 9.0, status="WRONG", correct="no", ms_eager=1.0),
         _csv_row("tk-triton-packed", 1.25), _csv_row("tk-cuda-packed", 1.5),
         _csv_row("sdpa-flash-copy", 0.1), _csv_row("tk-auto", 0.1),
         _csv_row("tk-triton", 1.0, T=16),  # no cuda row at T=16
@@ -300,8 +348,9 @@ def test_generator_takes_medians_of_correct_rows_where_both_backends_ran(tmp_pat
         writer.writeheader()
         writer.writerows(rows)
     table, source = backend_table.measured_rows(str(path))
-    assert table == [("temporal", "fwd", False, 2, 8, 196, 8, 64, 2.0, 0.5),
-                     ("temporal", "fwd", True, 2, 8, 196, 8, 64, 1.25, 1.5)]
+    # eager medians where rows have them, else the kernel time (the packed rows here)
+    assert table == [("temporal", "fwd", False, 2, 8, 196, 8, 64, 2.0, 0.5, 5.0, 0.75),
+                     ("temporal", "fwd", True, 2, 8, 196, 8, 64, 1.25, 1.5, 1.25, 1.5)]
     assert source == {"gpus": ["GPU X"], "dtypes": ["bfloat16"], "commits": ["abc1234", "def5678"]}
     text = backend_table.render(str(path))
     assert "do not edit by hand" in text and "GPU X" in text and "abc1234, def5678" in text
@@ -318,20 +367,24 @@ def _csv_op_call(op: str, packed: bool) -> tuple[str, dict]:
 
 @pytest.mark.parametrize("case", _measured.ROWS, ids=lambda r: "-".join(map(str, r[:8])))
 def test_every_measured_case_picks_its_faster_backend(case):
-    op, mode, packed, B, T, N, H, D, triton_ms, cuda_ms = case
+    op, mode, packed, B, T, N, H, D, triton_ms, cuda_ms, triton_eager_ms, cuda_eager_ms = case
     public, flags = _csv_op_call(op, packed)
     training = mode == "fwd+bwd"
     backward_ok = D <= 64 or (op.startswith("temporal") and T <= 32 and D <= 128)
     eligible = D % 8 == 0 and D <= 160 and (not training or backward_ok)
     expected = "cuda" if eligible and triton_ms > 1.02 * cuda_ms else "triton"
     assert pick(public, training=training, shape=(B, T, N, H, D), **flags) == expected
+    eager_triton, eager_cuda = triton_ms + triton_eager_ms, cuda_ms + cuda_eager_ms
+    expected = "cuda" if eligible and eager_triton > 1.02 * eager_cuda else "triton"
+    assert pick(public, training=training, shape=(B, T, N, H, D), eager=True, **flags) == expected
 
 
-def test_committed_table_has_cases_for_both_answers():
+@pytest.mark.parametrize("eager", [False, True], ids=["kernel-times", "eager"])
+def test_committed_table_has_cases_for_both_answers(eager):
     picks = set()
-    for op, mode, packed, *shape, _, _ in _measured.ROWS:
+    for op, mode, packed, *shape, _, _, _, _ in _measured.ROWS:
         public, flags = _csv_op_call(op, packed)
-        picks.add(pick(public, training=mode == "fwd+bwd", shape=tuple(shape), **flags))
+        picks.add(pick(public, training=mode == "fwd+bwd", shape=tuple(shape), eager=eager, **flags))
     assert picks == {"cuda", "triton"}
 
 
@@ -511,6 +564,18 @@ def test_choice_stays_per_shape_with_dynamic_shapes(monkeypatch):
         assert torch.equal(compiled(*far), far[0] * 3.0)
         near_again = _qkv(shape=(3, 8, 16, 2, 64))
         assert torch.equal(compiled(*near_again), near_again[0] * 2.0)
+    finally:
+        torch._dynamo.reset()
+
+
+def test_compiled_calls_weigh_kernel_times(monkeypatch):
+    use_table(monkeypatch, [row(shape=(1, 8, 16, 2, 64), triton_ms=1.0, cuda_ms=0.5, triton_eager_ms=1.0,
+                                cuda_eager_ms=5.0)])
+    compiled = _compiled_choice(monkeypatch)
+    try:
+        q, k, v = _qkv()
+        assert _backends.select("temporal_attention", None, CUDA, (q, k, v))(q, k, v).equal(q * 3.0)  # eager: triton
+        assert torch.equal(compiled(q, k, v), q * 2.0)  # traced: cuda
     finally:
         torch._dynamo.reset()
 
