@@ -28,10 +28,10 @@ and an input requiring grad), dtype and shape ``(B, T, N, H, D)``:
    where the measured differences are; B*H least: it only counts independent sequences).
    All rows at the minimum distance count (a call between two measured shapes sees both).
 5. ``"cuda"`` if their summed Triton time exceeds their summed CUDA time by more than 2%
-   (``MARGIN``); otherwise, ties and noise included, ``"triton"``. Which times: a call traced by
-   torch.compile or captured into a CUDA graph, whose host cost is paid once, compares kernel
-   times (the lower of eager and CUDA-graph replay); an eager call compares kernel time plus
-   eager time (a stream of eager calls timed as they run, host cost included). The two differ
+   (``MARGIN``); otherwise, ties and noise included, ``"triton"``. Which times: a call captured
+   into a CUDA graph, whose host cost is paid once, compares kernel times (the lower of eager and
+   CUDA-graph replay); any other call, eager or traced by torch.compile, compares kernel time
+   plus eager time (a stream of eager calls timed as they run, host cost included). The two differ
    most in forward+backward: Triton's launch path costs ~1 ms of host time per call (Python
    launchers, ~50 us per Triton launch of ~55 arguments, the Python custom-op dispatch), the C++
    ops' ~0.3 ms (``scripts/profile_op_layers.py``): an eager spatial (8,8,196,12)
@@ -41,6 +41,12 @@ and an input requiring grad), dtype and shape ``(B, T, N, H, D)``:
    the GPU is, its kernel time. The sum is the choice of least worst-case loss between the two:
    CUDA loses ``cuda_ms - triton_ms`` where the GPU is the bottleneck, Triton
    ``triton_eager_ms - cuda_eager_ms`` where the host is, and the sums compare exactly those.
+   torch.compile (without CUDA graphs) still pays each op's host cost per call: the packed
+   backward ops are opaque custom ops that run their Python launchers, where the C++ ops are
+   dispatched in C++. Converted HF Timesformer-base under torch.compile, forward+backward: 48.5 ms
+   with traced calls on kernel times, 32.1 ms on the sums (H100,
+   ``logs/e2e_timesformer_1d24c66*.log``). A graph captured later from a traced call
+   (``mode="reduce-overhead"``) keeps the choice made while tracing.
 
 Everything here is plain Python on ints, floats and tuples, indexed at import time, so
 ``torch.compile(fullgraph=True)`` traces it: with static shapes it folds to a constant; with
@@ -182,7 +188,7 @@ def _aligned(tensors) -> bool:
 def pick_for(op: str, tensors: tuple, *, causal: bool, has_cls: bool) -> str:
     """``pick`` for the validated inputs of a call: ``tensors[0]`` is ``q`` ``[B, T, N, H, D]`` or
     ``qkv`` ``[B, T, N, 3, H, D]``; the others (k, v, CLS tensors) count for alignment and grad.
-    The call is eager unless torch.compile traces it or a CUDA graph captures it (rule 5)."""
+    Unless a CUDA graph captures the call, its host cost counts (rule 5)."""
     first = tensors[0]
     shape = tuple(first.shape)
     if len(shape) == 6:
@@ -194,7 +200,7 @@ def pick_for(op: str, tensors: tuple, *, causal: bool, has_cls: bool) -> str:
     if torch.compiler.is_compiling():
         # traced once per graph: the memo would only be a side effect for dynamo to replay
         return pick(op, causal=causal, has_cls=has_cls, training=training, dtype=first.dtype, shape=shape,
-                    aligned=aligned)
+                    aligned=aligned, eager=True)
     eager = not (first.is_cuda and torch.cuda.is_current_stream_capturing())
     key = (op, causal, has_cls, training, first.dtype, shape, aligned, eager)
     choice = _PICKS.get(key)
