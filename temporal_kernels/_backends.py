@@ -17,8 +17,9 @@ from . import _choice, reference
 
 # Order of preference for CUDA tensors where measured data does not decide: with both kernel
 # backends serving an op, backend=None asks _choice, which keeps Triton unless the CUDA C++ one
-# was measured faster at the nearest shape (benchmarks/results/h100: some temporal and causal
-# joint cases); Triton first because it implements every op and was faster on most measured rows.
+# was measured faster at the nearest shape, the host cost of the call included outside CUDA-graph
+# capture; Triton first because it implements every op and has the faster kernels on most
+# measured rows.
 BACKEND_NAMES = ("triton", "cuda", "reference")
 ENV_VAR = "TEMPORAL_KERNELS_BACKEND"
 
