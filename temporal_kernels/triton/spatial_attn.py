@@ -880,7 +880,7 @@ def _scale_parts(scale: float) -> tuple[float, float]:
 
 def _s4(x: torch.Tensor) -> tuple[int, int, int, int]:
     """(b, t, n, h) strides of a ``[B, T, N, H, D]`` tensor (d's is 1)."""
-    return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
+    return x.stride()[:4]
 
 
 def _temporal_plan(mode: int, q: torch.Tensor, TH: int, block: int, num_warps: int, backward: bool) -> dict:
@@ -1013,10 +1013,12 @@ def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None,
     n_tp_dq = 0 if plan["T_SHORT"] else _temporal_plan(mode, q, temporal_heads, BM2, warps2, backward=True)["N_TP"]
     grid_dq = (n_tp_dq + _spatial_programs(mode, B, T, N, H, temporal_heads, has_cls, BM2),)
     whole_dq = _whole_blocks(mode, N)
+    # read once: the three launches below take them
+    s_inputs = (*_s4(q), *_s4(k), *_s4(v), *_s4(dout))
     if exact_delta:
         torch.library.wrap_triton(_attn_bwd_dq_kernel)[grid_dq](
             q, k, v, dout, lse, delta, qc, kc, vc, doc, lsec, delta_cls, _placeholder(dq), _placeholder(dq, stat), lens,
-            *_s4(q), *_s4(k), *_s4(v), *_s4(dout), 0, 0, 0, 0, *_cls_strides(cls), *sdoc,
+            *s_inputs, 0, 0, 0, 0, *_cls_strides(cls), *sdoc,
             B, T, N, H, temporal_heads, n_tp_dq, D, hi, lo,
             BLOCK_M=BM2, BLOCK_N=BN2, num_warps=warps2, num_stages=stages2, DELTA_ONLY=True, T_SHORT=plan["T_SHORT"],
             WHOLE_BLOCKS=whole_dq,
@@ -1026,14 +1028,14 @@ def attn_bwd(mode, dout, q, k, v, out, lse, scale, dq, dk, dv, *, dcls_out=None,
     dq_t, s_dq_t = (dq, _s4(dq)) if plan["T_SHORT"] else (_placeholder(dq), (0, 0, 0, 0))
     torch.library.wrap_triton(_attn_bwd_dkdv_kernel)[(n_tp + _spatial_programs(mode, B, T, N, H, temporal_heads, has_cls, BN),)](
         q, k, v, dout, lse, delta, qc, kc, vc, doc, lsec, delta_cls, dk, dv, dkc, dvc, dq_t, lens,
-        *_s4(q), *_s4(k), *_s4(v), *_s4(dout), *_s4(dk), *_s4(dv), *s_dq_t,
+        *s_inputs, *_s4(dk), *_s4(dv), *s_dq_t,
         *_cls_strides(cls), *sdoc,
         B, T, N, H, temporal_heads, n_tp, D, hi, lo,
         BLOCK_M=BM, BLOCK_N=BN, num_warps=warps, num_stages=stages, **plan, **common,
     )
     torch.library.wrap_triton(_attn_bwd_dq_kernel)[grid_dq](
         q, k, v, dout, lse, delta, qc, kc, vc, doc, lsec, delta_cls, dq, dqc, lens,
-        *_s4(q), *_s4(k), *_s4(v), *_s4(dout), *_s4(dq), *_cls_strides(cls), *sdoc,
+        *s_inputs, *_s4(dq), *_cls_strides(cls), *sdoc,
         B, T, N, H, temporal_heads, n_tp_dq, D, hi, lo,
         BLOCK_M=BM2, BLOCK_N=BN2, num_warps=warps2, num_stages=stages2, DELTA_ONLY=False, T_SHORT=plan["T_SHORT"],
         WHOLE_BLOCKS=whole_dq,

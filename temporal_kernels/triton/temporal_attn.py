@@ -238,8 +238,9 @@ def _alignment(D: int, *tensors: torch.Tensor) -> int:
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int, int]:
     """Per-axis strides (b, t, n, h); the head-dim stride is 1 by contract."""
-    assert x.stride(4) == 1 or x.shape[4] <= 1, "temporal_attn: the head-dim stride must be 1"
-    return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
+    strides = x.stride()
+    assert strides[4] == 1 or x.shape[4] <= 1, "temporal_attn: the head-dim stride must be 1"
+    return strides[:4]
 
 
 # ---------------------------------------------------------------------------------------------
