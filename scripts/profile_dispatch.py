@@ -13,9 +13,6 @@ same for the packed spatial backward op (the heaviest backward). Then cProfile b
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
-import pstats
 from typing import Optional
 
 import torch
@@ -26,7 +23,7 @@ from temporal_kernels import ops
 from temporal_kernels._layout import empty_like_video
 from temporal_kernels.triton.temporal_attn import temporal_attn_fwd
 
-from profile_layers import per_call_us  # the same host-time loop (scripts/ is on sys.path)
+from profile_layers import cprofile_report, per_call_us  # shared with profile_layers (scripts/ is on sys.path)
 
 
 @torch.library.custom_op("tk_profile::trivial", mutates_args=())
@@ -85,16 +82,9 @@ def main() -> None:
     for name, fn in rows:
         print(f"  {name:45s} {per_call_us(fn, args.iters):8.1f} us", flush=True)
     for name, fn in [rows[i] for i in args.profile]:
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(args.iters):
-            fn()
-        prof.disable()
-        torch.cuda.synchronize()
-        s = io.StringIO()
-        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(18)
+        ((_, report),) = cprofile_report(fn, args.iters, 18)
         print(f"== cProfile, {name}, {args.iters} calls, by self time")
-        print("\n".join(line for line in s.getvalue().splitlines() if line.strip())[:5000], flush=True)
+        print(report[:5000], flush=True)
 
 
 if __name__ == "__main__":

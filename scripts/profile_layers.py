@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
+import io
+import pstats
 import time
 
 import torch
@@ -33,6 +36,23 @@ def _touch48(X, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, b0, b1, b2, b3, b4, b5, 
              e0, e1, e2, e3, e4, e5, n, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     tl.store(X + offs, tl.load(X + offs, mask=offs < n), mask=offs < n)
+
+
+def cprofile_report(fn, calls: int, top: int, orders=("tottime",)) -> list[tuple[str, str]]:
+    """cProfile of ``calls`` calls of ``fn`` (the GPU drained after): per sort order, its ``top``
+    entries without blank lines. Shared by the profile_* scripts."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    reports = []
+    for order in orders:
+        s = io.StringIO()
+        pstats.Stats(prof, stream=s).sort_stats(order).print_stats(top)
+        reports.append((order, "\n".join(line for line in s.getvalue().splitlines() if line.strip())))
+    return reports
 
 
 def per_call_us(fn, iters):

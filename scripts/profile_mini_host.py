@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import cProfile
-import io
-import pstats
 import time
 
 import torch
 
 import temporal_kernels as tk
 from temporal_kernels import nn as tknn
+
+from profile_layers import cprofile_report  # scripts/ is on sys.path
 
 
 def _host_and_wall_ms(fn, iters: int) -> tuple[float, float]:
@@ -117,17 +116,9 @@ def main() -> None:
             row(f"{op} fwd, backend={backend}", fwd)
             row(f"{op} fwd+bwd, backend={backend}", fwd_bwd)
 
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(args.iters):
-        step()
-    prof.disable()
-    torch.cuda.synchronize()
-    for order in ("tottime", "cumulative"):
-        s = io.StringIO()
-        pstats.Stats(prof, stream=s).sort_stats(order).print_stats(args.top)
+    for order, report in cprofile_report(step, args.iters, args.top, ("tottime", "cumulative")):
         print(f"== cProfile, model fwd+bwd (backend=None), {args.iters} steps, by {order}")
-        print("\n".join(line for line in s.getvalue().splitlines() if line.strip()), flush=True)
+        print(report, flush=True)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,7 @@ rows to cProfile (by self time).
 from __future__ import annotations
 
 import argparse
-import cProfile
 import gc
-import inspect
-import io
-import pstats
 import time
 
 import torch
@@ -38,11 +34,7 @@ from temporal_kernels._layout import empty_like_packed, empty_like_video
 from temporal_kernels.triton.spatial_attn import spatial_attn_bwd, spatial_attn_fwd
 from temporal_kernels.triton.temporal_attn import temporal_attn_bwd, temporal_attn_fwd
 
-
-@triton.jit
-def _touch3(X, n, BLOCK: tl.constexpr):
-    offs = tl.arange(0, BLOCK)
-    tl.store(X + offs, tl.load(X + offs, mask=offs < n), mask=offs < n)
+from profile_layers import _touch3, cprofile_report  # scripts/ is on sys.path
 
 
 @triton.jit
@@ -198,24 +190,10 @@ def main() -> None:
         wall, cpu = per_call(fn, args.windows, args.calls)
         print(f"  {name:48s} {wall:8.1f} {cpu:8.1f}", flush=True)
     for name, fn in rows:
-        if not any(p in name for p in args.profile):
-            continue
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(args.windows * args.calls):
-            fn()
-        prof.disable()
-        torch.cuda.synchronize()
-        s = io.StringIO()
-        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(20)
-        print(f"== cProfile, {name}, by self time")
-        print("\n".join(line for line in s.getvalue().splitlines() if line.strip()), flush=True)
-    from torch._library import custom_ops
-
-    src, line = inspect.getsourcelines(custom_ops)
-    start = next(i for i, s in enumerate(src) if "def backend_impl" in s)
-    print(f"== torch/_library/custom_ops.py:{line + start}: backend_impl, for the cProfile rows above")
-    print("".join(src[start:start + 45]))
+        if any(p in name for p in args.profile):
+            ((_, report),) = cprofile_report(fn, args.windows * args.calls, 20)
+            print(f"== cProfile, {name}, by self time")
+            print(report, flush=True)
 
 
 if __name__ == "__main__":
