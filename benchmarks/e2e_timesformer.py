@@ -1,6 +1,6 @@
 """End-to-end: HuggingFace Timesformer-base before and after ``tk.convert`` (SPEC §5, issue 7).
 
-    python -m benchmarks.e2e_timesformer [--compile] [--profile] [--models M,...] [--out FILE]
+    python -m benchmarks.e2e_timesformer [--compile] [--lean-ab] [--profile] [--models M,...] [--out FILE]
 
 Random weights (no hub download), B=8, T=8, 224x224, bf16 on the GPU; a tiny config on the CPU
 (labelled, no GPU claims). Times forward (no grad) and forward+backward in train mode with CUDA
@@ -11,7 +11,9 @@ whole model's error is mostly that of its bf16 linears and norms (the original m
 bound on its own), so the converted model is reported against both; the decisive whole-model
 check is float32 (tests/test_convert.py, 1e-4). ``--check-only`` runs the check alone. ``--profile`` prints, per model, the
 GPU kernels of one training step by device time and the step's kernel time against its wall
-time (a gap means the host, not the GPU, sets the pace).
+time (a gap means the host, not the GPU, sets the pace). ``--lean-ab`` adds the converted model
+with ``temporal_kernels._lean`` off (the norm and GELU outputs saved, not recomputed): the time
+and memory of the recomputation.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 import torch
 
 import temporal_kernels as tk
+from temporal_kernels import _lean
 
 from . import env
 
@@ -76,6 +79,8 @@ def main() -> None:
     ap.add_argument("--models", default=None, help="comma-separated subset of the rows to time (hf-eager is the baseline)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--check-only", action="store_true", help="only compare the logits, time nothing")
+    ap.add_argument("--lean-ab", action="store_true",
+                    help="also time the converted model with temporal_kernels._lean off (norm/GELU outputs saved)")
     args = ap.parse_args()
     gpu = torch.cuda.is_available()
     dev = "cuda" if gpu else "cpu"
@@ -104,6 +109,8 @@ def main() -> None:
     else:
         verdict = f"outside the bound; {tk_err / hf_err:.2f}x the original's own error"
     models = [] if args.check_only else [("hf-eager", eager), ("tk-convert", fused)]
+    if args.lean_ab and not args.check_only:
+        models.append(("tk-convert-nolean", fused))
     if args.compile and not args.check_only:
         models += [("hf-eager+compile", torch.compile(eager)), ("tk-convert+compile", torch.compile(fused))]
     if args.models:
@@ -111,6 +118,7 @@ def main() -> None:
         models = [(name, model) for name, model in models if name in keep]
     rows = []
     for name, model in models:
+        _lean.ENABLED = not name.endswith("-nolean")
         model.train()
         with torch.no_grad():
             fwd = _time_ms(lambda: model(x).logits, 10)
@@ -129,6 +137,7 @@ def main() -> None:
             row["fwd_bwd_gpu_kernel_ms"] = _profile(name, step)
             model.zero_grad(set_to_none=True)
         rows.append(row)
+        _lean.ENABLED = True
         print(f"{name:20s} fwd {fwd:8.2f} ms  fwd+bwd {fwd_bwd:8.2f} ms  train peak {peak:6.2f} GiB", flush=True)
     for row in rows[1:] if rows and rows[0]["method"] == "hf-eager" else []:
         base = rows[0]

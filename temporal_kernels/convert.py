@@ -55,7 +55,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from . import _backends
+from . import _backends, _lean
 from . import functional as _tkf
 from .nn import _DIVIDED, DividedSpaceTimeBlock, _kernel_backend, divided_space_time
 
@@ -124,7 +124,7 @@ def _hf_divided_layer_forward(self, hidden_states: Tensor, output_attentions: bo
         norm=self.layernorm_before,
         qkv=attn.qkv,
         out=self.attention.output,
-        mlp=lambda h: self.output(self.intermediate(self.layernorm_after(h))),
+        mlp=functools.partial(_hf_mlp, self),
         drop_path=self.drop_path,
         temporal_scale=tattn.scale,
         scale=attn.scale,
@@ -179,11 +179,47 @@ def _block_forward(self, x: Tensor, B: int, T: int, W: int) -> Tensor:
         norm=self.norm1,
         qkv=attn.qkv,
         out=_projection(attn),
-        mlp=lambda h: self.mlp(self.norm2(h)),
+        mlp=functools.partial(_block_mlp, self),
         drop_path=self.drop_path,
         temporal_scale=getattr(tattn, "scale", None),
         scale=getattr(attn, "scale", None),
         backend=backend,
+    )
+
+
+def _children(m: nn.Module) -> set[str]:
+    return {name for name, _ in m.named_children()}
+
+
+def _hf_mlp(layer: nn.Module, h: Tensor) -> Tensor:
+    """HF ``TimesformerLayer``'s MLP branch ``output(intermediate(layernorm_after(h)))``,
+    memory-lean (``_lean.mlp``) where its modules are HF's (dense -> act -> dropout, dense ->
+    dropout)."""
+    inter, out = layer.intermediate, layer.output
+    plain = lambda u: out(inter(layer.layernorm_after(u)))  # noqa: E731
+    if _children(inter) != {"dense", "intermediate_act_fn", "dropout"} or _children(out) != {"dense", "dropout"}:
+        return plain(h)
+    return _lean.mlp(
+        h,
+        norm=layer.layernorm_after,
+        fc1=inter.dense,
+        act=inter.intermediate_act_fn,
+        fc2=out.dense,
+        dropouts=(inter.dropout, out.dropout),
+        plain=plain,
+        wrappers=(inter, out),
+    )
+
+
+def _block_mlp(block: nn.Module, h: Tensor) -> Tensor:
+    """TimeSformer ``Block``'s MLP branch ``mlp(norm2(h))``, memory-lean (``_lean.mlp``) where
+    ``mlp`` is TimeSformer's ``Mlp`` (fc1 -> act -> drop -> fc2 -> drop)."""
+    m = block.mlp
+    plain = lambda u: m(block.norm2(u))  # noqa: E731
+    if _children(m) != {"fc1", "act", "drop", "fc2"}:
+        return plain(h)
+    return _lean.mlp(
+        h, norm=block.norm2, fc1=m.fc1, act=m.act, fc2=m.fc2, dropouts=(m.drop,), plain=plain, wrappers=(m,)
     )
 
 

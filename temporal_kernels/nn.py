@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import _backends
+from . import _backends, _lean
 from . import functional as _tkf
 from ._layout import axis_order
 
@@ -274,6 +274,9 @@ def divided_space_time(
     tokens, the kernels return patch-major outputs, so every reshape here is a view; the CLS
     token's q/k/v are projected once (``[B, 3, H, D]``) and served by the spatial kernel's CLS
     path. The only copy is the final assembly of ``[CLS, patches]`` for the MLP branch.
+
+    Memory: the two norm -> qkv projections (and the MLP, where the caller builds it with
+    ``_lean.mlp``) save their input only and recompute the norm in the backward (``_lean``).
     """
     B, L, C = x.shape
     N = (L - 1) // T
@@ -283,7 +286,7 @@ def divided_space_time(
 
     # Temporal: the norm and projection also run on the CLS row (1 of 1 + N*T rows) so that they
     # read dense memory; the CLS row is then sliced off by a view.
-    qkv_t = temporal_qkv(temporal_norm(x))[:, 1:].view(B, N, T, 3, temporal_heads, Dt).transpose(1, 2)
+    qkv_t = _lean.norm_linear(temporal_norm, temporal_qkv, x)[:, 1:].view(B, N, T, 3, temporal_heads, Dt).transpose(1, 2)
     o_t = _tkf.temporal_attention_qkvpacked(qkv_t, scale=temporal_scale, backend=backend)  # [B, T, N, H, D]
     r_t = temporal_out(o_t.transpose(1, 2).reshape(B, N * T, C))
     keep = _drop_path_scale(drop_path, B * N, x)
@@ -292,7 +295,7 @@ def divided_space_time(
     xt = x[:, 1:] + temporal_fc(r_t)  # [B, N*T, C]
 
     # Spatial, with the block input's CLS token joining every frame.
-    qkv_s = qkv(norm(xt)).view(B, N, T, 3, heads, Ds).transpose(1, 2)
+    qkv_s = _lean.norm_linear(norm, qkv, xt).view(B, N, T, 3, heads, Ds).transpose(1, 2)
     cls_qkv = qkv(norm(x[:, 0])).view(B, 3, heads, Ds)
     o_s, o_cls = _tkf.spatial_attention_qkvpacked(qkv_s, cls_qkv=cls_qkv, scale=scale, backend=backend)
     r_s = out(o_s.transpose(1, 2).reshape(B, N * T, C))
@@ -360,7 +363,10 @@ class DividedSpaceTimeBlock(nn.Module):
             norm=self.norm1,
             qkv=self.attn.qkv,
             out=self.attn.proj,
-            mlp=lambda h: self.mlp(self.norm2(h)),
+            mlp=lambda h: _lean.mlp(
+                h, norm=self.norm2, fc1=self.mlp.fc1, act=self.mlp.act, fc2=self.mlp.fc2, dropouts=(),
+                plain=lambda u: self.mlp(self.norm2(u)),
+            ),
             drop_path=self.drop_path,
             backend=_module_backend(self.backend, _DIVIDED, x, head_dim),
         )

@@ -1,0 +1,161 @@
+"""Memory-lean ``linear(layer_norm(x))`` and ``linear(gelu(h))`` for the blocks around the kernels.
+
+Training memory of a video transformer is its saved activations. PyTorch's autograd keeps, for a
+pre-norm projection ``linear(layer_norm(x))``, both ``x`` (for the norm's backward) and the norm's
+output (for the linear's weight gradient); for the MLP's ``fc2(gelu(h))``, both ``h`` and
+``gelu(h)`` (4 tokens' worth of channels each). The two autograd functions here keep only the
+input (plus the norm's per-row mean and rstd) and recompute the norm / the activation in the
+backward, as Liger-Kernel's fused MLPs do. The recomputation runs the forward's own ATen kernel
+on the same input, so it reproduces the forward's values bit for bit, and the gradients are
+PyTorch's own formulas (``native_layer_norm_backward``, ``gelu_backward``, the matmuls of
+``linear``'s backward). In TimeSformer's divided block (three norm -> projection pairs and one
+GELU MLP) this drops 7 of the 23 token-sized tensors a layer saves (see ``tests/test_lean.py``).
+
+The lean path serves ``nn.LayerNorm`` over the last axis, ``nn.Linear``, exact or tanh GELU, under
+grad mode without autocast and with no active dropout between the pieces; any other case runs
+the plain composition (same values, PyTorch's saves), as do modules with forward hooks.
+``ENABLED = False`` turns it off (the end-to-end benchmark's A/B row).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ENABLED = True
+
+
+def _rows(t: Tensor) -> Tensor:
+    return t.reshape(-1, t.shape[-1])
+
+
+def _linear_backward(ctx, dy: Tensor, x: Tensor, weight: Tensor, first: int):
+    """``linear``'s gradients for input ``x``: (dx, dweight, dbias), each None where not needed;
+    ``first`` is the position of ``weight`` among the autograd function's inputs."""
+    dy2 = _rows(dy)
+    need_x = any(ctx.needs_input_grad[:first])
+    dx = (dy2 @ weight).view(*dy.shape[:-1], weight.shape[1]) if need_x else None
+    dw = dy2.t() @ _rows(x) if ctx.needs_input_grad[first] else None
+    db = dy2.sum(0) if ctx.needs_input_grad[first + 1] else None
+    return dx, dw, db
+
+
+class _LayerNormLinear(torch.autograd.Function):
+    """``F.linear(F.layer_norm(x, (C,), norm_weight, norm_bias, eps), weight, bias)``, saving ``x``."""
+
+    @staticmethod
+    def forward(ctx, x, norm_weight, norm_bias, eps, weight, bias):
+        xn, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), norm_weight, norm_bias, eps)
+        ctx.eps = eps
+        ctx.save_for_backward(x, mean, rstd, norm_weight, norm_bias, weight)
+        return F.linear(xn, weight, bias)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, mean, rstd, norm_weight, norm_bias, weight = ctx.saved_tensors
+        shape = (x.shape[-1],)
+        xn = torch.native_layer_norm(x, shape, norm_weight, norm_bias, ctx.eps)[0]
+        dxn, dw, db = _linear_backward(ctx, dy, xn, weight, 4)
+        del xn
+        dx = dnw = dnb = None
+        if dxn is not None:
+            mask = [ctx.needs_input_grad[0], norm_weight is not None and ctx.needs_input_grad[1],
+                    norm_bias is not None and ctx.needs_input_grad[2]]
+            dx, dnw, dnb = torch.ops.aten.native_layer_norm_backward(
+                dxn, x, shape, mean, rstd, norm_weight, norm_bias, mask
+            )
+        return dx, dnw, dnb, None, dw, db
+
+
+class _GeluLinear(torch.autograd.Function):
+    """``F.linear(F.gelu(h, approximate=approximate), weight, bias)``, saving ``h``."""
+
+    @staticmethod
+    def forward(ctx, h, approximate, weight, bias):
+        ctx.approximate = approximate
+        ctx.save_for_backward(h, weight)
+        return F.linear(F.gelu(h, approximate=approximate), weight, bias)
+
+    @staticmethod
+    def backward(ctx, dy):
+        h, weight = ctx.saved_tensors
+        a = F.gelu(h, approximate=ctx.approximate)
+        da, dw, db = _linear_backward(ctx, dy, a, weight, 2)
+        del a
+        dh = torch.ops.aten.gelu_backward(da, h, approximate=ctx.approximate) if da is not None else None
+        return dh, None, dw, db
+
+
+def _lean_ok(x: Tensor) -> bool:
+    return ENABLED and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
+
+
+def _hookless(*modules: nn.Module) -> bool:
+    """None of ``modules`` has forward hooks, which the lean path would bypass."""
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def _layer_norm_of(norm) -> bool:
+    return isinstance(norm, nn.LayerNorm) and len(norm.normalized_shape) == 1
+
+
+def _gelu_approximate(act) -> Optional[str]:
+    """``approximate`` of a GELU module (``nn.GELU``, HF's ``GELUActivation``), else None."""
+    if isinstance(act, nn.GELU):
+        return act.approximate
+    if type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is F.gelu:
+        return "none"
+    return None
+
+
+def _dropout_off(dropouts: Iterable[Optional[nn.Module]]) -> bool:
+    """No dropout module among ``dropouts`` would change its input."""
+    for d in dropouts:
+        if d is None or isinstance(d, nn.Identity):
+            continue
+        if not isinstance(d, nn.Dropout):
+            return False
+        if d.training and d.p > 0.0:
+            return False
+    return True
+
+
+def norm_linear(norm: Callable[[Tensor], Tensor], linear: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``linear(norm(x))``, saving only ``x`` for the backward when ``norm`` is an ``nn.LayerNorm``
+    and ``linear`` an ``nn.Linear``."""
+    if _lean_ok(x) and _layer_norm_of(norm) and isinstance(linear, nn.Linear) and _hookless(norm, linear):
+        return _LayerNormLinear.apply(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
+    return linear(norm(x))
+
+
+def mlp(
+    h: Tensor,
+    *,
+    norm: Callable[[Tensor], Tensor],
+    fc1,
+    act,
+    fc2,
+    dropouts: Iterable[Optional[nn.Module]],
+    plain: Callable[[Tensor], Tensor],
+    wrappers: Iterable[nn.Module] = (),
+) -> Tensor:
+    """The MLP branch ``fc2(act(fc1(norm(h))))`` saving ``h`` and ``fc1``'s output only.
+
+    ``dropouts`` are the branch's dropout modules (the lean path needs them inactive); ``plain``
+    computes the same branch with the model's own modules, for every case the lean path does not
+    serve (another norm or activation, active dropout, autocast, no grad, forward hooks on a
+    piece or on one of the ``wrappers``, the modules ``plain`` calls that hold the pieces).
+    """
+    approximate = _gelu_approximate(act)
+    if (
+        approximate is None
+        or not (_lean_ok(h) and _layer_norm_of(norm) and isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear))
+        or not _dropout_off(dropouts)
+        or not _hookless(norm, fc1, act, fc2, *wrappers)
+    ):
+        return plain(h)
+    u = _LayerNormLinear.apply(h, norm.weight, norm.bias, norm.eps, fc1.weight, fc1.bias)
+    return _GeluLinear.apply(u, approximate, fc2.weight, fc2.bias)
