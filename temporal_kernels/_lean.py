@@ -1,13 +1,13 @@
-"""Memory-lean ``linear(layer_norm(x))`` and ``linear(gelu(h))`` for the blocks around the kernels.
+"""Memory-lean ``linear(layer_norm(x))`` and norm -> GELU MLP for the blocks around the kernels.
 
 Training memory of a video transformer is its saved activations. PyTorch's autograd keeps, for a
 pre-norm projection ``linear(layer_norm(x))``, both ``x`` (for the norm's backward) and the norm's
-output (for the linear's weight gradient); for the MLP's ``fc2(gelu(h))``, both ``h`` and
-``gelu(h)`` (4 tokens' worth of channels each). The two autograd functions here keep only the
-input (plus the norm's per-row mean and rstd) and recompute the norm / the activation in the
-backward, as Liger-Kernel's fused MLPs do. The recomputation runs the forward's own ATen kernel
-on the same input, so it reproduces the forward's values bit for bit, and the gradients are
-PyTorch's own formulas (``native_layer_norm_backward``, ``gelu_backward``, the matmuls of
+output (for the linear's weight gradient); for the MLP ``fc2(gelu(fc1(layer_norm(h))))``, also
+``fc1``'s output and ``gelu`` of it (4 tokens' worth of channels each). The autograd functions
+here keep only the inputs of the norms (plus their per-row mean and rstd) and ``fc1``'s output,
+and recompute the norm and the activation in the backward, as Liger-Kernel's fused MLPs do. The
+recomputation runs the forward's own ATen kernel on the same input, so it reproduces the
+forward's values bit for bit, and the gradients are PyTorch's own formulas (``native_layer_norm_backward``, ``gelu_backward``, the matmuls of
 ``linear``'s backward). In TimeSformer's divided block (three norm -> projection pairs and one
 GELU MLP) this drops 7 of the 23 token-sized tensors a layer saves (see ``tests/test_lean.py``).
 
@@ -70,23 +70,47 @@ class _LayerNormLinear(torch.autograd.Function):
         return dx, dnw, dnb, None, dw, db
 
 
-class _GeluLinear(torch.autograd.Function):
-    """``F.linear(F.gelu(h, approximate=approximate), weight, bias)``, saving ``h``."""
+class _LayerNormGeluMlp(torch.autograd.Function):
+    """``F.linear(F.gelu(F.linear(F.layer_norm(h, ...), w1, b1), approximate=...), w2, b2)``, saving
+    ``h`` (with the norm's statistics) and the first linear's output ``u``; one autograd node,
+    so the backward pays Python's cost once for the whole branch."""
 
     @staticmethod
-    def forward(ctx, h, approximate, weight, bias):
-        ctx.approximate = approximate
-        ctx.save_for_backward(h, weight)
-        return F.linear(F.gelu(h, approximate=approximate), weight, bias)
+    def forward(ctx, h, norm_weight, norm_bias, eps, w1, b1, approximate, w2, b2):
+        hn, mean, rstd = torch.native_layer_norm(h, (h.shape[-1],), norm_weight, norm_bias, eps)
+        u = F.linear(hn, w1, b1)
+        del hn
+        ctx.eps, ctx.approximate = eps, approximate
+        ctx.save_for_backward(h, mean, rstd, norm_weight, norm_bias, w1, u, w2)
+        return F.linear(F.gelu(u, approximate=approximate), w2, b2)
 
     @staticmethod
     def backward(ctx, dy):
-        h, weight = ctx.saved_tensors
-        a = F.gelu(h, approximate=ctx.approximate)
-        da, dw, db = _linear_backward(ctx, dy, a, weight, 2)
+        h, mean, rstd, norm_weight, norm_bias, w1, u, w2 = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dy2 = _rows(dy)
+        a = F.gelu(u, approximate=ctx.approximate)
+        dw2 = dy2.t() @ _rows(a) if need[7] else None
+        db2 = dy2.sum(0) if need[8] else None
         del a
-        dh = torch.ops.aten.gelu_backward(da, h, approximate=ctx.approximate) if da is not None else None
-        return dh, None, dw, db
+        dh = dnw = dnb = dw1 = db1 = None
+        if any(need[:6]):
+            du = torch.ops.aten.gelu_backward((dy2 @ w2).view(u.shape), u, approximate=ctx.approximate)
+            du2 = _rows(du)
+            shape = (h.shape[-1],)
+            if need[4]:
+                hn = torch.native_layer_norm(h, shape, norm_weight, norm_bias, ctx.eps)[0]
+                dw1 = du2.t() @ _rows(hn)
+                del hn
+            db1 = du2.sum(0) if need[5] else None
+            if any(need[:3]):
+                dhn = (du2 @ w1).view(h.shape)
+                del du, du2
+                mask = [need[0], norm_weight is not None and need[1], norm_bias is not None and need[2]]
+                dh, dnw, dnb = torch.ops.aten.native_layer_norm_backward(
+                    dhn, h, shape, mean, rstd, norm_weight, norm_bias, mask
+                )
+        return dh, dnw, dnb, None, dw1, db1, None, dw2, db2
 
 
 def _lean_ok(x: Tensor) -> bool:
@@ -149,13 +173,14 @@ def mlp(
     serve (another norm or activation, active dropout, autocast, no grad, forward hooks on a
     piece or on one of the ``wrappers``, the modules ``plain`` calls that hold the pieces).
     """
-    approximate = _gelu_approximate(act)
+    approximate = _gelu_approximate(act) if _lean_ok(h) else None
     if (
         approximate is None
-        or not (_lean_ok(h) and _layer_norm_of(norm) and isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear))
+        or not (_layer_norm_of(norm) and isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear))
         or not _dropout_off(dropouts)
         or not _hookless(norm, fc1, act, fc2, *wrappers)
     ):
         return plain(h)
-    u = _LayerNormLinear.apply(h, norm.weight, norm.bias, norm.eps, fc1.weight, fc1.bias)
-    return _GeluLinear.apply(u, approximate, fc2.weight, fc2.bias)
+    return _LayerNormGeluMlp.apply(
+        h, norm.weight, norm.bias, norm.eps, fc1.weight, fc1.bias, approximate, fc2.weight, fc2.bias
+    )

@@ -91,7 +91,7 @@ def test_mlp_matches_plain(approximate, dtype):
 
     want = plain(h)
     got = _lean.mlp(h, norm=norm, fc1=fc1, act=act, fc2=fc2, dropouts=(nn.Dropout(0.0),), plain=plain)
-    assert "_GeluLinear" in type(got.grad_fn).__name__
+    assert "_LayerNormGeluMlp" in type(got.grad_fn).__name__
     assert torch.equal(got, want)
     for g, w in zip(_grads(got, params, 4), _grads(want, params, 4)):
         assert rel_err(g, w) <= BOUND[dtype]
@@ -113,9 +113,10 @@ def test_gradcheck_float64():
     w2, b2 = torch.randn(C, Fh, dtype=torch.float64, requires_grad=True), torch.randn(C, dtype=torch.float64, requires_grad=True)
 
     def branch(x, nw, nb, w1, b1, w2, b2):
-        u = _lean._LayerNormLinear.apply(x, nw, nb, 1e-5, w1, b1)
-        return _lean._GeluLinear.apply(u, "none", w2, b2)
+        return _lean._LayerNormGeluMlp.apply(x, nw, nb, 1e-5, w1, b1, "none", w2, b2)
 
+    assert torch.autograd.gradcheck(lambda x, nw, nb, w1, b1: _lean._LayerNormLinear.apply(x, nw, nb, 1e-5, w1, b1),
+                                    (x, nw, nb, w1, b1))
     assert torch.autograd.gradcheck(branch, (x, nw, nb, w1, b1, w2, b2))
 
 
@@ -141,7 +142,7 @@ def test_lean_saves_the_inputs_only():
 
 
 def _is_lean(out):
-    return type(out.grad_fn).__name__.startswith(("_LayerNormLinear", "_GeluLinear"))
+    return type(out.grad_fn).__name__.startswith(("_LayerNormLinear", "_LayerNormGeluMlp"))
 
 
 def test_plain_path_where_lean_cannot_serve(monkeypatch):
@@ -205,3 +206,29 @@ def test_converted_hf_layer_saves_seven_token_tensors_less(monkeypatch):
     assert 16.0 <= lean < 16.2
     assert plain - lean == pytest.approx(7.0, abs=0.05)
     assert hf > plain  # HF's own layer also saves its attention probabilities and layout copies
+
+
+@pytest.mark.parametrize("trainable", ["input-only", "params-only", "fc2-only"])
+def test_gradients_of_partly_frozen_branches(trainable):
+    """The backward computes what is asked for (``needs_input_grad``) and nothing else."""
+    C = 24
+    norm, fc1 = _norm_and_linear(C, 4 * C, torch.float64, True, True, seed=8)
+    fc2 = nn.Linear(4 * C, C).double()
+    h = torch.randn(5, C, dtype=torch.float64, requires_grad=trainable == "input-only")
+    for m in (norm, fc1):
+        m.requires_grad_(trainable == "params-only")
+    fc2.requires_grad_(trainable != "input-only")
+    wanted = [t for t in (h, *norm.parameters(), *fc1.parameters(), *fc2.parameters()) if t.requires_grad]
+
+    def plain(u):
+        return fc2(F.gelu(fc1(norm(u))))
+
+    got = _lean.mlp(h, norm=norm, fc1=fc1, act=nn.GELU(), fc2=fc2, dropouts=(), plain=plain)
+    assert _is_lean(got)
+    for g, w in zip(_grads(got, wanted, 9), _grads(plain(h), wanted, 9)):
+        assert rel_err(g, w) <= BOUND[torch.float64]
+    if trainable != "fc2-only":
+        got = _lean.norm_linear(norm, fc1, h)
+        wanted = [t for t in (h, *norm.parameters(), *fc1.parameters()) if t.requires_grad]
+        for g, w in zip(_grads(got, wanted, 10), _grads(fc1(norm(h)), wanted, 10)):
+            assert rel_err(g, w) <= BOUND[torch.float64]
