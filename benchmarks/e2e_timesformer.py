@@ -4,8 +4,8 @@
 
 Random weights (no hub download), B=8, T=8, 224x224, bf16 on the GPU; a tiny config on the CPU
 (labelled, no GPU claims). Times forward (no grad) and forward+backward in train mode with CUDA
-events after warm-up, and the peak memory of a training step; checks the converted model's logits
-against the original model run in float64 (SPEC §3's bound of the dtype) next to the original
+events after warm-up (the median of 5 windows of 4 calls: the device's host load moves), and
+the peak memory of a training step; checks the converted model's logits against the original model run in float64 (SPEC §3's bound of the dtype) next to the original
 model's own error in that dtype, and prints the distance between the two models. In bf16 the
 whole model's error is mostly that of its bf16 linears and norms (the original misses the bf16
 bound on its own), so the converted model is reported against both; the decisive whole-model
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import time
 
@@ -32,22 +33,28 @@ from temporal_kernels import _lean
 from . import env
 
 
-def _time_ms(fn, iters: int) -> float:
+def _time_ms(fn, iters: int, windows: int = 5) -> tuple[float, list[float]]:
+    """Per-call time of ``fn``: the median of ``windows`` windows of ``iters`` calls each (the
+    device's host is shared and its load moves between windows), and every window's time."""
     for _ in range(3):
         fn()
-    if not torch.cuda.is_available():
-        start = time.perf_counter()
+    times = []
+    for _ in range(windows):
+        if not torch.cuda.is_available():
+            start = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            times.append((time.perf_counter() - start) * 1e3 / iters)
+            continue
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         for _ in range(iters):
             fn()
-        return (time.perf_counter() - start) * 1e3 / iters
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / iters)
+    return statistics.median(times), times
 
 
 def _profile(name: str, step) -> float:
@@ -121,7 +128,7 @@ def main() -> None:
         _lean.ENABLED = not name.endswith("-nolean")
         model.train()
         with torch.no_grad():
-            fwd = _time_ms(lambda: model(x).logits, 10)
+            fwd, fwd_windows = _time_ms(lambda: model(x).logits, 4)
 
         def step():
             model(x).logits.float().sum().backward()
@@ -129,16 +136,19 @@ def main() -> None:
         if gpu:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        fwd_bwd = _time_ms(step, 10)
+        fwd_bwd, fwd_bwd_windows = _time_ms(step, 4)
         peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else float("nan")
         model.zero_grad(set_to_none=True)
-        row = dict(method=name, fwd_ms=fwd, fwd_bwd_ms=fwd_bwd, train_peak_gib=peak)
+        row = dict(method=name, fwd_ms=fwd, fwd_bwd_ms=fwd_bwd, train_peak_gib=peak,
+                   fwd_ms_windows=fwd_windows, fwd_bwd_ms_windows=fwd_bwd_windows)
         if args.profile and gpu:
             row["fwd_bwd_gpu_kernel_ms"] = _profile(name, step)
             model.zero_grad(set_to_none=True)
         rows.append(row)
         _lean.ENABLED = True
-        print(f"{name:20s} fwd {fwd:8.2f} ms  fwd+bwd {fwd_bwd:8.2f} ms  train peak {peak:6.2f} GiB", flush=True)
+        print(f"{name:20s} fwd {fwd:8.2f} ms  fwd+bwd {fwd_bwd:8.2f} ms  train peak {peak:6.2f} GiB  "
+              f"(windows: fwd {min(fwd_windows):.2f}-{max(fwd_windows):.2f}, "
+              f"fwd+bwd {min(fwd_bwd_windows):.2f}-{max(fwd_bwd_windows):.2f} ms)", flush=True)
     for row in rows[1:] if rows and rows[0]["method"] == "hf-eager" else []:
         base = rows[0]
         print(f"{row['method']:20s} vs hf-eager: fwd x{base['fwd_ms'] / row['fwd_ms']:.2f}  "
