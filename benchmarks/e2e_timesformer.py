@@ -4,16 +4,17 @@
 
 Random weights (no hub download), B=8, T=8, 224x224, bf16 on the GPU; a tiny config on the CPU
 (labelled, no GPU claims). Times forward (no grad) and forward+backward in train mode with CUDA
-events after warm-up (the median of 5 windows of 4 calls: the device's host load moves), and
-the peak memory of a training step; checks the converted model's logits against the original model run in float64 (SPEC §3's bound of the dtype) next to the original
-model's own error in that dtype, and prints the distance between the two models. In bf16 the
-whole model's error is mostly that of its bf16 linears and norms (the original misses the bf16
-bound on its own), so the converted model is reported against both; the decisive whole-model
-check is float32 (tests/test_convert.py, 1e-4). ``--check-only`` runs the check alone. ``--profile`` prints, per model, the
-GPU kernels of one training step by device time and the step's kernel time against its wall
-time (a gap means the host, not the GPU, sets the pace). ``--lean-ab`` adds the converted model
-with ``temporal_kernels._lean`` off (the norm and GELU outputs saved, not recomputed): the time
-and memory of the recomputation.
+events after warm-up (the median of 5 windows of 4 calls: the device's host load moves), and the
+peak memory of a training step; checks the converted model's logits against the original model run
+in float64 (SPEC §3's bound of the dtype) next to the original model's own error in that dtype, and
+prints the distance between the two models. In bf16 the whole model's error is mostly that of its
+bf16 linears and norms (the original misses the bf16 bound on its own), so the converted model is
+reported against both; the decisive whole-model check is float32 (tests/test_convert.py, 1e-4).
+``--check-only`` runs the check alone. ``--profile`` prints, per model, the GPU kernels of one
+training step by device time and the step's kernel time against its wall time (a gap means the
+host, not the GPU, sets the pace). ``--lean-ab`` adds the converted model with
+``temporal_kernels._lean`` off (the norm and GELU outputs saved, not recomputed): the time and
+memory of the recomputation.
 """
 
 from __future__ import annotations

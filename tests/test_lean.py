@@ -25,6 +25,12 @@ from tests.test_nn import backend_or_skip
 BOUND = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
+@pytest.fixture(autouse=True)
+def _recompute_on(monkeypatch):
+    """The lean path on, whatever TEMPORAL_KERNELS_RECOMPUTE says in this shell."""
+    monkeypatch.setattr(_lean, "ENABLED", True)
+
+
 def saved_storages(fn):
     """``fn()``'s output and ``{storage pointer: bytes}`` of every tensor saved for its backward."""
     seen = {}
@@ -232,3 +238,14 @@ def test_gradients_of_partly_frozen_branches(trainable):
         wanted = [t for t in (h, *norm.parameters(), *fc1.parameters()) if t.requires_grad]
         for g, w in zip(_grads(got, wanted, 10), _grads(fc1(norm(h)), wanted, 10)):
             assert rel_err(g, w) <= BOUND[torch.float64]
+
+
+def test_environment_switch_turns_recompute_off():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, **{_lean.ENV_VAR: "0"})
+    code = "from temporal_kernels import _lean; print(_lean.ENABLED)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
