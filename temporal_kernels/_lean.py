@@ -3,31 +3,36 @@
 Training memory of a video transformer is its saved activations. PyTorch's autograd keeps, for a
 pre-norm projection ``linear(layer_norm(x))``, both ``x`` (for the norm's backward) and the norm's
 output (for the linear's weight gradient); for the MLP ``fc2(gelu(fc1(layer_norm(h))))``, also
-``fc1``'s output and ``gelu`` of it (4 tokens' worth of channels each). The autograd functions
-here keep only the inputs of the norms (plus their per-row mean and rstd) and ``fc1``'s output,
-and recompute the norm and the activation in the backward, as Liger-Kernel's fused MLPs do. The
-recomputation runs the forward's own ATen kernel on the same input, so it reproduces the
-forward's values bit for bit, and the gradients are PyTorch's own formulas (``native_layer_norm_backward``, ``gelu_backward``, the matmuls of
-``linear``'s backward). In TimeSformer's divided block (three norm -> projection pairs and one
-GELU MLP) this drops 7 of the 23 token-sized tensors a layer saves (see ``tests/test_lean.py``).
+``fc1``'s output and ``gelu`` of it (4 tokens' worth of channels each). The autograd functions here
+keep only the inputs of the norms (plus their per-row mean and rstd) and ``fc1``'s output, and
+recompute the norm and the activation in the backward, as Liger-Kernel's fused MLPs do. The
+recomputation runs the forward's own ATen kernel on the same input, so it reproduces the forward's
+values bit for bit, and the gradients are PyTorch's own formulas (``native_layer_norm_backward``,
+``gelu_backward``, the matmuls of ``linear``'s backward). In TimeSformer's divided block (three
+norm -> projection pairs and one GELU MLP) this drops 7 of the 23 token-sized tensors a layer saves
+(see ``tests/test_lean.py``).
 
 The lean path serves ``nn.LayerNorm`` over the last axis, ``nn.Linear``, exact or tanh GELU, under
-grad mode without autocast and with no active dropout between the pieces; any other case runs
-the plain composition (same values, PyTorch's saves), as do modules with forward hooks.
-The recomputation costs GPU time: +1.8 ms (5%) in an eager training step of HF Timesformer-base
-at B=8 on the H100, for 1.46 GiB (22%) less peak memory. ``TEMPORAL_KERNELS_RECOMPUTE=0`` in the
-environment (read at import) or ``ENABLED = False`` here turns it off: the end-to-end
-benchmark's A/B row.
+grad mode without autocast and with no active dropout between the pieces; any other case runs the
+plain composition (same values, PyTorch's saves), as do modules with forward hooks. Under
+torch.compile the same pieces run inside a selective activation checkpoint (``_traced``) that saves
+the matmuls' outputs and recomputes the rest, which the compiler's partitioner honours (the saves
+of autograd functions it decides anew). The recomputation costs GPU time: +1.8 ms (5%) in an
+eager training step of HF Timesformer-base at B=8 on the H100, for 1.46 GiB (22%) less peak memory.
+``TEMPORAL_KERNELS_RECOMPUTE=0`` in the environment (read at import) or ``ENABLED = False`` here
+turns it off: the end-to-end benchmark's A/B row.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 ENV_VAR = "TEMPORAL_KERNELS_RECOMPUTE"
 ENABLED = os.environ.get(ENV_VAR, "1") != "0"
@@ -118,6 +123,22 @@ class _LayerNormGeluMlp(torch.autograd.Function):
         return dh, dnw, dnb, None, dw1, db1, None, dw2, db2
 
 
+_MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default)
+
+
+def _save_matmuls(ctx, op, *args, **kwargs):
+    return CheckpointPolicy.MUST_SAVE if op in _MATMULS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _traced(branch: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``branch(x)`` under torch.compile: AOTAutograd's partitioner re-decides what to save
+    (around the autograd functions above it keeps the norm and GELU outputs), but it honours
+    selective-checkpoint tags: the matmuls' outputs are saved, everything else in ``branch`` is
+    recomputed from ``x`` in the backward."""
+    context = functools.partial(create_selective_checkpoint_contexts, _save_matmuls)
+    return checkpoint(branch, x, use_reentrant=False, context_fn=context)
+
+
 def _lean_ok(x: Tensor) -> bool:
     return ENABLED and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
 
@@ -156,6 +177,8 @@ def norm_linear(norm: Callable[[Tensor], Tensor], linear: Callable[[Tensor], Ten
     """``linear(norm(x))``, saving only ``x`` for the backward when ``norm`` is an ``nn.LayerNorm``
     and ``linear`` an ``nn.Linear``."""
     if _lean_ok(x) and _layer_norm_of(norm) and isinstance(linear, nn.Linear) and _hookless(norm, linear):
+        if torch.compiler.is_compiling():
+            return _traced(lambda u: linear(norm(u)), x)
         return _LayerNormLinear.apply(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
     return linear(norm(x))
 
@@ -186,6 +209,8 @@ def mlp(
         or not _hookless(norm, fc1, act, fc2, *wrappers)
     ):
         return plain(h)
+    if torch.compiler.is_compiling():
+        return _traced(lambda u: fc2(act(fc1(norm(u)))), h)
     return _LayerNormGeluMlp.apply(
         h, norm.weight, norm.bias, norm.eps, fc1.weight, fc1.bias, approximate, fc2.weight, fc2.bias
     )

@@ -249,3 +249,85 @@ def test_environment_switch_turns_recompute_off():
     code = "from temporal_kernels import _lean; print(_lean.ENABLED)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _compiled_saves(fn, *inputs):
+    """Compile ``fn`` (AOTAutograd with the min-cut partitioner, inductor's, on eager kernels), run
+    it forward and backward; returns its output and the bytes its backward graph takes as saved
+    tensors (parameters included)."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    saved = []
+
+    def backward_compiler(gm, example_inputs):
+        for node in gm.graph.nodes:
+            val = node.meta.get("val")
+            if node.op == "placeholder" and not node.name.startswith("tangents") and isinstance(val, torch.Tensor):
+                saved.append(val.numel() * val.element_size())
+        return make_boxed_func(gm)
+
+    backend = aot_autograd(fw_compiler=lambda gm, _: make_boxed_func(gm), bw_compiler=backward_compiler,
+                           partition_fn=min_cut_rematerialization_partition)
+    torch._dynamo.reset()
+    out = torch.compile(fn, backend=backend, fullgraph=True)(*inputs)
+    torch.autograd.grad(out.sum(), [t for t in inputs if t.requires_grad], retain_graph=True)  # compiles the backward
+    return out, saved
+
+
+def test_compiled_lean_saves_the_matmuls_only(monkeypatch):
+    """Under torch.compile the partitioner would keep the norm and GELU outputs of the autograd
+    functions; the selective checkpoint makes it save the input and fc1's output only."""
+    C = 32
+    norm, fc1 = _norm_and_linear(C, 4 * C, torch.float32, True, True, seed=11)
+    fc2 = nn.Linear(4 * C, C)
+    act = nn.GELU()
+    h = torch.randn(3, 10, C, requires_grad=True)
+    params = [h, *norm.parameters(), *fc1.parameters(), *fc2.parameters()]
+    token = h.numel() * 4
+    norm_params = 2 * C * 4  # recomputing the norm needs its weight and bias
+    weights = (fc1.weight.numel() + fc2.weight.numel()) * 4 + norm_params
+
+    def plain(u):
+        return fc2(act(fc1(norm(u))))
+
+    def branch(u):
+        return _lean.mlp(u, norm=norm, fc1=fc1, act=act, fc2=fc2, dropouts=(), plain=plain) + u
+
+    out, saved = _compiled_saves(branch, h)
+    want = plain(h) + h
+    assert rel_err(out, want) <= BOUND[torch.float32]
+    for g, w in zip(_grads(out, params, 12), _grads(want, params, 12)):
+        assert rel_err(g, w) <= BOUND[torch.float32]
+    assert sum(saved) == token + 4 * token + weights  # h, fc1's output, the parameters
+    monkeypatch.setattr(_lean, "ENABLED", False)
+    _, saved_plain = _compiled_saves(branch, h)
+    assert sum(saved_plain) >= sum(saved) + 5 * token  # + the norm's and the GELU's outputs
+
+    monkeypatch.setattr(_lean, "ENABLED", True)
+    out, saved = _compiled_saves(lambda u: _lean.norm_linear(norm, fc1, u), h)
+    assert rel_err(out, fc1(norm(h))) <= BOUND[torch.float32]
+    assert sum(saved) == token + fc1.weight.numel() * 4 + norm_params  # h and the parameters
+
+
+def test_compiled_converted_hf_layer_saves_seven_token_tensors_less(monkeypatch):
+    """The inventory test above, under torch.compile (reference attention, which compiles on the
+    CPU): the partitioner's saves with the lean path against without it."""
+    transformers = pytest.importorskip("transformers")
+    B, T, C = 2, 4, 64
+    cfg = transformers.TimesformerConfig(image_size=64, patch_size=16, num_frames=T, hidden_size=C,
+                                         num_hidden_layers=1, num_attention_heads=2, intermediate_size=4 * C)
+    torch.manual_seed(0)
+    model = tk.convert(transformers.TimesformerModel(cfg).train(), backend="reference")
+    layer = model.encoder.layer[0]
+    N = (cfg.image_size // cfg.patch_size) ** 2
+    x = torch.randn(B, 1 + N * T, C, requires_grad=True)
+    unit = x.numel() * x.element_size()
+    want = layer(x)[0]
+
+    out, lean = _compiled_saves(lambda u: layer(u)[0], x)
+    assert rel_err(out, want) <= BOUND[torch.float32]
+    monkeypatch.setattr(_lean, "ENABLED", False)
+    _, plain = _compiled_saves(lambda u: layer(u)[0], x)
+    assert (sum(plain) - sum(lean)) / unit >= 7.0
