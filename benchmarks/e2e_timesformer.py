@@ -13,8 +13,8 @@ reported against both; the decisive whole-model check is float32 (tests/test_con
 ``--check-only`` runs the check alone. ``--profile`` prints, per model, the GPU kernels of one
 training step by device time and the step's kernel time against its wall time (a gap means the
 host, not the GPU, sets the pace). ``--lean-ab`` adds the converted model with
-``temporal_kernels._lean`` off (the norm and GELU outputs saved, not recomputed): the time and
-memory of the recomputation.
+``temporal_kernels._lean`` off (the norm and GELU outputs saved, not recomputed), eager and, with
+``--compile``, compiled: the time and memory of the recomputation.
 """
 
 from __future__ import annotations
@@ -121,12 +121,15 @@ def main() -> None:
         models.append(("tk-convert-nolean", fused))
     if args.compile and not args.check_only:
         models += [("hf-eager+compile", torch.compile(eager)), ("tk-convert+compile", torch.compile(fused))]
+        if args.lean_ab:
+            models.append(("tk-convert-nolean+compile", torch.compile(copy.deepcopy(fused))))
     if args.models:
         keep = set(args.models.split(","))
         models = [(name, model) for name, model in models if name in keep]
     rows = []
+    recompute = _lean.ENABLED  # TEMPORAL_KERNELS_RECOMPUTE's setting
     for name, model in models:
-        _lean.ENABLED = not name.endswith("-nolean")
+        _lean.ENABLED = recompute and "-nolean" not in name
         model.train()
         with torch.no_grad():
             fwd, fwd_windows = _time_ms(lambda: model(x).logits, 4)
@@ -146,7 +149,7 @@ def main() -> None:
             row["fwd_bwd_gpu_kernel_ms"] = _profile(name, step)
             model.zero_grad(set_to_none=True)
         rows.append(row)
-        _lean.ENABLED = True
+        _lean.ENABLED = recompute
         print(f"{name:20s} fwd {fwd:8.2f} ms  fwd+bwd {fwd_bwd:8.2f} ms  train peak {peak:6.2f} GiB  "
               f"(windows: fwd {min(fwd_windows):.2f}-{max(fwd_windows):.2f}, "
               f"fwd+bwd {min(fwd_bwd_windows):.2f}-{max(fwd_bwd_windows):.2f} ms)", flush=True)
