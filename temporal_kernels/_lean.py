@@ -17,10 +17,10 @@ grad mode without autocast and with no active dropout between the pieces; any ot
 plain composition (same values, PyTorch's saves), as do modules with forward hooks. Under
 torch.compile the same pieces run inside a selective activation checkpoint (``_traced``) that saves
 the matmuls' outputs and recomputes the rest, which the compiler's partitioner honours (the saves
-of autograd functions it decides anew). The recomputation costs GPU time: +1.8 ms (5%) in an
-eager training step of HF Timesformer-base at B=8 on the H100, for 1.46 GiB (22%) less peak memory.
-``TEMPORAL_KERNELS_RECOMPUTE=0`` in the environment (read at import) or ``ENABLED = False`` here
-turns it off: the end-to-end benchmark's A/B row.
+of autograd functions it decides anew). The recomputation costs GPU time: +1.55 ms (4%) in an eager
+training step of HF Timesformer-base at B=8 on the H100, +0.2 ms compiled, for 1.46 GiB (22%) less
+peak memory. ``TEMPORAL_KERNELS_RECOMPUTE=0`` in the environment (read at import) or ``ENABLED =
+False`` here turns it off: the end-to-end benchmark's A/B row.
 """
 
 from __future__ import annotations
