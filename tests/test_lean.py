@@ -1,11 +1,11 @@
-"""The memory-lean norm -> linear and GELU -> linear of ``temporal_kernels._lean``.
+"""The memory-lean norm -> linear and norm -> GELU MLP of ``temporal_kernels._lean``.
 
 Oracle: the plain composition of the same modules under PyTorch's autograd. The lean functions
 must give the same forward (bit for bit: they run the same kernels), the same gradients (within
 SPEC §3 for the dtype: the weight gradient's matmul is not autograd's own call), pass gradcheck
-in float64, save only their inputs (checked with saved-tensor hooks), and step aside (plain
-path) where they cannot serve. The last test takes the inventory of what a converted HF
-Timesformer layer saves for the backward.
+in float64, save only their inputs (checked with saved-tensor hooks; under torch.compile, with
+the backward graph's inputs), and step aside (plain path) where they cannot serve. Two inventory
+tests count what a converted HF Timesformer layer saves for the backward, eager and compiled.
 """
 
 from __future__ import annotations
