@@ -35,6 +35,11 @@ the original path (``TEMPORAL_KERNELS_BACKEND`` overrides, as everywhere). A nam
 (``"cuda"``, ``"triton"``, ``"reference"``) is used whenever it can run; where it cannot, the
 original path runs and a warning says why.
 
+Memory: in training, a converted divided layer / Block saves less for the backward than the
+original: its LayerNorm -> Linear pairs and its MLP (when its modules are HF's / TimeSformer's
+standard ones) recompute the norms and the GELU instead of saving their outputs (``_lean``;
+``TEMPORAL_KERNELS_RECOMPUTE=0`` turns it off).
+
 Revert with ``tk.convert(model, revert=True)``: the original forwards are restored.
 
 Example::
