@@ -55,16 +55,24 @@ def cprofile_report(fn, calls: int, top: int, orders=("tottime",)) -> list[tuple
     return reports
 
 
-def per_call_us(fn, iters):
-    for _ in range(10):
+def host_and_wall_ms(fn, iters: int, warmup: int = 5) -> tuple[float, float]:
+    """Per call: the host time to issue ``iters`` calls (queued, no syncs) and the wall time
+    until the GPU has run them, in ms."""
+    for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(iters):
         fn()
-    host = (time.perf_counter() - t0) / iters
+    issued = time.perf_counter()
     torch.cuda.synchronize()
-    return host * 1e6
+    done = time.perf_counter()
+    return (issued - t0) * 1e3 / iters, (done - t0) * 1e3 / iters
+
+
+def per_call_us(fn, iters):
+    """Host time per call (``host_and_wall_ms``), in us."""
+    return host_and_wall_ms(fn, iters, warmup=10)[0] * 1e3
 
 
 def main() -> None:

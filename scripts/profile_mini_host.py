@@ -19,27 +19,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 
 import torch
 
 import temporal_kernels as tk
 from temporal_kernels import nn as tknn
 
-from profile_layers import cprofile_report  # scripts/ is on sys.path
-
-
-def _host_and_wall_ms(fn, iters: int) -> tuple[float, float]:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    issued = time.perf_counter()
-    torch.cuda.synchronize()
-    done = time.perf_counter()
-    return (issued - t0) * 1e3 / iters, (done - t0) * 1e3 / iters
+from profile_layers import cprofile_report, host_and_wall_ms  # scripts/ is on sys.path
 
 
 @contextlib.contextmanager
@@ -83,7 +69,7 @@ def main() -> None:
     print(f"{'case':52s} {'host ms':>8s} {'wall ms':>8s}")
 
     def row(name, fn):
-        host, wall = _host_and_wall_ms(fn, args.iters)
+        host, wall = host_and_wall_ms(fn, args.iters)
         print(f"{name:52s} {host:8.3f} {wall:8.3f}", flush=True)
 
     for backend in (None, "triton", "cuda"):

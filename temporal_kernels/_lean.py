@@ -102,7 +102,7 @@ class _LayerNormGeluMlp(torch.autograd.Function):
         a = F.gelu(u, approximate=ctx.approximate)
         dw2 = dy2.t() @ _rows(a) if need[7] else None
         db2 = dy2.sum(0) if need[8] else None
-        del a
+        del a  # before (dy @ w2) of the same size is allocated: the backward's transient peak
         dh = dnw = dnb = dw1 = db1 = None
         if any(need[:6]):
             du = torch.ops.aten.gelu_backward((dy2 @ w2).view(u.shape), u, approximate=ctx.approximate)

@@ -31,8 +31,9 @@ def _recompute_on(monkeypatch):
     monkeypatch.setattr(_lean, "ENABLED", True)
 
 
-def saved_storages(fn):
-    """``fn()``'s output and ``{storage pointer: bytes}`` of every tensor saved for its backward."""
+def activation_bytes(fn, *modules):
+    """Bytes of the storages saved for ``fn()``'s backward, parameters of ``modules`` not counted."""
+    params = {p.untyped_storage().data_ptr() for m in modules for p in m.parameters()}
     seen = {}
 
     def pack(t):
@@ -40,14 +41,7 @@ def saved_storages(fn):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, seen
-
-
-def activation_bytes(fn, *modules):
-    """Bytes saved for ``fn()``'s backward, parameters of ``modules`` not counted."""
-    params = {p.untyped_storage().data_ptr() for m in modules for p in m.parameters()}
-    _, seen = saved_storages(fn)
+        fn()
     return sum(n for ptr, n in seen.items() if ptr not in params)
 
 
